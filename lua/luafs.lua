@@ -1,0 +1,875 @@
+#!/usr/bin/env flufs
+-- luafs.lua: a complete in-memory filesystem (tmpfs-like) for flufs.
+--
+--   $ flufs lua/luafs.lua /mnt/mem                      # as root: add -o default_permissions
+--   $ flufs -o allow_other,default_permissions lua/luafs.lua /mnt/mem
+--
+-- Everything lives in Lua tables and is gone at unmount.
+--
+-- Inodes are tables:
+--   mode (integer, type bits included), ino, nlink, uid, gid, rdev, size,
+--   atime/mtime/ctime ({sec=, nsec=}), xattrs (name -> string, created on first use),
+--   regular files: data (chunk index -> string), nalloc (chunks present), opens (open count)
+--   directories:   entries (name -> inode), parent (inode)
+--   symlinks:      target (string)
+--
+-- File data is kept in fixed-size chunks of CS bytes: data[k] holds bytes
+-- [(k-1)*CS, k*CS).  A missing chunk is a hole and reads as zeros; a chunk may be
+-- shorter than CS, the bytes past its end (and below the file size) read as zeros.
+-- Invariant: no chunk stores a byte at or beyond the file size, so growing a file
+-- never exposes stale data.  A chunk that is being appended to in small pieces is
+-- kept as a "rope" (an array of strings with fields n and len) and flattened with
+-- table.concat when read or overwritten, so sequential small writes stay linear.
+
+local flu = require "flu"
+
+local errno = flu.errno
+local ENOENT, ENOTDIR, EISDIR, EEXIST = errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST
+local ENOTEMPTY, EINVAL, EPERM, EBUSY = errno.ENOTEMPTY, errno.EINVAL, errno.EPERM, errno.EBUSY
+local ENAMETOOLONG, ENODATA, EOPNOTSUPP = errno.ENAMETOOLONG, errno.ENODATA, errno.EOPNOTSUPP
+local EACCES = errno.EACCES
+
+local fmode, now, get_context = flu.mode, flu.now, flu.get_context
+local sub, find, match, rep = string.sub, string.find, string.match, string.rep
+local concat = table.concat
+local type, next, pairs, error, tonumber = type, next, pairs, error, tonumber
+
+local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 0xF000, 0x4000, 0x8000, 0xA000
+local S_ISUID, S_ISGID, S_IXGRP = 0x800, 0x400, 0x8
+local PERM = 0xFFF -- 07777
+local NAME_MAX = 255
+local DIR_SIZE = 4096
+
+local CS = 131072 -- chunk size: one kernel read request (max_readahead 128 KiB)
+local CS_BLOCKS = CS // 512
+local ZERO = rep("\0", CS)
+local ROPE_MAX = 64 -- flatten a rope after this many pieces
+local SMALL = 4096 -- appends that keep a chunk this small are concatenated directly
+
+-- statfs figures (4 KiB blocks)
+local TOTAL_BLOCKS = 16 * 1024 * 1024 -- 64 GiB
+local TOTAL_FILES = 16 * 1024 * 1024
+
+-------------------------------------------------------------------------------
+-- Inodes
+-------------------------------------------------------------------------------
+
+local last_ino = 0
+local ninodes = 0 -- live inodes (for statfs)
+local used = 0 -- 512-byte blocks held by file data (for statfs)
+
+local function new_node(mode, uid, gid)
+	last_ino = last_ino + 1
+	ninodes = ninodes + 1
+	local s, ns = now()
+	return {
+		mode = mode, ino = last_ino, nlink = 1, uid = uid, gid = gid, rdev = 0, size = 0,
+		atime = { sec = s, nsec = ns }, mtime = { sec = s, nsec = ns }, ctime = { sec = s, nsec = ns },
+		xattrs = nil,
+		data = nil, nalloc = 0, opens = 0,
+		entries = nil, parent = nil,
+		target = nil, freed = false,
+	}
+end
+
+-- 512-byte blocks of a regular file: what is written, at most size rounded to 4 KiB.
+local function fblocks(node)
+	local b = (node.size + 4095) // 4096 * 8
+	local a = node.nalloc * CS_BLOCKS
+	if a < b then return a end
+	return b
+end
+
+local function touch_c(node, s, ns)
+	local t = node.ctime
+	t.sec = s; t.nsec = ns
+end
+
+local function touch_mc(node, s, ns)
+	local t = node.mtime
+	t.sec = s; t.nsec = ns
+	t = node.ctime
+	t.sec = s; t.nsec = ns
+end
+
+-- The uid and gid of the daemon, for the root directory.
+local function daemon_ids()
+	local ok, uid, gid = pcall(function()
+		local f = io.open("/proc/self/status")
+		if not f then return end
+		local s = f:read("a")
+		f:close()
+		return tonumber(match(s, "\nUid:%s*%d+%s+(%d+)")), tonumber(match(s, "\nGid:%s*%d+%s+(%d+)"))
+	end)
+	if ok then return uid or 0, gid or 0 end
+	return 0, 0
+end
+
+local root
+do
+	local uid, gid = daemon_ids()
+	root = new_node(S_IFDIR | 0x1ED, uid, gid) -- 0755
+	root.nlink = 2
+	root.size = DIR_SIZE
+	root.entries = {}
+	root.parent = root
+end
+
+-- Drop an inode that has no links left once nobody has it open.
+local function maybe_free(node)
+	if node.nlink <= 0 and node.opens <= 0 and not node.freed then
+		node.freed = true
+		ninodes = ninodes - 1
+		if node.data then
+			used = used - fblocks(node)
+			node.data = {}
+			node.nalloc = 0
+			node.size = 0
+		end
+	end
+end
+
+-------------------------------------------------------------------------------
+-- Paths
+-------------------------------------------------------------------------------
+
+-- Walk from the root; raises ENOENT / ENOTDIR / ENAMETOOLONG.
+local function lookup(path)
+	local node = root
+	local pos, len = 2, #path
+	while pos <= len do
+		local e = find(path, "/", pos, true)
+		local name
+		if e then
+			name = sub(path, pos, e - 1)
+			pos = e + 1
+		else
+			name = sub(path, pos)
+			pos = len + 1
+		end
+		if name ~= "" then
+			local ents = node.entries
+			if not ents then error(ENOTDIR) end
+			local child = ents[name]
+			if not child then
+				if #name > NAME_MAX then error(ENAMETOOLONG) end
+				error(ENOENT)
+			end
+			node = child
+		end
+	end
+	return node
+end
+
+-- The directory holding path, and the last name of path.
+local function parent_of(path)
+	local dpath, name = match(path, "^(.*)/([^/]+)$")
+	if not dpath then error(EINVAL) end
+	local dir = lookup(dpath)
+	if not dir.entries then error(ENOTDIR) end
+	return dir, name
+end
+
+-- Like parent_of, for a name that is about to be created.
+local function new_entry(path)
+	local dir, name = parent_of(path)
+	if dir.entries[name] then error(EEXIST) end
+	if #name > NAME_MAX then error(ENAMETOOLONG) end
+	return dir, name
+end
+
+-- Owner and permission bits of a new inode in dir.
+local ctx = {}
+local function owner(dir, mode)
+	local c = get_context(ctx) or ctx
+	local umask = c.umask
+	if umask then mode = mode & ~umask end
+	local gid = c.gid or 0
+	if dir.mode & S_ISGID ~= 0 then gid = dir.gid end
+	return c.uid or 0, gid, mode
+end
+
+-- A new entry name -> node in dir.
+local function link_in(dir, name, node)
+	dir.entries[name] = node
+	local s, ns = now()
+	touch_mc(dir, s, ns)
+end
+
+local function is_under(path, dirpath)
+	local n = #dirpath
+	return #path > n and sub(path, n + 1, n + 1) == "/" and sub(path, 1, n) == dirpath
+end
+
+-------------------------------------------------------------------------------
+-- File data
+-------------------------------------------------------------------------------
+
+-- m bytes of chunk idx from offset o (0-based, o + m <= CS).
+local function chunk_range(data, idx, o, m)
+	local c = data[idx]
+	if c == nil then
+		if m == CS then return ZERO end
+		return sub(ZERO, 1, m)
+	end
+	if type(c) == "table" then
+		c = concat(c, "", 1, c.n)
+		data[idx] = c
+	end
+	local cl = #c
+	local e = o + m
+	if e <= cl then
+		if o == 0 and e == cl then return c end
+		return sub(c, o + 1, e)
+	end
+	if o >= cl then return sub(ZERO, 1, m) end
+	return sub(c, o + 1) .. sub(ZERO, 1, e - cl)
+end
+
+local function read_data(node, size, offset)
+	local fsize = node.size
+	if offset >= fsize or size <= 0 then return "" end
+	if offset + size > fsize then size = fsize - offset end
+	local data = node.data
+	local idx = offset // CS + 1
+	local o = offset - (idx - 1) * CS
+	if o + size <= CS then
+		return chunk_range(data, idx, o, size)
+	end
+	local parts, np = {}, 0
+	while size > 0 do
+		local m = CS - o
+		if m > size then m = size end
+		np = np + 1
+		parts[np] = chunk_range(data, idx, o, m)
+		size = size - m
+		idx = idx + 1
+		o = 0
+	end
+	return concat(parts, "", 1, np)
+end
+
+-- Store piece p (m bytes) at offset o of chunk idx.
+local function put(node, data, idx, o, p, m)
+	local c = data[idx]
+	if c == nil then
+		node.nalloc = node.nalloc + 1
+		if o == 0 then
+			data[idx] = p
+		else
+			data[idx] = sub(ZERO, 1, o) .. p
+		end
+		return
+	end
+	if type(c) == "table" then
+		local len = c.len
+		if o >= len then -- append to the rope
+			local k = c.n
+			if o > len then
+				k = k + 1
+				c[k] = sub(ZERO, 1, o - len)
+			end
+			k = k + 1
+			c[k] = p
+			c.n = k
+			c.len = o + m
+			if k >= ROPE_MAX then data[idx] = concat(c, "", 1, k) end
+			return
+		end
+		c = concat(c, "", 1, c.n)
+	end
+	local cl = #c
+	if o == 0 then
+		if m >= cl then
+			data[idx] = p
+		else
+			data[idx] = p .. sub(c, m + 1)
+		end
+	elseif o >= cl then -- append, maybe after a gap
+		if o + m <= SMALL then
+			if o > cl then
+				data[idx] = c .. sub(ZERO, 1, o - cl) .. p
+			else
+				data[idx] = c .. p
+			end
+		elseif o > cl then
+			data[idx] = { c, sub(ZERO, 1, o - cl), p, n = 3, len = o + m }
+		else
+			data[idx] = { c, p, n = 2, len = o + m }
+		end
+	elseif o + m >= cl then
+		data[idx] = sub(c, 1, o) .. p
+	else
+		data[idx] = sub(c, 1, o) .. p .. sub(c, o + m + 1)
+	end
+end
+
+local function write_data(node, buf, offset, n)
+	local data = node.data
+	local before = fblocks(node)
+	local idx = offset // CS + 1
+	local o = offset - (idx - 1) * CS
+	if o + n <= CS then
+		put(node, data, idx, o, buf, n)
+	else
+		local pos = 1
+		local left = n
+		while left > 0 do
+			local m = CS - o
+			if m > left then m = left end
+			put(node, data, idx, o, sub(buf, pos, pos + m - 1), m)
+			pos = pos + m
+			left = left - m
+			idx = idx + 1
+			o = 0
+		end
+	end
+	local e = offset + n
+	if e > node.size then node.size = e end
+	used = used + fblocks(node) - before
+end
+
+-- Zero [offset, offset+len) inside the file without changing its size.
+local function zero_range(node, offset, len)
+	local size = node.size
+	if offset + len > size then len = size - offset end
+	if len <= 0 then return end
+	local data = node.data
+	local before = fblocks(node)
+	local idx = offset // CS + 1
+	local o = offset - (idx - 1) * CS
+	while len > 0 do
+		local m = CS - o
+		if m > len then m = len end
+		local c = data[idx]
+		if c ~= nil then
+			if type(c) == "table" then
+				c = concat(c, "", 1, c.n)
+				data[idx] = c
+			end
+			local cl = #c
+			if o == 0 and m >= cl then
+				data[idx] = nil
+				node.nalloc = node.nalloc - 1
+			elseif o < cl then
+				if o + m >= cl then
+					data[idx] = sub(c, 1, o)
+				else
+					data[idx] = sub(c, 1, o) .. sub(ZERO, 1, m) .. sub(c, o + m + 1)
+				end
+			end
+		end
+		len = len - m
+		idx = idx + 1
+		o = 0
+	end
+	used = used + fblocks(node) - before
+end
+
+local function set_size(node, newsize)
+	local old = node.size
+	if newsize == old then return end
+	local before = fblocks(node)
+	if newsize < old then
+		if newsize == 0 then
+			node.data = {}
+			node.nalloc = 0
+		else
+			local data = node.data
+			local last = (newsize - 1) // CS + 1
+			local oldlast = (old - 1) // CS + 1
+			local freed = 0
+			if oldlast - last > 1024 then -- sparse: visit only what exists
+				for k in pairs(data) do
+					if k > last then
+						data[k] = nil
+						freed = freed + 1
+					end
+				end
+			else
+				for k = last + 1, oldlast do
+					if data[k] ~= nil then
+						data[k] = nil
+						freed = freed + 1
+					end
+				end
+			end
+			node.nalloc = node.nalloc - freed
+			local keep = newsize - (last - 1) * CS
+			local c = data[last]
+			if c ~= nil then
+				if type(c) == "table" then
+					if c.len > keep then
+						data[last] = sub(concat(c, "", 1, c.n), 1, keep)
+					end
+				elseif #c > keep then
+					data[last] = sub(c, 1, keep)
+				end
+			end
+		end
+	end
+	node.size = newsize
+	used = used + fblocks(node) - before
+end
+
+-------------------------------------------------------------------------------
+-- Attributes
+-------------------------------------------------------------------------------
+
+local function stat(node)
+	local blocks = 0
+	if node.data then blocks = fblocks(node) end
+	return {
+		mode = node.mode, ino = node.ino, nlink = node.nlink, uid = node.uid, gid = node.gid,
+		rdev = node.rdev, size = node.size, blocks = blocks, blksize = 4096,
+		access = node.atime, modification = node.mtime, change = node.ctime,
+	}
+end
+
+-- readdir passes one reused table per entry: the host converts it inside filler.
+local dirent_st = stat(root)
+local function fill_stat(t, node)
+	local blocks = 0
+	if node.data then blocks = fblocks(node) end
+	t.mode = node.mode; t.ino = node.ino; t.nlink = node.nlink; t.uid = node.uid; t.gid = node.gid
+	t.rdev = node.rdev; t.size = node.size; t.blocks = blocks
+	t.access = node.atime; t.modification = node.mtime; t.change = node.ctime
+	return t
+end
+
+local function set_time(t, v)
+	if type(v) == "table" then
+		t.sec = v.sec or 0
+		t.nsec = v.nsec or 0
+	else
+		local sec = v // 1
+		t.sec = math.tointeger(sec) or sec
+		t.nsec = math.tointeger((v - sec) * 1e9 // 1) or 0
+	end
+end
+
+local function file_node(fi, path)
+	local node = fi and fi.fh or lookup(path)
+	if not node.data then
+		if node.entries then error(EISDIR) end
+		error(EINVAL)
+	end
+	return node
+end
+
+local function xattr_name_ok(name)
+	if not (find(name, "^user%.") or find(name, "^trusted%.") or find(name, "^security%.")) then
+		error(EOPNOTSUPP)
+	end
+end
+
+-------------------------------------------------------------------------------
+-- Operations
+-------------------------------------------------------------------------------
+
+local fs = {}
+
+function fs.getattr(path)
+	return stat(lookup(path))
+end
+
+function fs.fgetattr(path, st, fi)
+	return stat(fi and fi.fh or lookup(path))
+end
+
+function fs.access(path, mask)
+	local node = lookup(path)
+	-- Only reached without default_permissions; root may execute only what has an x bit.
+	if mask and mask & 1 ~= 0 and not node.entries and node.mode & 0x49 == 0 then
+		local c = get_context(ctx) or ctx
+		if c.uid == 0 then error(EACCES) end
+	end
+end
+
+function fs.readlink(path)
+	local node = lookup(path)
+	local target = node.target
+	if not target then error(EINVAL) end
+	return target
+end
+
+function fs.mknod(path, modeset, rdev)
+	local dir, name = new_entry(path)
+	local mode = fmode(modeset)
+	local typ = mode & S_IFMT
+	if typ == 0 then typ = S_IFREG end
+	if typ == S_IFDIR or typ == S_IFLNK then error(EINVAL) end
+	local uid, gid, perm = owner(dir, mode & PERM)
+	local node = new_node(typ | perm, uid, gid)
+	if typ == S_IFREG then
+		node.data = {}
+	else
+		node.rdev = rdev or 0
+	end
+	link_in(dir, name, node)
+end
+
+function fs.mkdir(path, modeset)
+	local dir, name = new_entry(path)
+	local uid, gid, perm = owner(dir, fmode(modeset) & PERM)
+	if dir.mode & S_ISGID ~= 0 then perm = perm | S_ISGID end
+	local node = new_node(S_IFDIR | perm, uid, gid)
+	node.nlink = 2
+	node.size = DIR_SIZE
+	node.entries = {}
+	node.parent = dir
+	dir.nlink = dir.nlink + 1
+	link_in(dir, name, node)
+end
+
+function fs.symlink(target, path)
+	local dir, name = new_entry(path)
+	local uid, gid = owner(dir, 0)
+	local node = new_node(S_IFLNK | 0x1FF, uid, gid) -- 0777
+	node.target = target
+	node.size = #target
+	link_in(dir, name, node)
+end
+
+function fs.unlink(path)
+	local dir, name = parent_of(path)
+	local ents = dir.entries
+	local node = ents[name]
+	if not node then
+		if #name > NAME_MAX then error(ENAMETOOLONG) end
+		error(ENOENT)
+	end
+	if node.entries then error(EISDIR) end
+	ents[name] = nil
+	node.nlink = node.nlink - 1
+	local s, ns = now()
+	touch_c(node, s, ns)
+	touch_mc(dir, s, ns)
+	maybe_free(node)
+end
+
+function fs.rmdir(path)
+	if path == "/" then error(EBUSY) end
+	local dir, name = parent_of(path)
+	local ents = dir.entries
+	local node = ents[name]
+	if not node then
+		if #name > NAME_MAX then error(ENAMETOOLONG) end
+		error(ENOENT)
+	end
+	if not node.entries then error(ENOTDIR) end
+	if next(node.entries) ~= nil then error(ENOTEMPTY) end
+	ents[name] = nil
+	dir.nlink = dir.nlink - 1
+	node.nlink = 0
+	local s, ns = now()
+	touch_c(node, s, ns)
+	touch_mc(dir, s, ns)
+	maybe_free(node)
+end
+
+function fs.rename(from, to, flags)
+	if from == "/" or to == "/" then error(EBUSY) end
+	local odir, oname = parent_of(from)
+	local oents = odir.entries
+	local node = oents[oname]
+	if not node then
+		if #oname > NAME_MAX then error(ENAMETOOLONG) end
+		error(ENOENT)
+	end
+	local ndir, nname = parent_of(to)
+	if #nname > NAME_MAX then error(ENAMETOOLONG) end
+	local nents = ndir.entries
+	local target = nents[nname]
+	local isdir = node.entries ~= nil
+	local exchange, noreplace
+	if flags then exchange, noreplace = flags.exchange, flags.noreplace end
+
+	if exchange then
+		if not target then error(ENOENT) end
+		if (isdir and is_under(to, from)) or (target.entries and is_under(from, to)) then
+			error(EINVAL)
+		end
+		if target == node then return end
+		oents[oname] = target
+		nents[nname] = node
+		if odir ~= ndir then
+			if isdir then
+				odir.nlink = odir.nlink - 1
+				ndir.nlink = ndir.nlink + 1
+				node.parent = ndir
+			end
+			if target.entries then
+				ndir.nlink = ndir.nlink - 1
+				odir.nlink = odir.nlink + 1
+				target.parent = odir
+			end
+		end
+		local s, ns = now()
+		touch_c(node, s, ns)
+		touch_c(target, s, ns)
+		touch_mc(odir, s, ns)
+		touch_mc(ndir, s, ns)
+		return
+	end
+
+	if target and noreplace then error(EEXIST) end
+	if isdir and is_under(to, from) then error(EINVAL) end
+	if target then
+		if target == node then return end -- same file (same path or hard links)
+		if isdir then
+			if not target.entries then error(ENOTDIR) end
+			if next(target.entries) ~= nil then error(ENOTEMPTY) end
+		elseif target.entries then
+			error(EISDIR)
+		end
+	end
+
+	local s, ns = now()
+	if target then
+		if target.entries then
+			target.nlink = 0
+			ndir.nlink = ndir.nlink - 1
+		else
+			target.nlink = target.nlink - 1
+		end
+		touch_c(target, s, ns)
+		maybe_free(target)
+	end
+	oents[oname] = nil
+	nents[nname] = node
+	if isdir and odir ~= ndir then
+		odir.nlink = odir.nlink - 1
+		ndir.nlink = ndir.nlink + 1
+		node.parent = ndir
+	end
+	touch_c(node, s, ns)
+	touch_mc(odir, s, ns)
+	if ndir ~= odir then touch_mc(ndir, s, ns) end
+end
+
+function fs.link(from, to)
+	local node = lookup(from)
+	if node.entries then error(EPERM) end
+	local dir, name = new_entry(to)
+	node.nlink = node.nlink + 1
+	dir.entries[name] = node
+	local s, ns = now()
+	touch_c(node, s, ns)
+	touch_mc(dir, s, ns)
+end
+
+function fs.chmod(path, modeset)
+	local node = lookup(path)
+	node.mode = (node.mode & S_IFMT) | (fmode(modeset) & PERM)
+	local s, ns = now()
+	touch_c(node, s, ns)
+end
+
+function fs.chown(path, uid, gid)
+	local node = lookup(path)
+	if uid and uid ~= -1 and uid ~= 0xFFFFFFFF then node.uid = uid end
+	if gid and gid ~= -1 and gid ~= 0xFFFFFFFF then node.gid = gid end
+	if not node.entries then
+		-- like Linux: chown of a non-directory drops set-user-ID, and set-group-ID
+		-- when it means "setgid executable" (group execute set)
+		local m = node.mode & ~S_ISUID
+		if m & S_IXGRP ~= 0 then m = m & ~S_ISGID end
+		node.mode = m
+	end
+	local s, ns = now()
+	touch_c(node, s, ns)
+end
+
+function fs.truncate(path, size)
+	local node = file_node(nil, path)
+	if size ~= node.size then
+		set_size(node, size)
+		local s, ns = now()
+		touch_mc(node, s, ns)
+	end
+end
+
+function fs.ftruncate(path, size, fi)
+	local node = file_node(fi, path)
+	set_size(node, size)
+	local s, ns = now()
+	touch_mc(node, s, ns)
+end
+
+function fs.utimens(path, atime, mtime)
+	local node = lookup(path)
+	if atime then set_time(node.atime, atime) end
+	if mtime then set_time(node.mtime, mtime) end
+	local s, ns = now()
+	touch_c(node, s, ns)
+end
+
+local function open_node(node, fi)
+	if node.data then
+		local flags = fi.flags
+		if flags and flags.trunc then
+			set_size(node, 0)
+			local s, ns = now()
+			touch_mc(node, s, ns)
+		end
+		node.opens = node.opens + 1
+	end
+	fi.fh = node
+end
+
+function fs.open(path, fi)
+	open_node(lookup(path), fi)
+end
+
+function fs.create(path, modeset, fi)
+	local dir, name = parent_of(path)
+	local node = dir.entries[name]
+	if node then -- the kernel only creates new names; be safe anyway
+		local flags = fi.flags
+		if flags and flags.excl then error(EEXIST) end
+		if node.entries then error(EISDIR) end
+		open_node(node, fi)
+		return
+	end
+	if #name > NAME_MAX then error(ENAMETOOLONG) end
+	local uid, gid, perm = owner(dir, fmode(modeset) & PERM)
+	node = new_node(S_IFREG | perm, uid, gid)
+	node.data = {}
+	node.opens = 1
+	link_in(dir, name, node)
+	fi.fh = node
+end
+
+function fs.read(path, size, offset, fi)
+	return read_data(file_node(fi, path), size, offset)
+end
+
+function fs.write(path, buf, offset, fi)
+	local node = file_node(fi, path)
+	local n = #buf
+	if n > 0 then
+		write_data(node, buf, offset, n)
+		local s, ns = now()
+		touch_mc(node, s, ns)
+	end
+	return n
+end
+
+function fs.release(path, fi)
+	local node = fi.fh
+	if node and node.data and node.opens > 0 then
+		node.opens = node.opens - 1
+		maybe_free(node)
+	end
+	fi.fh = nil
+end
+
+function fs.fallocate(path, mode, offset, length, fi)
+	local node = file_node(fi, path)
+	if type(mode) == "table" then -- a set, if the host ever passes one
+		mode = (mode.keep_size and 1 or 0) | (mode.punch_hole and 2 or 0)
+			| (mode.collapse_range and 8 or 0) | (mode.zero_range and 16 or 0)
+			| (mode.insert_range and 32 or 0)
+	end
+	mode = mode or 0
+	if offset < 0 or length <= 0 then error(EINVAL) end
+	local s, ns = now()
+	if mode == 0 or mode == 1 then -- allocate (KEEP_SIZE: nothing visible changes)
+		if mode == 0 and offset + length > node.size then
+			set_size(node, offset + length)
+			touch_c(node, s, ns)
+		end
+	elseif mode == 3 then -- PUNCH_HOLE | KEEP_SIZE
+		zero_range(node, offset, length)
+		touch_mc(node, s, ns)
+	else
+		error(EOPNOTSUPP)
+	end
+end
+
+function fs.opendir(path, fi)
+	local node = lookup(path)
+	if not node.entries then error(ENOTDIR) end
+	fi.fh = node
+end
+
+function fs.readdir(path, filler, fi)
+	local dir = fi and fi.fh or lookup(path)
+	local ents = dir.entries
+	if not ents then error(ENOTDIR) end
+	local st = dirent_st
+	filler(".", fill_stat(st, dir))
+	filler("..", fill_stat(st, dir.parent or dir))
+	for name, child in next, ents do
+		filler(name, fill_stat(st, child))
+	end
+end
+
+function fs.releasedir(path, fi)
+	fi.fh = nil
+end
+
+function fs.statfs()
+	local bused = (used + 7) // 8
+	local bfree = TOTAL_BLOCKS - bused
+	if bfree < 0 then bfree = 0 end
+	local ffree = TOTAL_FILES - ninodes
+	if ffree < 0 then ffree = 0 end
+	return {
+		bsize = 4096, frsize = 4096, blocks = TOTAL_BLOCKS, bfree = bfree, bavail = bfree,
+		files = TOTAL_FILES, ffree = ffree, favail = ffree, namemax = NAME_MAX,
+	}
+end
+
+function fs.setxattr(path, name, value, flags)
+	xattr_name_ok(name)
+	local node = lookup(path)
+	local x = node.xattrs
+	local old = x and x[name]
+	if flags then
+		if flags.create and old ~= nil then error(EEXIST) end
+		if flags.replace and old == nil then error(ENODATA) end
+	end
+	if not x then
+		x = {}
+		node.xattrs = x
+	end
+	x[name] = value
+	local s, ns = now()
+	touch_c(node, s, ns)
+end
+
+function fs.getxattr(path, name)
+	xattr_name_ok(name)
+	local node = lookup(path)
+	local x = node.xattrs
+	local v = x and x[name]
+	if v == nil then error(ENODATA) end
+	return v
+end
+
+function fs.listxattr(path)
+	local node = lookup(path)
+	local list, n = {}, 0
+	local x = node.xattrs
+	if x then
+		for name in next, x do
+			n = n + 1
+			list[n] = name
+		end
+	end
+	return list
+end
+
+function fs.removexattr(path, name)
+	xattr_name_ok(name)
+	local node = lookup(path)
+	local x = node.xattrs
+	if not x or x[name] == nil then error(ENODATA) end
+	x[name] = nil
+	local s, ns = now()
+	touch_c(node, s, ns)
+end
+
+return fs

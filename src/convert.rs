@@ -1,0 +1,798 @@
+//! Lua values ↔ kernel types, in one place: stat tables, times, mode sets and strings, open
+//! flag sets, statfs tables and lock tables. Every way a script may spell a value is decoded
+//! here; a value that cannot be decoded becomes a `BadValue` with a message for the log.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mlua::{Lua, Table, Value};
+
+use crate::mode;
+
+/// A value returned by a script that does not have the expected shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadValue(pub String);
+
+impl std::fmt::Display for BadValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub type Conv<T> = Result<T, BadValue>;
+
+fn bad<T>(msg: impl Into<String>) -> Conv<T> {
+    Err(BadValue(msg.into()))
+}
+
+fn type_name(v: &Value) -> &'static str {
+    v.type_name()
+}
+
+/// A point in time as seconds and nanoseconds since the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Timespec {
+    pub fn now() -> Timespec {
+        Timespec::from_system(SystemTime::now())
+    }
+
+    pub fn from_system(t: SystemTime) -> Timespec {
+        match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => Timespec {
+                sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                nsec: d.subsec_nanos(),
+            },
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                let mut nsec = d.subsec_nanos();
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                Timespec { sec, nsec }
+            }
+        }
+    }
+
+    pub fn to_system(self) -> SystemTime {
+        if self.sec >= 0 {
+            UNIX_EPOCH + Duration::new(self.sec.unsigned_abs(), self.nsec)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(self.sec.unsigned_abs())
+                + Duration::from_nanos(u64::from(self.nsec))
+        }
+    }
+
+    pub fn into_lua_table(self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table_with_capacity(0, 2)?;
+        t.raw_set("sec", self.sec)?;
+        t.raw_set("nsec", self.nsec)?;
+        Ok(t)
+    }
+}
+
+/// Read a number field as an integer (floats with no fraction accepted).
+fn as_int(v: &Value, what: &str) -> Conv<i64> {
+    match v {
+        Value::Integer(i) => Ok(*i),
+        Value::Number(n) if n.fract() == 0.0 && n.is_finite() && n.abs() < 9.2e18 => Ok(*n as i64),
+        Value::String(s) => match s.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()) {
+            Some(i) => Ok(i),
+            None => bad(format!("{what}: expected an integer, got string")),
+        },
+        _ => bad(format!("{what}: expected an integer, got {}", type_name(v))),
+    }
+}
+
+fn as_u64(v: &Value, what: &str) -> Conv<u64> {
+    let i = as_int(v, what)?;
+    u64::try_from(i).or_else(|_| bad(format!("{what}: negative value {i}")))
+}
+
+fn as_u32(v: &Value, what: &str) -> Conv<u32> {
+    let i = as_int(v, what)?;
+    u32::try_from(i).or_else(|_| bad(format!("{what}: {i} is out of range")))
+}
+
+/// A time: a number of seconds (fractions kept as nanoseconds) or `{sec=, nsec=}`.
+pub fn time_from_lua(v: &Value, what: &str) -> Conv<Timespec> {
+    match v {
+        Value::Integer(i) => Ok(Timespec { sec: *i, nsec: 0 }),
+        Value::Number(n) if n.is_finite() && n.abs() < 9.2e18 => {
+            let sec = n.floor();
+            let nsec = ((n - sec) * 1e9).round().min(999_999_999.0) as u32;
+            Ok(Timespec {
+                sec: sec as i64,
+                nsec,
+            })
+        }
+        Value::Table(t) => {
+            let sec = match t.get::<Value>("sec") {
+                Ok(Value::Nil) => 0,
+                Ok(v) => as_int(&v, what)?,
+                Err(e) => return bad(format!("{what}: {e}")),
+            };
+            let nsec = match t.get::<Value>("nsec") {
+                Ok(Value::Nil) => 0,
+                Ok(v) => as_int(&v, what)?,
+                Err(e) => return bad(format!("{what}: {e}")),
+            };
+            if !(0..1_000_000_000).contains(&nsec) {
+                return bad(format!("{what}: nsec {nsec} out of range"));
+            }
+            Ok(Timespec {
+                sec,
+                nsec: nsec as u32,
+            })
+        }
+        _ => bad(format!(
+            "{what}: expected a number or {{sec=, nsec=}}, got {}",
+            type_name(v)
+        )),
+    }
+}
+
+/// A mode: an integer, a set of Flu flag names, or a predefined string.
+pub fn mode_from_lua(v: &Value) -> Conv<u32> {
+    match v {
+        Value::Integer(_) | Value::Number(_) => {
+            let m = as_int(v, "mode")?;
+            u32::try_from(m)
+                .ok()
+                .filter(|m| *m <= 0o177777)
+                .map_or_else(|| bad(format!("mode: {m} is not a valid mode")), Ok)
+        }
+        Value::String(s) => {
+            let s = s.to_string_lossy();
+            mode::from_preset(&s)
+                .map_or_else(|| bad(format!("mode: unknown mode string {s:?}")), Ok)
+        }
+        Value::Table(t) => {
+            let mut m = 0;
+            let mut err = None;
+            let r = t.for_each(|k: Value, val: Value| {
+                if matches!(val, Value::Nil | Value::Boolean(false)) {
+                    return Ok(());
+                }
+                if let Value::String(k) = &k {
+                    let k = k.to_string_lossy();
+                    match mode::flag_bits(&k) {
+                        Some(b) => m |= b,
+                        None => err = Some(format!("mode: unknown flag {k:?}")),
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                return bad(format!("mode: {e}"));
+            }
+            match err {
+                Some(e) => bad(e),
+                None => Ok(m),
+            }
+        }
+        _ => bad(format!(
+            "mode: expected a set, a string or an integer, got {}",
+            type_name(v)
+        )),
+    }
+}
+
+/// A mode as a Lua set (`{reg=true, rusr=true, ...}`).
+pub fn mode_to_lua(lua: &Lua, m: u32) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, 8)?;
+    for name in mode::names(m) {
+        t.raw_set(name, true)?;
+    }
+    Ok(t)
+}
+
+/// Open flags as a Lua set: lower-case Flu names plus `O_*` upper-case aliases.
+pub fn open_flags_to_lua(lua: &Lua, flags: i32) -> mlua::Result<Table> {
+    let names = mode::open_flag_names(flags);
+    let t = lua.create_table_with_capacity(0, names.len() * 2)?;
+    for name in names {
+        t.raw_set(name, true)?;
+        t.raw_set(format!("O_{}", name.to_ascii_uppercase()), true)?;
+    }
+    Ok(t)
+}
+
+/// Attributes as the host keeps them (kernel-facing, before the node id is assigned).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stat {
+    pub mode: u32,
+    pub ino: u64,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+}
+
+/// Values used for stat fields a script leaves out.
+#[derive(Debug, Clone, Copy)]
+pub struct StatDefaults {
+    pub uid: u32,
+    pub gid: u32,
+    pub time: Timespec,
+}
+
+#[derive(Clone, Copy)]
+enum Field {
+    Mode,
+    Ino,
+    Nlink,
+    Uid,
+    Gid,
+    Rdev,
+    Size,
+    Blocks,
+    Blksize,
+    Atime,
+    Mtime,
+    Ctime,
+    Ignored,
+}
+
+fn field_of(key: &[u8]) -> Option<Field> {
+    let key = key.strip_prefix(b"st_").unwrap_or(key);
+    Some(match key {
+        b"mode" => Field::Mode,
+        b"ino" => Field::Ino,
+        b"nlink" => Field::Nlink,
+        b"uid" => Field::Uid,
+        b"gid" => Field::Gid,
+        b"rdev" => Field::Rdev,
+        b"size" => Field::Size,
+        b"blocks" => Field::Blocks,
+        b"blksize" => Field::Blksize,
+        b"access" | b"atime" => Field::Atime,
+        b"modification" | b"mtime" => Field::Mtime,
+        b"change" | b"ctime" => Field::Ctime,
+        b"dev" | b"birthtime" | b"crtime" | b"flags" | b"gen" | b"permissions" => Field::Ignored,
+        _ => return None,
+    })
+}
+
+impl Stat {
+    /// Decode a stat table (Flu names, `st_*` names, LuaFileSystem names).
+    pub fn from_lua(t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        let mut st = Stat {
+            mode: 0,
+            ino: 0,
+            nlink: 0,
+            uid: d.uid,
+            gid: d.gid,
+            rdev: 0,
+            size: 0,
+            blocks: u64::MAX,
+            blksize: 4096,
+            atime: d.time,
+            mtime: d.time,
+            ctime: d.time,
+        };
+        let mut have_mode = false;
+        let mut failure: Option<BadValue> = None;
+        let mut apply = |key: &[u8], v: &Value| -> Conv<()> {
+            let Some(f) = field_of(key) else {
+                return Ok(());
+            };
+            if matches!(v, Value::Nil) {
+                return Ok(());
+            }
+            match f {
+                Field::Mode => {
+                    st.mode = mode_from_lua(v)?;
+                    have_mode = true;
+                }
+                Field::Ino => st.ino = as_u64(v, "ino")?,
+                Field::Nlink => st.nlink = as_u32(v, "nlink")?,
+                Field::Uid => st.uid = as_u32(v, "uid")?,
+                Field::Gid => st.gid = as_u32(v, "gid")?,
+                Field::Rdev => st.rdev = as_u32(v, "rdev")?,
+                Field::Size => st.size = as_u64(v, "size")?,
+                Field::Blocks => st.blocks = as_u64(v, "blocks")?,
+                Field::Blksize => st.blksize = as_u32(v, "blksize")?,
+                Field::Atime => st.atime = time_from_lua(v, "access")?,
+                Field::Mtime => st.mtime = time_from_lua(v, "modification")?,
+                Field::Ctime => st.ctime = time_from_lua(v, "change")?,
+                Field::Ignored => {}
+            }
+            Ok(())
+        };
+        if t.has_metatable() {
+            for key in [
+                "mode",
+                "ino",
+                "nlink",
+                "uid",
+                "gid",
+                "rdev",
+                "size",
+                "blocks",
+                "blksize",
+                "access",
+                "modification",
+                "change",
+            ] {
+                let v: Value = t.get(key).map_err(|e| BadValue(e.to_string()))?;
+                apply(key.as_bytes(), &v)?;
+            }
+        } else {
+            let r = t.for_each(|k: Value, v: Value| {
+                if failure.is_none() {
+                    if let Value::String(k) = &k {
+                        if let Err(e) = apply(&k.as_bytes(), &v) {
+                            failure = Some(e);
+                        }
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                return bad(e.to_string());
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+        if !have_mode {
+            return bad("stat table has no mode");
+        }
+        if st.nlink == 0 {
+            st.nlink = if st.mode & libc::S_IFMT == libc::S_IFDIR {
+                2
+            } else {
+                1
+            };
+        }
+        if st.blocks == u64::MAX {
+            st.blocks = st.size.div_ceil(512);
+        }
+        Ok(st)
+    }
+
+    /// Encode as a Flu stat table (mode as an integer; times as `{sec=, nsec=}`).
+    pub fn into_lua_table(self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table_with_capacity(0, 12)?;
+        t.raw_set("mode", self.mode)?;
+        t.raw_set("ino", self.ino)?;
+        t.raw_set("nlink", self.nlink)?;
+        t.raw_set("uid", self.uid)?;
+        t.raw_set("gid", self.gid)?;
+        t.raw_set("rdev", self.rdev)?;
+        t.raw_set("size", self.size)?;
+        t.raw_set("blocks", self.blocks)?;
+        t.raw_set("blksize", self.blksize)?;
+        t.raw_set("access", self.atime.into_lua_table(lua)?)?;
+        t.raw_set("modification", self.mtime.into_lua_table(lua)?)?;
+        t.raw_set("change", self.ctime.into_lua_table(lua)?)?;
+        Ok(t)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+
+    /// The kernel-facing attributes with node id `ino`.
+    pub fn to_attr(&self, ino: u64) -> fuser::FileAttr {
+        fuser::FileAttr {
+            ino: fuser::INodeNo(ino),
+            size: self.size,
+            blocks: self.blocks,
+            atime: self.atime.to_system(),
+            mtime: self.mtime.to_system(),
+            ctime: self.ctime.to_system(),
+            crtime: self.ctime.to_system(),
+            kind: file_type(self.mode),
+            perm: (self.mode & 0o7777) as u16,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: self.rdev,
+            blksize: self.blksize,
+            flags: 0,
+        }
+    }
+}
+
+/// The fuser file type of a mode (a mode without type bits counts as a regular file).
+pub fn file_type(mode: u32) -> fuser::FileType {
+    use fuser::FileType::*;
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => Directory,
+        libc::S_IFLNK => Symlink,
+        libc::S_IFIFO => NamedPipe,
+        libc::S_IFCHR => CharDevice,
+        libc::S_IFBLK => BlockDevice,
+        libc::S_IFSOCK => Socket,
+        _ => RegularFile,
+    }
+}
+
+/// Filesystem statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    pub bsize: u32,
+    pub frsize: u32,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub namemax: u32,
+}
+
+impl Default for Statfs {
+    /// What libfuse answers when a filesystem has no statfs.
+    fn default() -> Self {
+        Statfs {
+            bsize: 512,
+            frsize: 512,
+            blocks: 0,
+            bfree: 0,
+            bavail: 0,
+            files: 0,
+            ffree: 0,
+            namemax: 255,
+        }
+    }
+}
+
+impl Statfs {
+    pub fn from_lua(t: &Table) -> Conv<Statfs> {
+        let mut s = Statfs::default();
+        let mut frsize_set = false;
+        for (names, slot) in [
+            (["bsize", "f_bsize"], 0),
+            (["frsize", "f_frsize"], 1),
+            (["blocks", "f_blocks"], 2),
+            (["bfree", "f_bfree"], 3),
+            (["bavail", "f_bavail"], 4),
+            (["files", "f_files"], 5),
+            (["ffree", "f_ffree"], 6),
+            (["namemax", "f_namemax"], 7),
+        ] {
+            let mut v = Value::Nil;
+            for n in names {
+                v = t.get(n).map_err(|e| BadValue(e.to_string()))?;
+                if !v.is_nil() {
+                    break;
+                }
+            }
+            if v.is_nil() {
+                continue;
+            }
+            match slot {
+                0 => s.bsize = as_u32(&v, "bsize")?,
+                1 => {
+                    s.frsize = as_u32(&v, "frsize")?;
+                    frsize_set = true;
+                }
+                2 => s.blocks = as_u64(&v, "blocks")?,
+                3 => s.bfree = as_u64(&v, "bfree")?,
+                4 => s.bavail = as_u64(&v, "bavail")?,
+                5 => s.files = as_u64(&v, "files")?,
+                6 => s.ffree = as_u64(&v, "ffree")?,
+                _ => s.namemax = as_u32(&v, "namemax")?,
+            }
+        }
+        if !frsize_set {
+            s.frsize = s.bsize;
+        }
+        Ok(s)
+    }
+}
+
+/// A POSIX record lock as scripts see it: `{type=, start=, len=, pid=}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lock {
+    pub typ: i32,
+    pub start: u64,
+    /// Inclusive end offset as the kernel sends it (`u64::MAX`/`OFFSET_MAX` = to end of file).
+    pub end: u64,
+    pub pid: u32,
+}
+
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+fn lock_type_name(t: i32) -> &'static str {
+    match t {
+        libc::F_RDLCK => "rdlck",
+        libc::F_WRLCK => "wrlck",
+        _ => "unlck",
+    }
+}
+
+impl Lock {
+    pub fn into_lua_table(self, lua: &Lua) -> mlua::Result<Table> {
+        let t = lua.create_table_with_capacity(0, 4)?;
+        t.raw_set("type", lock_type_name(self.typ))?;
+        t.raw_set("start", self.start)?;
+        let len = if self.end >= OFFSET_MAX {
+            0
+        } else {
+            self.end.saturating_sub(self.start) + 1
+        };
+        t.raw_set("len", len)?;
+        t.raw_set("pid", self.pid)?;
+        Ok(t)
+    }
+
+    pub fn from_lua(t: &Table) -> Conv<Lock> {
+        let typ = match t
+            .get::<Value>("type")
+            .map_err(|e| BadValue(e.to_string()))?
+        {
+            Value::String(s) => match &*s.to_string_lossy() {
+                "rdlck" | "F_RDLCK" => libc::F_RDLCK,
+                "wrlck" | "F_WRLCK" => libc::F_WRLCK,
+                "unlck" | "F_UNLCK" => libc::F_UNLCK,
+                other => return bad(format!("lock type {other:?} unknown")),
+            },
+            v @ (Value::Integer(_) | Value::Number(_)) => as_int(&v, "type")? as i32,
+            Value::Nil => libc::F_UNLCK,
+            v => return bad(format!("lock type: got {}", type_name(&v))),
+        };
+        let get = |k: &str| -> Conv<u64> {
+            match t.get::<Value>(k).map_err(|e| BadValue(e.to_string()))? {
+                Value::Nil => Ok(0),
+                v => as_u64(&v, k),
+            }
+        };
+        let start = get("start")?;
+        let len = get("len")?;
+        let pid = u32::try_from(get("pid")?).unwrap_or(0);
+        let end = if len == 0 {
+            OFFSET_MAX
+        } else {
+            start.saturating_add(len - 1)
+        };
+        Ok(Lock {
+            typ,
+            start,
+            end,
+            pid,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua() -> Lua {
+        Lua::new()
+    }
+
+    fn defaults() -> StatDefaults {
+        StatDefaults {
+            uid: 7,
+            gid: 8,
+            time: Timespec { sec: 100, nsec: 5 },
+        }
+    }
+
+    fn stat_of(lua: &Lua, src: &str) -> Conv<Stat> {
+        let t: Table = lua.load(src).eval().expect("table");
+        Stat::from_lua(&t, &defaults())
+    }
+
+    #[test]
+    fn mode_forms() {
+        let lua = lua();
+        let v: Value = lua
+            .load("{reg=true, rusr=true, wusr=1, xoth=false}")
+            .eval()
+            .unwrap();
+        assert_eq!(mode_from_lua(&v), Ok(libc::S_IFREG | 0o600));
+        let v: Value = lua.load("'directory'").eval().unwrap();
+        assert_eq!(mode_from_lua(&v), Ok(libc::S_IFDIR | 0o770));
+        let v: Value = lua.load("33188").eval().unwrap();
+        assert_eq!(mode_from_lua(&v), Ok(0o100644));
+        let v: Value = lua.load("33188.0").eval().unwrap();
+        assert_eq!(mode_from_lua(&v), Ok(0o100644));
+        for src in ["{regular=true}", "'fiel'", "-1", "1.5", "true", "2^40"] {
+            let v: Value = lua.load(src).eval().unwrap();
+            assert!(mode_from_lua(&v).is_err(), "{src} should be rejected");
+        }
+    }
+
+    #[test]
+    fn mode_set_round_trip() {
+        let lua = lua();
+        let t = mode_to_lua(&lua, libc::S_IFDIR | 0o2755).unwrap();
+        assert_eq!(t.get::<bool>("dir").unwrap(), true);
+        assert_eq!(t.get::<bool>("sgid").unwrap(), true);
+        assert_eq!(t.get::<Option<bool>>("woth").unwrap(), None);
+        assert_eq!(mode_from_lua(&Value::Table(t)), Ok(libc::S_IFDIR | 0o2755));
+    }
+
+    #[test]
+    fn time_forms() {
+        let lua = lua();
+        let v: Value = lua.load("1.25").eval().unwrap();
+        assert_eq!(
+            time_from_lua(&v, "t"),
+            Ok(Timespec {
+                sec: 1,
+                nsec: 250_000_000
+            })
+        );
+        let v: Value = lua.load("-1.5").eval().unwrap();
+        assert_eq!(
+            time_from_lua(&v, "t"),
+            Ok(Timespec {
+                sec: -2,
+                nsec: 500_000_000
+            })
+        );
+        let v: Value = lua.load("{sec=3, nsec=999999999}").eval().unwrap();
+        assert_eq!(
+            time_from_lua(&v, "t"),
+            Ok(Timespec {
+                sec: 3,
+                nsec: 999_999_999
+            })
+        );
+        let v: Value = lua.load("{sec=3, nsec=1000000000}").eval().unwrap();
+        assert!(time_from_lua(&v, "t").is_err());
+        let v: Value = lua.load("'yesterday'").eval().unwrap();
+        assert!(time_from_lua(&v, "t").is_err());
+    }
+
+    #[test]
+    fn timespec_system_round_trip() {
+        for ts in [
+            Timespec { sec: 0, nsec: 0 },
+            Timespec {
+                sec: 1_700_000_000,
+                nsec: 123,
+            },
+            Timespec { sec: -5, nsec: 250 },
+        ] {
+            assert_eq!(Timespec::from_system(ts.to_system()), ts);
+        }
+    }
+
+    #[test]
+    fn stat_flu_names_and_defaults() {
+        let lua = lua();
+        let st = stat_of(&lua, "{mode='file', size=1000}").unwrap();
+        assert_eq!(st.mode, libc::S_IFREG | 0o660);
+        assert_eq!(st.nlink, 1);
+        assert_eq!(st.blocks, 2);
+        assert_eq!((st.uid, st.gid), (7, 8));
+        assert_eq!(st.mtime, Timespec { sec: 100, nsec: 5 });
+        let st = stat_of(&lua, "{mode={dir=true, rusr=true}}").unwrap();
+        assert_eq!(st.nlink, 2);
+        let st = stat_of(
+            &lua,
+            "{mode=33188, nlink=3, uid=1, gid=2, size=5, blocks=9, access=1.5, \
+             modification={sec=2, nsec=3}, change=4, ino=77, rdev=0}",
+        )
+        .unwrap();
+        assert_eq!(
+            (st.nlink, st.uid, st.gid, st.size, st.blocks, st.ino),
+            (3, 1, 2, 5, 9, 77)
+        );
+        assert_eq!(
+            st.atime,
+            Timespec {
+                sec: 1,
+                nsec: 500_000_000
+            }
+        );
+        assert_eq!(st.mtime, Timespec { sec: 2, nsec: 3 });
+        assert_eq!(st.ctime, Timespec { sec: 4, nsec: 0 });
+    }
+
+    #[test]
+    fn stat_python_fuse_names() {
+        let lua = lua();
+        let st = stat_of(
+            &lua,
+            "{st_mode=16877, st_nlink=5, st_size=4096, st_mtime=9}",
+        )
+        .unwrap();
+        assert_eq!(st.mode, 0o40755);
+        assert_eq!(st.nlink, 5);
+        assert_eq!(st.mtime.sec, 9);
+    }
+
+    #[test]
+    fn stat_with_metatable_uses_index() {
+        let lua = lua();
+        let st = stat_of(&lua, "setmetatable({}, {__index={mode='file', size=3}})").unwrap();
+        assert_eq!(st.size, 3);
+    }
+
+    #[test]
+    fn stat_rejects_bad_values() {
+        let lua = lua();
+        for src in [
+            "{}",
+            "{mode='file', size=-1}",
+            "{mode='file', size='big'}",
+            "{mode='file', nlink=2^40}",
+            "{mode='file', modification='now'}",
+            "{mode={bogus=true}}",
+        ] {
+            assert!(stat_of(&lua, src).is_err(), "{src} should be rejected");
+        }
+    }
+
+    #[test]
+    fn stat_back_to_lua() {
+        let lua = lua();
+        let st = stat_of(&lua, "{mode='file', size=10, modification=7.5}").unwrap();
+        let t = st.into_lua_table(&lua).unwrap();
+        let again = Stat::from_lua(&t, &defaults()).unwrap();
+        assert_eq!(again, st);
+    }
+
+    #[test]
+    fn statfs_names_and_aliases() {
+        let lua = lua();
+        let t: Table = lua
+            .load("{bsize=4096, blocks=100, f_bfree=50, bavail=40, files=10, ffree=5, namemax=200}")
+            .eval()
+            .unwrap();
+        let s = Statfs::from_lua(&t).unwrap();
+        assert_eq!(
+            (s.bsize, s.frsize, s.blocks, s.bfree, s.bavail),
+            (4096, 4096, 100, 50, 40)
+        );
+        assert_eq!((s.files, s.ffree, s.namemax), (10, 5, 200));
+        let t: Table = lua.load("{flag={rdonly=true}, fsid=3}").eval().unwrap();
+        assert_eq!(Statfs::from_lua(&t), Ok(Statfs::default()));
+        let t: Table = lua.load("{blocks=-3}").eval().unwrap();
+        assert!(Statfs::from_lua(&t).is_err());
+    }
+
+    #[test]
+    fn open_flag_sets() {
+        let lua = lua();
+        let t = open_flags_to_lua(&lua, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        assert!(t.get::<bool>("wronly").unwrap());
+        assert!(t.get::<bool>("O_WRONLY").unwrap());
+        assert!(t.get::<bool>("append").unwrap());
+        assert!(t.get::<Option<bool>>("rdonly").unwrap().is_none());
+        let t = open_flags_to_lua(&lua, libc::O_RDONLY).unwrap();
+        assert!(t.get::<bool>("rdonly").unwrap());
+    }
+
+    #[test]
+    fn lock_round_trip() {
+        let lua = lua();
+        let l = Lock {
+            typ: libc::F_WRLCK,
+            start: 10,
+            end: 19,
+            pid: 42,
+        };
+        let t = l.into_lua_table(&lua).unwrap();
+        assert_eq!(t.get::<i64>("len").unwrap(), 10);
+        assert_eq!(Lock::from_lua(&t), Ok(l));
+        let whole = Lock {
+            typ: libc::F_RDLCK,
+            start: 0,
+            end: OFFSET_MAX,
+            pid: 1,
+        };
+        let t = whole.into_lua_table(&lua).unwrap();
+        assert_eq!(t.get::<i64>("len").unwrap(), 0);
+        assert_eq!(Lock::from_lua(&t), Ok(whole));
+    }
+}

@@ -1,0 +1,249 @@
+//! The `flu` Lua module, registered by `register`: Flu's API (`main`, `errno`, `get_context`)
+//! plus `now`, `mode` and `modeset`.
+//!
+//! ```lua
+//! local flu = require "flu"
+//! error(flu.errno.ENOENT)             -- any Linux errno name; tostring gives strerror text
+//! local ctx = flu.get_context()       -- {uid=, gid=, pid=, umask=} of the calling process
+//! local sec, nsec = flu.now()         -- CLOCK_REALTIME
+//! flu.mode{reg=true, rusr=true}       -- 0x8100: sets and strings to integers
+//! flu.modeset(0o40755)                -- {dir=true, rusr=true, ...}
+//! flu.main({"name", mountpoint, "-o", "ro"}, fs)   -- mount, block until unmounted
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+
+use crate::convert::{self, Timespec};
+use crate::dispatch::CurrentCtx;
+use crate::errno;
+use crate::kernel::Ctx;
+
+/// One errno value as scripts see it (`flu.errno.ENOENT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrnoValue(pub i32);
+
+impl UserData for ErrnoValue {
+    fn add_fields<F: UserDataFields<Self>>(fields: &mut F) {
+        fields.add_field_method_get("code", |_, this| Ok(this.0));
+        fields.add_field_method_get("name", |_, this| Ok(errno::name_of(this.0)));
+    }
+
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(errno::strerror(this.0))
+        });
+        methods.add_meta_method(MetaMethod::Eq, |_, this, other: Value| {
+            Ok(match other {
+                Value::UserData(u) => u
+                    .borrow::<ErrnoValue>()
+                    .map(|o| o.0 == this.0)
+                    .unwrap_or(false),
+                _ => false,
+            })
+        });
+    }
+}
+
+/// What `flu.main` needs from the host: the command line's mount request.
+pub type MainFn = Rc<dyn Fn(&Lua, Vec<String>, Table) -> Result<(), String>>;
+
+/// Host hooks stored in the Lua state.
+pub struct Host {
+    pub main: MainFn,
+    /// Set once `flu.main` has run: its outcome.
+    pub main_result: RefCell<Option<Result<(), String>>>,
+    pub ctx: CurrentCtx,
+}
+
+fn umask_of(pid: u32) -> Option<u32> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+}
+
+/// Create the `flu` module table, make it `require`-able and a global.
+pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
+    let flu = lua.create_table()?;
+
+    let errnos = lua.create_table()?;
+    let mut made: Vec<(i32, mlua::AnyUserData)> = Vec::new();
+    for &(name, code) in errno::ERRNOS {
+        let ud = match made.iter().find(|(c, _)| *c == code) {
+            Some((_, ud)) => ud.clone(),
+            None => {
+                let ud = lua.create_userdata(ErrnoValue(code))?;
+                made.push((code, ud.clone()));
+                ud
+            }
+        };
+        errnos.raw_set(name, ud)?;
+    }
+    flu.raw_set("errno", errnos)?;
+    flu.raw_set("FUSE_USE_VERSION", 26)?;
+
+    let ctx = host.ctx.clone();
+    flu.raw_set(
+        "get_context",
+        lua.create_function(move |lua, t: Option<Table>| {
+            let c: Ctx = ctx.get();
+            let t = match t {
+                Some(t) => t,
+                None => lua.create_table()?,
+            };
+            t.raw_set("uid", c.uid)?;
+            t.raw_set("gid", c.gid)?;
+            t.raw_set("pid", c.pid)?;
+            let umask = c.umask.or_else(|| umask_of(c.pid)).unwrap_or(0o022);
+            t.raw_set("umask", umask)?;
+            Ok(t)
+        })?,
+    )?;
+
+    flu.raw_set(
+        "now",
+        lua.create_function(|_, ()| {
+            let t = Timespec::now();
+            Ok((t.sec, t.nsec))
+        })?,
+    )?;
+
+    flu.raw_set(
+        "mode",
+        lua.create_function(|_, v: Value| {
+            convert::mode_from_lua(&v).map_err(|e| mlua::Error::runtime(e.to_string()))
+        })?,
+    )?;
+
+    flu.raw_set(
+        "modeset",
+        lua.create_function(|lua, m: u32| convert::mode_to_lua(lua, m))?,
+    )?;
+
+    let h = host.clone();
+    flu.raw_set(
+        "main",
+        lua.create_function(move |lua, (argv, fs): (Table, Value)| {
+            let fs = match fs {
+                Value::Table(t) => t,
+                other => {
+                    return Err(mlua::Error::runtime(format!(
+                        "flu.main: bad argument #2 (a table of operations expected, got {})",
+                        other.type_name()
+                    )));
+                }
+            };
+            if h.main_result.borrow().is_some() {
+                return Ok((None, Some("flu.main was already called".to_string())));
+            }
+            let mut args = Vec::new();
+            for v in argv.sequence_values::<Value>() {
+                let v = v?;
+                match lua.coerce_string(v)? {
+                    Some(s) => args.push(s.to_string_lossy()),
+                    None => return Err(mlua::Error::runtime("flu.main: argv must hold strings")),
+                }
+            }
+            let r = (h.main)(lua, args, fs);
+            *h.main_result.borrow_mut() = Some(r.clone());
+            Ok(match r {
+                Ok(()) => (Some(true), None),
+                Err(msg) => (None, Some(msg)),
+            })
+        })?,
+    )?;
+
+    // require "flu" returns this table; it is also a global, as scripts run by Flu expect.
+    let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
+    loaded.raw_set("flu", flu.clone())?;
+    lua.globals().raw_set("flu", flu.clone())?;
+    Ok(flu)
+}
+
+/// A fresh shared request context.
+pub fn new_ctx() -> CurrentCtx {
+    Rc::new(Cell::new(Ctx::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lua_with_flu() -> Lua {
+        let lua = Lua::new();
+        let host = Rc::new(Host {
+            main: Rc::new(|_, args, _| {
+                if args.len() > 1 {
+                    Ok(())
+                } else {
+                    Err("no mountpoint".into())
+                }
+            }),
+            main_result: RefCell::new(None),
+            ctx: new_ctx(),
+        });
+        register(&lua, host).unwrap();
+        lua
+    }
+
+    #[test]
+    fn errno_values() {
+        let lua = lua_with_flu();
+        let ok: bool = lua
+            .load(
+                r#"
+                local flu = require "flu"
+                local e = flu.errno
+                assert(e.ENOENT == e.ENOENT and e.ENOENT ~= e.EIO)
+                assert(e.ENOATTR == e.ENODATA)
+                assert(tostring(e.ENOENT) == "No such file or directory")
+                assert(e.ENOTEMPTY.code == 39 and e.ELOOP.name == "ELOOP")
+                assert(e.ETIMEDOUT and e.EOPNOTSUPP and e.ENAMETOOLONG)
+                assert(type(e.EACCES) == "userdata")
+                return true
+            "#,
+            )
+            .eval()
+            .unwrap();
+        assert!(ok);
+    }
+
+    #[test]
+    fn modes_and_time() {
+        let lua = lua_with_flu();
+        let (m, dir, s): (u32, bool, i64) = lua
+            .load("return flu.mode{reg=true, rusr=true, wusr=true}, flu.modeset(16877).dir, (flu.now())")
+            .eval()
+            .unwrap();
+        assert_eq!(m, 0o100600);
+        assert!(dir);
+        assert!(s > 1_600_000_000);
+        assert!(lua.load("flu.mode('nonsense')").exec().is_err());
+    }
+
+    #[test]
+    fn get_context_fills_given_table() {
+        let lua = lua_with_flu();
+        let same: bool = lua
+            .load(
+                "local t = {} ; return flu.get_context(t) == t and t.uid ~= nil and t.umask ~= nil",
+            )
+            .eval()
+            .unwrap();
+        assert!(same);
+    }
+
+    #[test]
+    fn main_reports_its_outcome() {
+        let lua = lua_with_flu();
+        let (ok, err): (Option<bool>, Option<String>) =
+            lua.load("return flu.main({'x'}, {})").eval().unwrap();
+        assert_eq!((ok, err.as_deref()), (None, Some("no mountpoint")));
+        let (_, err): (Option<bool>, Option<String>) =
+            lua.load("return flu.main({'x', '/m'}, {})").eval().unwrap();
+        assert_eq!(err.as_deref(), Some("flu.main was already called"));
+        assert!(lua.load("flu.main({'x'}, 3)").exec().is_err());
+    }
+}

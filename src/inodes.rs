@@ -1,0 +1,509 @@
+//! The inode ↔ path table: which node id the kernel holds for which name in which directory,
+//! so that every request on a node id can be turned into the path a script expects. Paths are
+//! derived by walking parent links, so renaming a directory moves all its descendants at once.
+//! Hard links (paths whose stat carries the same `ino` with `nlink > 1`) share one node.
+//! Knows nothing about Lua.
+
+use std::collections::HashMap;
+
+pub const ROOT: u64 = 1;
+
+#[derive(Debug)]
+struct Node {
+    /// Primary name (parent, name); further hard-link names in `alt`.
+    parent: u64,
+    name: Vec<u8>,
+    alt: Vec<(u64, Vec<u8>)>,
+    /// Kernel lookup count.
+    lookups: u64,
+    /// Open handles on this node.
+    opens: u32,
+    /// The script's `ino` when it groups hard links (0 = none).
+    script_ino: u64,
+    /// File type bits (S_IFMT) as last seen.
+    kind: u32,
+    /// No name refers to this node any more (unlinked while still referenced).
+    removed: bool,
+}
+
+/// The table. Node ids are never reused within a session.
+#[derive(Debug)]
+pub struct Inodes {
+    nodes: HashMap<u64, Node>,
+    children: HashMap<u64, HashMap<Vec<u8>, u64>>,
+    by_script_ino: HashMap<u64, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                parent: ROOT,
+                name: Vec::new(),
+                alt: Vec::new(),
+                lookups: 1,
+                opens: 0,
+                script_ino: 0,
+                kind: libc::S_IFDIR,
+                removed: false,
+            },
+        );
+        Inodes {
+            nodes,
+            children: HashMap::new(),
+            by_script_ino: HashMap::new(),
+            next: ROOT + 1,
+        }
+    }
+
+    /// Number of nodes known (root included).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The path of a node ("/" for the root). Removed nodes keep their last path.
+    pub fn path(&self, ino: u64) -> Option<Vec<u8>> {
+        let mut parts: Vec<&[u8]> = Vec::new();
+        let mut cur = ino;
+        let mut guard = 0;
+        while cur != ROOT {
+            let n = self.nodes.get(&cur)?;
+            parts.push(&n.name);
+            cur = n.parent;
+            guard += 1;
+            if guard > 100_000 {
+                return None;
+            }
+        }
+        if parts.is_empty() {
+            return Some(b"/".to_vec());
+        }
+        let len = parts.iter().map(|p| p.len() + 1).sum();
+        let mut out = Vec::with_capacity(len);
+        for p in parts.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(p);
+        }
+        Some(out)
+    }
+
+    /// The path of `name` inside directory `parent`.
+    pub fn child_path(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
+        let mut p = self.path(parent)?;
+        if p.len() > 1 {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        Some(p)
+    }
+
+    pub fn contains(&self, ino: u64) -> bool {
+        self.nodes.contains_key(&ino)
+    }
+
+    /// The node currently known under `name` in `parent`.
+    pub fn child(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        self.children.get(&parent)?.get(name).copied()
+    }
+
+    /// File type bits last seen for a node.
+    pub fn kind(&self, ino: u64) -> Option<u32> {
+        self.nodes.get(&ino).map(|n| n.kind)
+    }
+
+    /// Record a successful lookup of `name` in `parent` whose stat had `script_ino`, `kind`
+    /// (S_IFMT bits) and `nlink`; returns the node id and counts one kernel reference.
+    pub fn lookup(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        script_ino: u64,
+        kind: u32,
+        nlink: u32,
+    ) -> u64 {
+        let id = self.resolve(parent, name, script_ino, kind, nlink);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.lookups += 1;
+            n.kind = kind;
+        }
+        id
+    }
+
+    /// Like `lookup` but without counting a kernel reference (readdir entries).
+    pub fn peek_or_insert(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        script_ino: u64,
+        kind: u32,
+        nlink: u32,
+    ) -> u64 {
+        self.resolve(parent, name, script_ino, kind, nlink)
+    }
+
+    fn resolve(&mut self, parent: u64, name: &[u8], script_ino: u64, kind: u32, nlink: u32) -> u64 {
+        let groups = script_ino != 0 && kind != libc::S_IFDIR && nlink > 1;
+        if let Some(id) = self.child(parent, name) {
+            let n = &self.nodes[&id];
+            let same = n.script_ino == 0 || script_ino == 0 || n.script_ino == script_ino;
+            let type_ok = (n.kind == libc::S_IFDIR) == (kind == libc::S_IFDIR);
+            if same && type_ok {
+                if groups && n.script_ino == 0 {
+                    self.set_script_ino(id, script_ino);
+                }
+                return id;
+            }
+            // The script replaced what this name refers to behind the kernel's back.
+            self.unlink(parent, name);
+        }
+        if groups {
+            if let Some(&id) = self.by_script_ino.get(&script_ino) {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    if n.kind == kind {
+                        if n.removed {
+                            n.parent = parent;
+                            n.name = name.to_vec();
+                            n.removed = false;
+                        } else {
+                            n.alt.push((parent, name.to_vec()));
+                        }
+                        self.children
+                            .entry(parent)
+                            .or_default()
+                            .insert(name.to_vec(), id);
+                        return id;
+                    }
+                }
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        self.nodes.insert(
+            id,
+            Node {
+                parent,
+                name: name.to_vec(),
+                alt: Vec::new(),
+                lookups: 0,
+                opens: 0,
+                script_ino: 0,
+                kind,
+                removed: false,
+            },
+        );
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), id);
+        if groups {
+            self.set_script_ino(id, script_ino);
+        }
+        id
+    }
+
+    fn set_script_ino(&mut self, id: u64, script_ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.script_ino = script_ino;
+        }
+        self.by_script_ino.insert(script_ino, id);
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        if let Some(node) = self.nodes.get_mut(&ino) {
+            node.lookups = node.lookups.saturating_sub(n);
+        }
+        self.maybe_drop(ino);
+    }
+
+    pub fn opened(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.opens += 1;
+        }
+    }
+
+    pub fn closed(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.opens = n.opens.saturating_sub(1);
+        }
+        self.maybe_drop(ino);
+    }
+
+    fn maybe_drop(&mut self, ino: u64) {
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
+        if ino == ROOT || n.lookups > 0 || n.opens > 0 {
+            return;
+        }
+        // Keep directories that still have known children: their paths are needed.
+        if self.children.get(&ino).is_some_and(|c| !c.is_empty()) {
+            return;
+        }
+        let Some(n) = self.nodes.remove(&ino) else {
+            return;
+        };
+        if !n.removed {
+            self.remove_name(n.parent, &n.name, ino);
+        }
+        for (p, name) in &n.alt {
+            self.remove_name(*p, name, ino);
+        }
+        if n.script_ino != 0 && self.by_script_ino.get(&n.script_ino) == Some(&ino) {
+            self.by_script_ino.remove(&n.script_ino);
+        }
+        self.children.remove(&ino);
+        // The parent may now be droppable too.
+        if n.parent != ino {
+            self.maybe_drop(n.parent);
+        }
+    }
+
+    fn remove_name(&mut self, parent: u64, name: &[u8], ino: u64) {
+        if let Some(c) = self.children.get_mut(&parent) {
+            if c.get(name) == Some(&ino) {
+                c.remove(name);
+                if c.is_empty() {
+                    self.children.remove(&parent);
+                }
+            }
+        }
+    }
+
+    /// `name` in `parent` no longer exists (unlink, rmdir, or replaced by a rename).
+    pub fn unlink(&mut self, parent: u64, name: &[u8]) {
+        let Some(id) = self.child(parent, name) else {
+            return;
+        };
+        self.remove_name(parent, name, id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if n.parent == parent && n.name == name {
+                if let Some((p, nm)) = n.alt.pop() {
+                    n.parent = p;
+                    n.name = nm;
+                } else {
+                    n.removed = true;
+                }
+            } else {
+                n.alt.retain(|(p, nm)| !(*p == parent && nm == name));
+            }
+        }
+        self.maybe_drop(id);
+    }
+
+    /// `name` in `parent` was renamed to `newname` in `newparent` (replacing any target).
+    pub fn rename(&mut self, parent: u64, name: &[u8], newparent: u64, newname: &[u8]) {
+        if parent == newparent && name == newname {
+            return;
+        }
+        let moving = self.child(parent, name);
+        if let Some(target) = self.child(newparent, newname) {
+            if Some(target) == moving {
+                // Renaming one hard link onto another of the same node: the source name goes.
+                self.unlink(parent, name);
+                return;
+            }
+            self.unlink(newparent, newname);
+        }
+        let Some(id) = moving else {
+            return;
+        };
+        self.remove_name(parent, name, id);
+        if let Some(n) = self.nodes.get_mut(&id) {
+            if n.parent == parent && n.name == name {
+                n.parent = newparent;
+                n.name = newname.to_vec();
+            } else {
+                for alt in n.alt.iter_mut() {
+                    if alt.0 == parent && alt.1 == name {
+                        *alt = (newparent, newname.to_vec());
+                    }
+                }
+            }
+        }
+        self.children
+            .entry(newparent)
+            .or_default()
+            .insert(newname.to_vec(), id);
+        self.maybe_drop(parent);
+    }
+
+    /// RENAME_EXCHANGE: the two names swap nodes.
+    pub fn exchange(&mut self, parent: u64, name: &[u8], newparent: u64, newname: &[u8]) {
+        let a = self.child(parent, name);
+        let b = self.child(newparent, newname);
+        for (id, from, to) in [
+            (a, (parent, name), (newparent, newname)),
+            (b, (newparent, newname), (parent, name)),
+        ] {
+            let Some(id) = id else { continue };
+            if let Some(n) = self.nodes.get_mut(&id) {
+                if n.parent == from.0 && n.name == from.1 {
+                    n.parent = to.0;
+                    n.name = to.1.to_vec();
+                } else {
+                    for alt in n.alt.iter_mut() {
+                        if alt.0 == from.0 && alt.1 == from.1 {
+                            *alt = (to.0, to.1.to_vec());
+                        }
+                    }
+                }
+            }
+        }
+        match a {
+            Some(a) => {
+                self.children
+                    .entry(newparent)
+                    .or_default()
+                    .insert(newname.to_vec(), a);
+            }
+            None => self.remove_name_any(newparent, newname),
+        }
+        match b {
+            Some(b) => {
+                self.children
+                    .entry(parent)
+                    .or_default()
+                    .insert(name.to_vec(), b);
+            }
+            None => self.remove_name_any(parent, name),
+        }
+    }
+
+    fn remove_name_any(&mut self, parent: u64, name: &[u8]) {
+        if let Some(c) = self.children.get_mut(&parent) {
+            c.remove(name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REG: u32 = libc::S_IFREG;
+    const DIR: u32 = libc::S_IFDIR;
+
+    fn p(t: &Inodes, ino: u64) -> String {
+        String::from_utf8(t.path(ino).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn paths_follow_parents() {
+        let mut t = Inodes::new();
+        assert_eq!(p(&t, ROOT), "/");
+        let a = t.lookup(ROOT, b"a", 0, DIR, 2);
+        let b = t.lookup(a, b"b", 0, REG, 1);
+        assert_eq!(p(&t, b), "/a/b");
+        assert_eq!(t.lookup(a, b"b", 0, REG, 1), b, "same name, same node");
+        assert_eq!(t.child_path(a, b"c").unwrap(), b"/a/c");
+        assert_eq!(t.child_path(ROOT, b"c").unwrap(), b"/c");
+    }
+
+    #[test]
+    fn renaming_a_directory_moves_descendants() {
+        let mut t = Inodes::new();
+        let a = t.lookup(ROOT, b"a", 0, DIR, 2);
+        let b = t.lookup(a, b"b", 0, DIR, 2);
+        let c = t.lookup(b, b"c", 0, REG, 1);
+        let x = t.lookup(ROOT, b"x", 0, DIR, 2);
+        t.rename(a, b"b", x, b"y");
+        assert_eq!(p(&t, c), "/x/y/c");
+        assert_eq!(t.child(a, b"b"), None);
+        assert_eq!(t.child(x, b"y"), Some(b));
+    }
+
+    #[test]
+    fn rename_over_existing_target_replaces_it() {
+        let mut t = Inodes::new();
+        let f = t.lookup(ROOT, b"f", 0, REG, 1);
+        let g = t.lookup(ROOT, b"g", 0, REG, 1);
+        t.rename(ROOT, b"f", ROOT, b"g");
+        assert_eq!(t.child(ROOT, b"g"), Some(f));
+        assert_eq!(p(&t, f), "/g");
+        // g is still referenced by the kernel: it stays, removed, with its last path.
+        assert_eq!(p(&t, g), "/g");
+        t.forget(g, 1);
+        assert!(!t.contains(g));
+        assert_eq!(t.child(ROOT, b"g"), Some(f));
+    }
+
+    #[test]
+    fn hard_links_share_a_node() {
+        let mut t = Inodes::new();
+        let a = t.lookup(ROOT, b"a", 42, REG, 2);
+        let b = t.lookup(ROOT, b"b", 42, REG, 2);
+        assert_eq!(a, b);
+        t.unlink(ROOT, b"a");
+        assert_eq!(p(&t, a), "/b", "the other name takes over");
+        // Different ino with nlink 1 never groups.
+        let c = t.lookup(ROOT, b"c", 7, REG, 1);
+        let d = t.lookup(ROOT, b"d", 7, REG, 1);
+        assert_ne!(c, d);
+    }
+
+    #[test]
+    fn unlinked_open_node_keeps_its_path_until_closed() {
+        let mut t = Inodes::new();
+        let f = t.lookup(ROOT, b"f", 0, REG, 1);
+        t.opened(f);
+        t.forget(f, 1);
+        t.unlink(ROOT, b"f");
+        assert_eq!(p(&t, f), "/f");
+        assert_eq!(t.child(ROOT, b"f"), None);
+        let g = t.lookup(ROOT, b"f", 0, REG, 1);
+        assert_ne!(f, g, "a new file under the old name is a new node");
+        t.closed(f);
+        assert!(!t.contains(f));
+        assert_eq!(t.child(ROOT, b"f"), Some(g));
+    }
+
+    #[test]
+    fn forget_drops_nodes_and_empty_parents() {
+        let mut t = Inodes::new();
+        let a = t.lookup(ROOT, b"a", 0, DIR, 2);
+        let b = t.lookup(a, b"b", 0, REG, 1);
+        t.forget(a, 1);
+        assert!(t.contains(a), "a directory with a known child stays");
+        t.forget(b, 1);
+        assert!(!t.contains(b));
+        assert!(!t.contains(a));
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn exchange_swaps_names() {
+        let mut t = Inodes::new();
+        let f = t.lookup(ROOT, b"f", 0, REG, 1);
+        let d = t.lookup(ROOT, b"d", 0, DIR, 2);
+        let c = t.lookup(d, b"c", 0, REG, 1);
+        t.exchange(ROOT, b"f", ROOT, b"d");
+        assert_eq!(p(&t, f), "/d");
+        assert_eq!(p(&t, d), "/f");
+        assert_eq!(p(&t, c), "/f/c");
+    }
+
+    #[test]
+    fn type_change_behind_the_kernels_back_gives_a_new_node() {
+        let mut t = Inodes::new();
+        let f = t.lookup(ROOT, b"x", 0, REG, 1);
+        let d = t.lookup(ROOT, b"x", 0, DIR, 2);
+        assert_ne!(f, d);
+    }
+}

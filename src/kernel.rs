@@ -1,0 +1,975 @@
+//! The kernel side of the bridge: a `fuser::Filesystem` that does no work of its own. Each
+//! kernel request becomes one `Request` (the operation, its arguments and its reply object)
+//! sent to the dispatcher, the single owner of the Lua state, which answers it. Runs on
+//! fuser's session threads; holds no Lua and no filesystem state.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::time::SystemTime;
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
+};
+
+/// Who made a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ctx {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+    /// The umask, when the request carries it (create, mkdir, mknod).
+    pub umask: Option<u32>,
+}
+
+/// Attribute changes of one SETATTR request.
+#[derive(Debug)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+/// One kernel operation with its reply.
+#[derive(Debug)]
+pub enum Op {
+    Lookup {
+        parent: u64,
+        name: OsString,
+        reply: ReplyEntry,
+    },
+    Forget {
+        nodes: Vec<(u64, u64)>,
+    },
+    Getattr {
+        ino: u64,
+        fh: Option<u64>,
+        reply: ReplyAttr,
+    },
+    Setattr {
+        ino: u64,
+        set: SetAttr,
+        reply: ReplyAttr,
+    },
+    Readlink {
+        ino: u64,
+        reply: ReplyData,
+    },
+    Mknod {
+        parent: u64,
+        name: OsString,
+        mode: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    },
+    Mkdir {
+        parent: u64,
+        name: OsString,
+        mode: u32,
+        reply: ReplyEntry,
+    },
+    Unlink {
+        parent: u64,
+        name: OsString,
+        reply: ReplyEmpty,
+    },
+    Rmdir {
+        parent: u64,
+        name: OsString,
+        reply: ReplyEmpty,
+    },
+    Symlink {
+        parent: u64,
+        name: OsString,
+        target: OsString,
+        reply: ReplyEntry,
+    },
+    Rename {
+        parent: u64,
+        name: OsString,
+        newparent: u64,
+        newname: OsString,
+        flags: u32,
+        reply: ReplyEmpty,
+    },
+    Link {
+        ino: u64,
+        newparent: u64,
+        newname: OsString,
+        reply: ReplyEntry,
+    },
+    Open {
+        ino: u64,
+        flags: i32,
+        reply: ReplyOpen,
+    },
+    Read {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        reply: ReplyData,
+    },
+    Write {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: Vec<u8>,
+        reply: ReplyWrite,
+    },
+    Flush {
+        ino: u64,
+        fh: u64,
+        reply: ReplyEmpty,
+    },
+    Release {
+        ino: u64,
+        fh: u64,
+        reply: ReplyEmpty,
+    },
+    Fsync {
+        ino: u64,
+        fh: u64,
+        datasync: bool,
+        reply: ReplyEmpty,
+    },
+    Opendir {
+        ino: u64,
+        flags: i32,
+        reply: ReplyOpen,
+    },
+    Readdir {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        reply: ReplyDirectory,
+    },
+    Readdirplus {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    },
+    Releasedir {
+        ino: u64,
+        fh: u64,
+        reply: ReplyEmpty,
+    },
+    Fsyncdir {
+        ino: u64,
+        fh: u64,
+        datasync: bool,
+        reply: ReplyEmpty,
+    },
+    Statfs {
+        ino: u64,
+        reply: ReplyStatfs,
+    },
+    Setxattr {
+        ino: u64,
+        name: OsString,
+        value: Vec<u8>,
+        flags: i32,
+        reply: ReplyEmpty,
+    },
+    Getxattr {
+        ino: u64,
+        name: OsString,
+        size: u32,
+        reply: ReplyXattr,
+    },
+    Listxattr {
+        ino: u64,
+        size: u32,
+        reply: ReplyXattr,
+    },
+    Removexattr {
+        ino: u64,
+        name: OsString,
+        reply: ReplyEmpty,
+    },
+    Access {
+        ino: u64,
+        mask: i32,
+        reply: ReplyEmpty,
+    },
+    Create {
+        parent: u64,
+        name: OsString,
+        mode: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    },
+    Getlk {
+        ino: u64,
+        fh: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    },
+    Setlk {
+        ino: u64,
+        fh: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    },
+    Bmap {
+        ino: u64,
+        blocksize: u32,
+        idx: u64,
+        reply: ReplyBmap,
+    },
+    Fallocate {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    },
+    Lseek {
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    },
+    CopyFileRange {
+        ino_in: u64,
+        fh_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+        flags: u64,
+        reply: ReplyWrite,
+    },
+    /// Not from the kernel: the session ended or a signal asked to stop.
+    Shutdown,
+}
+
+/// A request on its way to the dispatcher.
+#[derive(Debug)]
+pub struct Request {
+    pub ctx: Ctx,
+    pub op: Op,
+}
+
+/// Kernel features to negotiate at INIT, decided from the script and the options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Features {
+    pub posix_locks: bool,
+    pub readdirplus: bool,
+    pub writeback_cache: bool,
+    pub max_write: u32,
+    pub max_readahead: u32,
+}
+
+/// The `fuser::Filesystem` that forwards every request.
+pub struct Kernel {
+    tx: Sender<Request>,
+    features: Features,
+}
+
+impl Kernel {
+    pub fn new(tx: Sender<Request>, features: Features) -> Kernel {
+        Kernel { tx, features }
+    }
+
+    fn send(&self, req: &fuser::Request, op: Op) {
+        self.send_ctx(ctx_of(req, None), op);
+    }
+
+    fn send_ctx(&self, ctx: Ctx, op: Op) {
+        // If the dispatcher is gone the request (and its reply) is dropped here, and fuser
+        // answers EIO for an unanswered reply.
+        let _ = self.tx.send(Request { ctx, op });
+    }
+}
+
+fn ctx_of(req: &fuser::Request, umask: Option<u32>) -> Ctx {
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+        umask,
+    }
+}
+
+fn os(name: &OsStr) -> OsString {
+    name.to_os_string()
+}
+
+impl fuser::Filesystem for Kernel {
+    fn init(&mut self, _req: &fuser::Request, config: &mut KernelConfig) -> io::Result<()> {
+        let f = self.features;
+        let mut want = InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        if f.posix_locks {
+            want |= InitFlags::FUSE_POSIX_LOCKS;
+        }
+        if f.readdirplus {
+            want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        }
+        if f.writeback_cache {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        let supported = config.capabilities() & want;
+        let _ = config.add_capabilities(supported);
+        if f.max_write > 0 {
+            let _ = config.set_max_write(f.max_write);
+        }
+        if f.max_readahead > 0 {
+            let _ = config.set_max_readahead(f.max_readahead);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.send(
+            req,
+            Op::Lookup {
+                parent: parent.0,
+                name: os(name),
+                reply,
+            },
+        );
+    }
+
+    fn forget(&self, req: &fuser::Request, ino: INodeNo, nlookup: u64) {
+        self.send(
+            req,
+            Op::Forget {
+                nodes: vec![(ino.0, nlookup)],
+            },
+        );
+    }
+
+    fn getattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: Option<FileHandle>,
+        reply: ReplyAttr,
+    ) {
+        self.send(
+            req,
+            Op::Getattr {
+                ino: ino.0,
+                fh: fh.map(|f| f.0),
+                reply,
+            },
+        );
+    }
+
+    fn setattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            fh: fh.map(|f| f.0),
+        };
+        self.send(
+            req,
+            Op::Setattr {
+                ino: ino.0,
+                set,
+                reply,
+            },
+        );
+    }
+
+    fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
+        self.send(req, Op::Readlink { ino: ino.0, reply });
+    }
+
+    fn mknod(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Mknod {
+            parent: parent.0,
+            name: os(name),
+            mode,
+            rdev,
+            reply,
+        };
+        self.send_ctx(ctx_of(req, Some(umask)), op);
+    }
+
+    fn mkdir(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Mkdir {
+            parent: parent.0,
+            name: os(name),
+            mode,
+            reply,
+        };
+        self.send_ctx(ctx_of(req, Some(umask)), op);
+    }
+
+    fn unlink(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.send(
+            req,
+            Op::Unlink {
+                parent: parent.0,
+                name: os(name),
+                reply,
+            },
+        );
+    }
+
+    fn rmdir(&self, req: &fuser::Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.send(
+            req,
+            Op::Rmdir {
+                parent: parent.0,
+                name: os(name),
+                reply,
+            },
+        );
+    }
+
+    fn symlink(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let op = Op::Symlink {
+            parent: parent.0,
+            name: os(link_name),
+            target: target.as_os_str().to_os_string(),
+            reply,
+        };
+        self.send(req, op);
+    }
+
+    fn rename(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let op = Op::Rename {
+            parent: parent.0,
+            name: os(name),
+            newparent: newparent.0,
+            newname: os(newname),
+            flags: flags.bits(),
+            reply,
+        };
+        self.send(req, op);
+    }
+
+    fn link(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.send(
+            req,
+            Op::Link {
+                ino: ino.0,
+                newparent: newparent.0,
+                newname: os(newname),
+                reply,
+            },
+        );
+    }
+
+    fn open(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.send(
+            req,
+            Op::Open {
+                ino: ino.0,
+                flags: flags.0,
+                reply,
+            },
+        );
+    }
+
+    fn read(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.send(
+            req,
+            Op::Read {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                size,
+                reply,
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        self.send(
+            req,
+            Op::Write {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                data: data.to_vec(),
+                reply,
+            },
+        );
+    }
+
+    fn flush(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Flush {
+                ino: ino.0,
+                fh: fh.0,
+                reply,
+            },
+        );
+    }
+
+    fn release(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Release {
+                ino: ino.0,
+                fh: fh.0,
+                reply,
+            },
+        );
+    }
+
+    fn fsync(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Fsync {
+                ino: ino.0,
+                fh: fh.0,
+                datasync,
+                reply,
+            },
+        );
+    }
+
+    fn opendir(&self, req: &fuser::Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.send(
+            req,
+            Op::Opendir {
+                ino: ino.0,
+                flags: flags.0,
+                reply,
+            },
+        );
+    }
+
+    fn readdir(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectory,
+    ) {
+        self.send(
+            req,
+            Op::Readdir {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                reply,
+            },
+        );
+    }
+
+    fn readdirplus(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.send(
+            req,
+            Op::Readdirplus {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                reply,
+            },
+        );
+    }
+
+    fn releasedir(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Releasedir {
+                ino: ino.0,
+                fh: fh.0,
+                reply,
+            },
+        );
+    }
+
+    fn fsyncdir(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Fsyncdir {
+                ino: ino.0,
+                fh: fh.0,
+                datasync,
+                reply,
+            },
+        );
+    }
+
+    fn statfs(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.send(req, Op::Statfs { ino: ino.0, reply });
+    }
+
+    fn setxattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Setxattr {
+                ino: ino.0,
+                name: os(name),
+                value: value.to_vec(),
+                flags,
+                reply,
+            },
+        );
+    }
+
+    fn getxattr(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
+        self.send(
+            req,
+            Op::Getxattr {
+                ino: ino.0,
+                name: os(name),
+                size,
+                reply,
+            },
+        );
+    }
+
+    fn listxattr(&self, req: &fuser::Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.send(
+            req,
+            Op::Listxattr {
+                ino: ino.0,
+                size,
+                reply,
+            },
+        );
+    }
+
+    fn removexattr(&self, req: &fuser::Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.send(
+            req,
+            Op::Removexattr {
+                ino: ino.0,
+                name: os(name),
+                reply,
+            },
+        );
+    }
+
+    fn access(&self, req: &fuser::Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        self.send(
+            req,
+            Op::Access {
+                ino: ino.0,
+                mask: mask.bits(),
+                reply,
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        req: &fuser::Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let op = Op::Create {
+            parent: parent.0,
+            name: os(name),
+            mode,
+            flags,
+            reply,
+        };
+        self.send_ctx(ctx_of(req, Some(umask)), op);
+    }
+
+    fn getlk(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.send(
+            req,
+            Op::Getlk {
+                ino: ino.0,
+                fh: fh.0,
+                start,
+                end,
+                typ,
+                pid,
+                reply,
+            },
+        );
+    }
+
+    fn setlk(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Setlk {
+                ino: ino.0,
+                fh: fh.0,
+                start,
+                end,
+                typ,
+                pid,
+                sleep,
+                reply,
+            },
+        );
+    }
+
+    fn bmap(&self, req: &fuser::Request, ino: INodeNo, blocksize: u32, idx: u64, reply: ReplyBmap) {
+        self.send(
+            req,
+            Op::Bmap {
+                ino: ino.0,
+                blocksize,
+                idx,
+                reply,
+            },
+        );
+    }
+
+    fn fallocate(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.send(
+            req,
+            Op::Fallocate {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                length,
+                mode,
+                reply,
+            },
+        );
+    }
+
+    fn lseek(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        self.send(
+            req,
+            Op::Lseek {
+                ino: ino.0,
+                fh: fh.0,
+                offset,
+                whence,
+                reply,
+            },
+        );
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &fuser::Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let op = Op::CopyFileRange {
+            ino_in: ino_in.0,
+            fh_in: fh_in.0,
+            off_in: offset_in,
+            ino_out: ino_out.0,
+            fh_out: fh_out.0,
+            off_out: offset_out,
+            len,
+            flags: flags.bits(),
+            reply,
+        };
+        self.send(req, op);
+    }
+}

@@ -1,0 +1,71 @@
+//! flufs: mount a FUSE filesystem written in Lua.
+//!
+//! `cli` (options) → `daemon` (detaching) → `script` (the Lua state, `flu.main`) → `mount`
+//! (session, signals) → `kernel` (fuser requests into a queue) → `dispatch` (the one Lua owner)
+//! using `inodes` (inode ↔ path), `convert`/`mode`/`errno` (values) and `ops` (operation names).
+
+mod cli;
+mod convert;
+mod daemon;
+mod dispatch;
+mod errno;
+mod flu;
+mod inodes;
+mod kernel;
+mod log;
+mod mode;
+mod mount;
+mod ops;
+mod options;
+mod script;
+
+use std::cell::RefCell;
+use std::path::Path;
+use std::rc::Rc;
+
+fn fail(msg: &str) -> ! {
+    eprintln!("flufs: {msg}");
+    std::process::exit(1);
+}
+
+fn main() {
+    let cli = cli::parse();
+    let options = cli.mount_options().unwrap_or_else(|e| fail(&e));
+
+    let script = match std::fs::canonicalize(&cli.script) {
+        Ok(p) if p.is_file() => p,
+        Ok(_) => fail(&format!("script {} is not a file", cli.script.display())),
+        Err(e) => fail(&format!(
+            "cannot read script {}: {}",
+            cli.script.display(),
+            errno::strerror(e.raw_os_error().unwrap_or(libc::EIO))
+        )),
+    };
+    let mountpoint = match std::fs::canonicalize(&cli.mountpoint) {
+        Ok(p) => p,
+        Err(_) => std::path::absolute(&cli.mountpoint).unwrap_or_else(|_| cli.mountpoint.clone()),
+    };
+    if let Err(msg) = mount::check_mountpoint(Path::new(&mountpoint)) {
+        fail(&msg);
+    }
+
+    let mut reporter = daemon::Reporter::Foreground;
+    if !options.foreground {
+        reporter = daemon::detach().unwrap_or_else(|e| fail(&e));
+    }
+    let reporter = Rc::new(RefCell::new(reporter));
+    let job = script::Job {
+        script,
+        mountpoint,
+        script_args: cli.script_args.clone(),
+        options,
+    };
+    if let Err(msg) = script::run(job, reporter.clone()) {
+        // Before the mount is live the waiting parent prints the reason; afterwards (or in the
+        // foreground) it goes to the log.
+        if !reporter.borrow_mut().fail(&msg) {
+            log::error(&msg);
+        }
+        std::process::exit(1);
+    }
+}

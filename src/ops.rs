@@ -1,0 +1,181 @@
+//! The operation names a script may define, resolved once to Lua functions at mount time, and
+//! the check that reports unknown names (typos) with the closest real one.
+
+use mlua::{Function, Table, Value};
+
+macro_rules! ops {
+    ($($variant:ident => $name:literal),* $(,)?) => {
+        /// One script operation.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum OpName { $($variant),* }
+
+        /// Every operation name, in `OpName` order.
+        pub const NAMES: &[&str] = &[$($name),*];
+
+        const ALL: &[OpName] = &[$(OpName::$variant),*];
+    };
+}
+
+ops! {
+    Init => "init",
+    Destroy => "destroy",
+    Getattr => "getattr",
+    Fgetattr => "fgetattr",
+    Readlink => "readlink",
+    Mknod => "mknod",
+    Mkdir => "mkdir",
+    Unlink => "unlink",
+    Rmdir => "rmdir",
+    Symlink => "symlink",
+    Rename => "rename",
+    Link => "link",
+    Chmod => "chmod",
+    Chown => "chown",
+    Truncate => "truncate",
+    Ftruncate => "ftruncate",
+    Utimens => "utimens",
+    Open => "open",
+    Read => "read",
+    Write => "write",
+    Statfs => "statfs",
+    Flush => "flush",
+    Release => "release",
+    Fsync => "fsync",
+    Setxattr => "setxattr",
+    Getxattr => "getxattr",
+    Listxattr => "listxattr",
+    Removexattr => "removexattr",
+    Opendir => "opendir",
+    Readdir => "readdir",
+    Releasedir => "releasedir",
+    Fsyncdir => "fsyncdir",
+    Access => "access",
+    Create => "create",
+    Lock => "lock",
+    Flock => "flock",
+    Fallocate => "fallocate",
+    Lseek => "lseek",
+    CopyFileRange => "copy_file_range",
+    Bmap => "bmap",
+}
+
+impl OpName {
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+}
+
+/// The script's functions, looked up once.
+pub struct Ops {
+    funcs: Vec<Option<Function>>,
+}
+
+impl Ops {
+    /// Resolve every known name in `fs` (honouring `__index`). Returns the table and warnings
+    /// about entries that are not operations.
+    pub fn resolve(fs: &Table) -> mlua::Result<(Ops, Vec<String>)> {
+        let mut funcs = Vec::with_capacity(ALL.len());
+        let mut warnings = Vec::new();
+        for op in ALL {
+            match fs.get::<Value>(op.name())? {
+                Value::Function(f) => funcs.push(Some(f)),
+                Value::Nil => funcs.push(None),
+                other => {
+                    warnings.push(format!(
+                        "operation '{}' is a {}, not a function; ignored",
+                        op.name(),
+                        other.type_name()
+                    ));
+                    funcs.push(None);
+                }
+            }
+        }
+        for pair in fs.pairs::<Value, Value>() {
+            let (k, v) = pair?;
+            let Value::String(k) = k else { continue };
+            let k = k.to_string_lossy();
+            if NAMES.contains(&k.as_str()) || !matches!(v, Value::Function(_)) {
+                continue;
+            }
+            let hint = closest(&k)
+                .map(|n| format!(" (did you mean '{n}'?)"))
+                .unwrap_or_default();
+            warnings.push(format!(
+                "'{k}' is not a filesystem operation and will never be called{hint}"
+            ));
+        }
+        Ok((Ops { funcs }, warnings))
+    }
+
+    pub fn get(&self, op: OpName) -> Option<&Function> {
+        self.funcs.get(op as usize).and_then(|f| f.as_ref())
+    }
+
+    pub fn has(&self, op: OpName) -> bool {
+        self.get(op).is_some()
+    }
+}
+
+/// The known operation name closest to `name` (edit distance, or a shared prefix).
+pub fn closest(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    let mut best: Option<(usize, &str)> = None;
+    for &n in NAMES {
+        let mut d = levenshtein(&lower, n);
+        if lower.starts_with(n) || n.starts_with(&lower) {
+            d = d.min(2);
+        }
+        if best.is_none_or(|(bd, _)| d < bd) {
+            best = Some((d, n));
+        }
+    }
+    best.filter(|&(d, n)| d <= n.len().max(3) / 2 + 1)
+        .map(|(_, n)| n)
+}
+
+fn levenshtein(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_suggest_the_real_operation() {
+        assert_eq!(closest("getattribute"), Some("getattr"));
+        assert_eq!(closest("readir"), Some("readdir"));
+        assert_eq!(closest("opne"), Some("open"));
+        assert_eq!(closest("Write"), Some("write"));
+        assert_eq!(closest("my_helper_function"), None);
+    }
+
+    #[test]
+    fn resolve_reports_unknown_functions_only() {
+        let lua = mlua::Lua::new();
+        let fs: Table = lua
+            .load("{getattr=function() end, getattribute=function() end, version='1', readdir=3}")
+            .eval()
+            .unwrap();
+        let (ops, warnings) = Ops::resolve(&fs).unwrap();
+        assert!(ops.has(OpName::Getattr));
+        assert!(!ops.has(OpName::Readdir));
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("getattribute") && w.contains("'getattr'"))
+        );
+        assert!(warnings.iter().any(|w| w.contains("'readdir' is a number")));
+    }
+}

@@ -1,0 +1,236 @@
+//! Shared test harness: mounts a Lua script with the real `flufs` binary on a unique temporary
+//! directory and guarantees the mount is gone when the guard drops, even if the test panics.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test.
+pub fn flufs_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flufs"))
+}
+
+/// The repository root (where `lua/` and `tests/fixtures/` live).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+pub fn shipped(name: &str) -> PathBuf {
+    repo().join("lua").join(name)
+}
+
+/// True when FUSE can be used. In CI a missing /dev/fuse is a hard failure, never a skip.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists();
+    if !ok {
+        if std::env::var("CI").map(|v| v == "true").unwrap_or(false) {
+            panic!("/dev/fuse is missing but CI=true: FUSE tests must run in CI");
+        }
+        eprintln!("skipping: /dev/fuse not available (set CI=true to make this an error)");
+    }
+    ok
+}
+
+/// A unique temporary directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "flufs-test-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn is_mounted(mnt: &Path) -> bool {
+    let want = mnt.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&want))
+        })
+        .unwrap_or(false)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// A live mount of a Lua script. Unmounts and reaps the daemon on drop.
+pub struct Mount {
+    pub dir: TempDir,
+    pub mnt: PathBuf,
+    child: Option<Child>,
+    stderr_path: PathBuf,
+}
+
+impl Mount {
+    /// Mount `script` in the foreground (`-f`) with extra flufs options (before the script).
+    pub fn new(script: &Path, opts: &[&str]) -> Mount {
+        Self::with_args(script, opts, &[])
+    }
+
+    pub fn with_args(script: &Path, opts: &[&str], script_args: &[&str]) -> Mount {
+        Self::try_with_args(script, opts, script_args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `with_args` but returns the daemon's stderr as the error when it fails to mount.
+    pub fn try_with_args(
+        script: &Path,
+        opts: &[&str],
+        script_args: &[&str],
+    ) -> Result<Mount, String> {
+        let dir = TempDir::new("mnt");
+        let mnt = dir.path.join("mnt");
+        std::fs::create_dir_all(&mnt).expect("create mountpoint");
+        let stderr_path = dir.path.join("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
+        let mut cmd = Command::new(flufs_bin());
+        cmd.arg("-f").args(opts).arg(script).arg(&mnt);
+        if !script_args.is_empty() {
+            cmd.arg("--").args(script_args);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn flufs");
+        let mut m = Mount {
+            dir,
+            mnt,
+            child: Some(child),
+            stderr_path,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if is_mounted(&m.mnt) {
+                return Ok(m);
+            }
+            if let Some(c) = m.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    m.child = None;
+                    return Err(format!(
+                        "flufs exited ({status}) before mounting: {}",
+                        m.log()
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting for mount: {}", m.log()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path inside the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel.trim_start_matches('/'))
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Unmount now and wait for the daemon; returns its exit status code.
+    pub fn unmount(&mut self) -> Option<i32> {
+        if is_mounted(&self.mnt) {
+            let ok = Command::new("fusermount3")
+                .arg("-u")
+                .arg(&self.mnt)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if !ok {
+                let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            }
+        }
+        self.reap()
+    }
+
+    /// Wait (bounded) for the daemon to exit; kill it if it does not.
+    pub fn reap(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// PID of the daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        self.unmount();
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// Run a shell command (sh -c) and return (status code, stdout, stderr).
+pub fn sh(cmd: &str) -> (i32, String, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The errno of an io::Error (panics if it has none).
+pub fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error()
+        .unwrap_or_else(|| panic!("error without errno: {e}"))
+}

@@ -1,0 +1,1288 @@
+//! lua/luafs.lua mounted for real: it should behave like tmpfs for everything a user does.
+mod common;
+
+use common::{Mount, errno, sh, shipped};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+fn luafs() -> Mount {
+    Mount::new(&shipped("luafs.lua"), &[])
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+/// errno of a failing libc call result (-1) or panic with `what`.
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap()
+}
+
+fn expect_errno<T: std::fmt::Debug>(r: std::io::Result<T>, want: i32, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected errno {want}, got Ok({v:?})"),
+        Err(e) => assert_eq!(errno(&e), want, "{what}: got {e}"),
+    }
+}
+
+struct XorShift(u64);
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| (self.next() >> 24) as u8).collect()
+    }
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_tool(tool: &str) {
+    let (code, _, _) = sh(&format!("command -v {tool} >/dev/null"));
+    assert_eq!(
+        code, 0,
+        "{tool} not installed: run `apt-get install -y attr` (CI installs it)"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// file data
+
+#[test]
+fn written_bytes_with_all_256_values_read_back_identically() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 256) as u8).rev().collect();
+    fs::write(m.path("bin"), &data).unwrap();
+    assert_eq!(fs::read(m.path("bin")).unwrap(), data);
+    assert_eq!(fs::metadata(m.path("bin")).unwrap().len(), 4096);
+    // Also through a fresh open with small, unaligned reads.
+    let mut f = File::open(m.path("bin")).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 77];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, data);
+}
+
+#[test]
+fn three_mib_file_written_in_one_mib_writes_reads_back() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let mut rng = XorShift(0x9e3779b97f4a7c15);
+    let data = rng.bytes(3 << 20);
+    let mut f = File::create(m.path("big")).unwrap();
+    for chunk in data.chunks(1 << 20) {
+        f.write_all(chunk).unwrap();
+    }
+    drop(f);
+    assert_eq!(fs::metadata(m.path("big")).unwrap().len(), 3 << 20);
+    let got = fs::read(m.path("big")).unwrap();
+    assert!(
+        got == data,
+        "3 MiB file content differs (len {})",
+        got.len()
+    );
+    // A read straddling the 1 MiB boundaries.
+    let f = File::open(m.path("big")).unwrap();
+    let mut buf = vec![0u8; 300_000];
+    f.read_exact_at(&mut buf, (1 << 20) - 100_000).unwrap();
+    assert!(buf[..] == data[(1 << 20) - 100_000..(1 << 20) + 200_000]);
+}
+
+#[test]
+fn write_past_eof_leaves_a_hole_that_reads_as_zeros() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let f = File::create(m.path("sparse")).unwrap();
+    f.write_all_at(b"head", 0).unwrap();
+    f.write_all_at(b"tail", 200_000).unwrap();
+    drop(f);
+    let got = fs::read(m.path("sparse")).unwrap();
+    assert_eq!(got.len(), 200_004);
+    assert_eq!(&got[..4], b"head");
+    assert!(
+        got[4..200_000].iter().all(|&b| b == 0),
+        "hole is not all zeros"
+    );
+    assert_eq!(&got[200_000..], b"tail");
+}
+
+#[test]
+fn overwrite_in_the_middle_replaces_bytes_without_inserting() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("f"), b"0123456789").unwrap();
+    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    f.write_all_at(b"ab", 4).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"0123ab6789");
+    // Opening for write without O_TRUNC keeps the rest.
+    let mut f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    f.write_all(b"XY").unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"XY23ab6789");
+}
+
+#[test]
+fn append_mode_writes_always_go_to_the_end() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("log"), b"one\n").unwrap();
+    let mut f = OpenOptions::new().append(true).open(m.path("log")).unwrap();
+    f.write_all(b"two\n").unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.write_all(b"three\n").unwrap();
+    drop(f);
+    assert_eq!(
+        fs::read_to_string(m.path("log")).unwrap(),
+        "one\ntwo\nthree\n"
+    );
+    let (code, _, err) = sh(&format!("echo four >> '{}'", m.path("log").display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(m.path("log")).unwrap(),
+        "one\ntwo\nthree\nfour\n"
+    );
+}
+
+#[test]
+fn truncate_shrinks_and_grows_with_zeros() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("t"), b"0123456789").unwrap();
+    let f = OpenOptions::new().write(true).open(m.path("t")).unwrap();
+    f.set_len(3).unwrap();
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"012");
+    f.set_len(10).unwrap();
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"012\0\0\0\0\0\0\0");
+    drop(f);
+    // Path-based truncate(2).
+    assert_eq!(unsafe { libc::truncate(cstr(&m.path("t")).as_ptr(), 1) }, 0);
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"0");
+    assert_eq!(unsafe { libc::truncate(cstr(&m.path("t")).as_ptr(), 5) }, 0);
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"0\0\0\0\0");
+    // O_TRUNC on open.
+    fs::write(m.path("t"), b"xy").unwrap();
+    assert_eq!(fs::read(m.path("t")).unwrap(), b"xy");
+    // Grow then write after the grown region: the region stays zero.
+    let f = OpenOptions::new().write(true).open(m.path("t")).unwrap();
+    f.set_len(70_000).unwrap();
+    f.write_all_at(b"!", 70_000).unwrap();
+    drop(f);
+    let got = fs::read(m.path("t")).unwrap();
+    assert_eq!(got.len(), 70_001);
+    assert_eq!(&got[..2], b"xy");
+    assert!(got[2..70_000].iter().all(|&b| b == 0));
+    // Shrink then grow: the old bytes must not reappear.
+    fs::write(m.path("u"), b"secretdata").unwrap();
+    assert_eq!(unsafe { libc::truncate(cstr(&m.path("u")).as_ptr(), 2) }, 0);
+    assert_eq!(
+        unsafe { libc::truncate(cstr(&m.path("u")).as_ptr(), 10) },
+        0
+    );
+    assert_eq!(fs::read(m.path("u")).unwrap(), b"se\0\0\0\0\0\0\0\0");
+}
+
+#[test]
+fn unlinked_open_file_stays_readable_and_writable_through_its_descriptor() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("gone"), b"still here").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("gone"))
+        .unwrap();
+    fs::remove_file(m.path("gone")).unwrap();
+    assert!(!m.path("gone").exists());
+    let mut buf = [0u8; 10];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still here");
+    f.write_all_at(b"HERE", 6).unwrap();
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still HERE");
+    assert_eq!(f.metadata().unwrap().len(), 10);
+    // A new file with the same name is a different file.
+    fs::write(m.path("gone"), b"new").unwrap();
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"still HERE");
+    assert_eq!(fs::read(m.path("gone")).unwrap(), b"new");
+    drop(f);
+    assert_eq!(fs::read(m.path("gone")).unwrap(), b"new");
+}
+
+// ---------------------------------------------------------------------------------------------
+// directories
+
+#[test]
+fn mkdir_and_rmdir_with_enotempty_and_eexist() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("d")).unwrap();
+    assert!(fs::metadata(m.path("d")).unwrap().is_dir());
+    expect_errno(fs::create_dir(m.path("d")), libc::EEXIST, "mkdir existing");
+    fs::write(m.path("d/f"), b"x").unwrap();
+    expect_errno(
+        fs::remove_dir(m.path("d")),
+        libc::ENOTEMPTY,
+        "rmdir non-empty",
+    );
+    expect_errno(
+        fs::remove_dir(m.path("d/f")),
+        libc::ENOTDIR,
+        "rmdir of a file",
+    );
+    expect_errno(
+        fs::remove_file(m.path("d")),
+        libc::EISDIR,
+        "unlink of a dir",
+    );
+    expect_errno(
+        fs::create_dir(m.path("nope/sub")),
+        libc::ENOENT,
+        "mkdir under missing",
+    );
+    expect_errno(
+        fs::create_dir(m.path("d/f/sub")),
+        libc::ENOTDIR,
+        "mkdir under a file",
+    );
+    fs::remove_file(m.path("d/f")).unwrap();
+    fs::remove_dir(m.path("d")).unwrap();
+    assert!(!m.path("d").exists());
+    expect_errno(fs::remove_dir(m.path("d")), libc::ENOENT, "rmdir missing");
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn directory_nlink_is_two_plus_subdirectories() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let root0 = fs::metadata(&m.mnt).unwrap().nlink();
+    assert_eq!(root0, 2, "empty root");
+    fs::create_dir(m.path("d")).unwrap();
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(&m.mnt).unwrap().nlink(),
+        3,
+        "root after mkdir d"
+    );
+    fs::create_dir(m.path("d/x")).unwrap();
+    fs::create_dir(m.path("d/y")).unwrap();
+    fs::write(m.path("d/file"), b"").unwrap();
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 4);
+    fs::remove_dir(m.path("d/x")).unwrap();
+    assert_eq!(fs::metadata(m.path("d")).unwrap().nlink(), 3);
+    fs::rename(m.path("d/y"), m.path("y")).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().nlink(),
+        2,
+        "after moving y out"
+    );
+    assert_eq!(fs::metadata(&m.mnt).unwrap().nlink(), 4, "root has d and y");
+}
+
+#[test]
+fn readdir_lists_entries_with_their_types() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("file"), b"x").unwrap();
+    std::os::unix::fs::symlink("file", m.path("link")).unwrap();
+    let mut got: Vec<(String, &str)> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let kind = if t.is_dir() {
+                "dir"
+            } else if t.is_symlink() {
+                "symlink"
+            } else if t.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            (e.file_name().to_string_lossy().into_owned(), kind)
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("dir".into(), "dir"),
+            ("file".into(), "file"),
+            ("link".into(), "symlink")
+        ]
+    );
+    // `ls -a` shows . and .. too.
+    let (code, out, err) = sh(&format!("ls -a '{}'", m.mnt.display()));
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<&str> = out.lines().collect();
+    assert_eq!(names, vec![".", "..", "dir", "file", "link"]);
+}
+
+#[test]
+fn one_hundred_thousand_files_in_one_directory_are_all_listed() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("many")).unwrap();
+    let start = std::time::Instant::now();
+    const N: usize = 100_000;
+    for i in 0..N {
+        File::create(m.path(&format!("many/file-{i:06}"))).unwrap();
+    }
+    let created = start.elapsed();
+    let mut names: Vec<OsString> = fs::read_dir(m.path("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let listed = start.elapsed() - created;
+    eprintln!("created {N} files in {created:?}, listed in {listed:?}");
+    assert_eq!(
+        names.len(),
+        N,
+        "readdir returned {} of {N} entries",
+        names.len()
+    );
+    names.sort();
+    for (i, n) in names.iter().enumerate() {
+        assert_eq!(n, &OsString::from(format!("file-{i:06}")), "entry #{i}");
+    }
+    // `ls | wc -l` agrees.
+    let (code, out, err) = sh(&format!("ls '{}' | wc -l", m.path("many").display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), N.to_string());
+}
+
+// ---------------------------------------------------------------------------------------------
+// rename
+
+#[test]
+fn rename_file_over_existing_file_replaces_it() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("a"), b"from a").unwrap();
+    fs::write(m.path("b"), b"old b content").unwrap();
+    let ino_a = fs::metadata(m.path("a")).unwrap().ino();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    assert!(!m.path("a").exists());
+    assert_eq!(fs::read(m.path("b")).unwrap(), b"from a");
+    assert_eq!(
+        fs::metadata(m.path("b")).unwrap().ino(),
+        ino_a,
+        "renamed file keeps its inode"
+    );
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![OsString::from("b")]);
+}
+
+#[test]
+fn rename_dir_over_empty_dir_works_and_over_nonempty_dir_fails() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("src")).unwrap();
+    fs::write(m.path("src/inside"), b"i").unwrap();
+    fs::create_dir(m.path("empty")).unwrap();
+    fs::create_dir(m.path("full")).unwrap();
+    fs::write(m.path("full/x"), b"x").unwrap();
+    expect_errno(
+        fs::rename(m.path("src"), m.path("full")),
+        libc::ENOTEMPTY,
+        "dir over non-empty",
+    );
+    fs::rename(m.path("src"), m.path("empty")).unwrap();
+    assert!(!m.path("src").exists());
+    assert_eq!(fs::read(m.path("empty/inside")).unwrap(), b"i");
+    expect_errno(
+        fs::rename(m.path("empty"), m.path("full/x")),
+        libc::ENOTDIR,
+        "dir over file",
+    );
+    expect_errno(
+        fs::rename(m.path("full/x"), m.path("empty")),
+        libc::EISDIR,
+        "file over dir",
+    );
+    assert_eq!(fs::read(m.path("full/x")).unwrap(), b"x");
+}
+
+#[test]
+fn rename_dir_into_its_own_subdirectory_fails_with_einval() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir_all(m.path("top/mid/low")).unwrap();
+    expect_errno(
+        fs::rename(m.path("top"), m.path("top/mid/low/top")),
+        libc::EINVAL,
+        "into own subdir",
+    );
+    expect_errno(
+        fs::rename(m.path("top"), m.path("top/inside")),
+        libc::EINVAL,
+        "into itself",
+    );
+    assert!(m.path("top/mid/low").is_dir());
+}
+
+#[test]
+fn rename_across_directories_moves_files_and_subtrees() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir_all(m.path("a/tree/deep")).unwrap();
+    fs::create_dir(m.path("b")).unwrap();
+    fs::write(m.path("a/file"), b"payload").unwrap();
+    fs::write(m.path("a/tree/deep/leaf"), b"leaf").unwrap();
+    fs::rename(m.path("a/file"), m.path("b/moved")).unwrap();
+    fs::rename(m.path("a/tree"), m.path("b/tree2")).unwrap();
+    assert!(!m.path("a/file").exists());
+    assert!(!m.path("a/tree").exists());
+    assert_eq!(fs::read(m.path("b/moved")).unwrap(), b"payload");
+    assert_eq!(fs::read(m.path("b/tree2/deep/leaf")).unwrap(), b"leaf");
+    // The moved subtree is fully usable under its new name.
+    fs::write(m.path("b/tree2/deep/new"), b"n").unwrap();
+    assert_eq!(fs::read_dir(m.path("b/tree2/deep")).unwrap().count(), 2);
+    assert_eq!(fs::read_dir(m.path("a")).unwrap().count(), 0);
+    // Renaming onto itself is a no-op.
+    fs::rename(m.path("b/moved"), m.path("b/moved")).unwrap();
+    assert_eq!(fs::read(m.path("b/moved")).unwrap(), b"payload");
+}
+
+#[test]
+fn rename_noreplace_and_exchange_flags() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("x"), b"X").unwrap();
+    fs::write(m.path("y"), b"Y").unwrap();
+    let r = |a: &str, b: &str, flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cstr(&m.path(a)).as_ptr(),
+            libc::AT_FDCWD,
+            cstr(&m.path(b)).as_ptr(),
+            flags,
+        )
+    };
+    assert_eq!(r("x", "y", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(last_errno(), libc::EEXIST, "RENAME_NOREPLACE onto existing");
+    assert_eq!(fs::read(m.path("y")).unwrap(), b"Y");
+    assert_eq!(
+        r("x", "y", libc::RENAME_EXCHANGE),
+        0,
+        "RENAME_EXCHANGE: errno {}",
+        last_errno()
+    );
+    assert_eq!(fs::read(m.path("x")).unwrap(), b"Y");
+    assert_eq!(fs::read(m.path("y")).unwrap(), b"X");
+    assert_eq!(r("x", "z", libc::RENAME_NOREPLACE), 0);
+    assert!(!m.path("x").exists());
+    assert_eq!(fs::read(m.path("z")).unwrap(), b"Y");
+}
+
+// ---------------------------------------------------------------------------------------------
+// links
+
+#[test]
+fn hard_links_share_inode_and_data_and_survive_unlink_of_one_name() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("sub")).unwrap();
+    fs::write(m.path("orig"), b"shared").unwrap();
+    fs::hard_link(m.path("orig"), m.path("sub/alias")).unwrap();
+    let a = fs::metadata(m.path("orig")).unwrap();
+    let b = fs::metadata(m.path("sub/alias")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "hard links must have the same st_ino");
+    assert_eq!(a.nlink(), 2);
+    assert_eq!(b.nlink(), 2);
+    // Write through one name, read through the other.
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("sub/alias"))
+        .unwrap();
+    f.write_all_at(b"SH", 0).unwrap();
+    f.write_all_at(b"+more", 6).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("orig")).unwrap(), b"SHared+more");
+    fs::set_permissions(m.path("orig"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("sub/alias")).unwrap().mode() & 0o7777,
+        0o600
+    );
+    expect_errno(
+        fs::hard_link(m.path("orig"), m.path("sub/alias")),
+        libc::EEXIST,
+        "link onto existing",
+    );
+    expect_errno(
+        fs::hard_link(m.path("sub"), m.path("dirlink")),
+        libc::EPERM,
+        "link of a directory",
+    );
+    fs::remove_file(m.path("orig")).unwrap();
+    assert!(!m.path("orig").exists());
+    let b = fs::metadata(m.path("sub/alias")).unwrap();
+    assert_eq!(b.nlink(), 1);
+    assert_eq!(fs::read(m.path("sub/alias")).unwrap(), b"SHared+more");
+}
+
+#[test]
+fn symlinks_readlink_follow_dangle_and_loop() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("dir")).unwrap();
+    fs::write(m.path("dir/target"), b"through the link").unwrap();
+    std::os::unix::fs::symlink("dir/target", m.path("rel")).unwrap();
+    std::os::unix::fs::symlink("dir", m.path("dirlink")).unwrap();
+    let long_target = "x".repeat(1000) + "/y";
+    std::os::unix::fs::symlink(&long_target, m.path("long")).unwrap();
+    std::os::unix::fs::symlink("nowhere", m.path("dangling")).unwrap();
+    std::os::unix::fs::symlink("loop", m.path("loop")).unwrap();
+
+    assert_eq!(
+        fs::read_link(m.path("rel")).unwrap(),
+        Path::new("dir/target")
+    );
+    assert_eq!(
+        fs::read_link(m.path("long")).unwrap(),
+        Path::new(&long_target)
+    );
+    let lst = fs::symlink_metadata(m.path("rel")).unwrap();
+    assert!(lst.file_type().is_symlink());
+    assert_eq!(
+        lst.len(),
+        "dir/target".len() as u64,
+        "symlink size is its target length"
+    );
+    assert_eq!(fs::read(m.path("rel")).unwrap(), b"through the link");
+    assert_eq!(
+        fs::read(m.path("dirlink/target")).unwrap(),
+        b"through the link"
+    );
+    assert!(fs::metadata(m.path("dirlink")).unwrap().is_dir());
+
+    assert!(
+        fs::symlink_metadata(m.path("dangling"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    expect_errno(fs::read(m.path("dangling")), libc::ENOENT, "open dangling");
+    expect_errno(fs::read(m.path("loop")), libc::ELOOP, "open self loop");
+    expect_errno(fs::metadata(m.path("loop")), libc::ELOOP, "stat self loop");
+    expect_errno(
+        fs::read_link(m.path("dir/target")),
+        libc::EINVAL,
+        "readlink of a file",
+    );
+    expect_errno(
+        std::os::unix::fs::symlink("other", m.path("rel")),
+        libc::EEXIST,
+        "symlink onto existing",
+    );
+    // Writing through a dangling link creates its target.
+    fs::write(m.path("dangling"), b"now exists").unwrap();
+    assert_eq!(fs::read(m.path("nowhere")).unwrap(), b"now exists");
+    // Removing the link leaves the target alone.
+    fs::remove_file(m.path("rel")).unwrap();
+    assert_eq!(fs::read(m.path("dir/target")).unwrap(), b"through the link");
+}
+
+// ---------------------------------------------------------------------------------------------
+// attributes
+
+#[test]
+fn chmod_and_chown_are_visible_in_stat() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("f"), b"x").unwrap();
+    fs::create_dir(m.path("d")).unwrap();
+    for mode in [0o000, 0o640, 0o755, 0o4711, 0o2755, 0o1777, 0o7777] {
+        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(mode)).unwrap();
+        let md = fs::metadata(m.path("f")).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "file mode after chmod {mode:o}");
+        assert!(md.is_file(), "chmod must not change the file type");
+        fs::set_permissions(m.path("d"), fs::Permissions::from_mode(mode)).unwrap();
+        let md = fs::metadata(m.path("d")).unwrap();
+        assert_eq!(md.mode() & 0o7777, mode, "dir mode after chmod {mode:o}");
+        assert!(md.is_dir());
+    }
+    if !is_root() {
+        eprintln!("not root: skipping chown part");
+        return;
+    }
+    std::os::unix::fs::chown(m.path("f"), Some(1234), Some(5678)).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (1234, 5678));
+    std::os::unix::fs::chown(m.path("f"), None, Some(42)).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (1234, 42),
+        "chown with uid -1 keeps the uid"
+    );
+    std::os::unix::fs::chown(m.path("f"), Some(7), None).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid()),
+        (7, 42),
+        "chown with gid -1 keeps the gid"
+    );
+    // lchown on a symlink changes the link, not its target.
+    std::os::unix::fs::symlink("f", m.path("l")).unwrap();
+    std::os::unix::fs::lchown(m.path("l"), Some(99), Some(98)).unwrap();
+    let l = fs::symlink_metadata(m.path("l")).unwrap();
+    assert_eq!((l.uid(), l.gid()), (99, 98));
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (7, 42));
+}
+
+#[test]
+fn new_files_belong_to_the_creator_and_honour_mode_and_umask() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o640)
+        .open(m.path("f"))
+        .unwrap();
+    drop(f);
+    let md = fs::metadata(m.path("f")).unwrap();
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    assert_eq!((md.uid(), md.gid()), (uid, gid));
+    let umask = unsafe {
+        let u = libc::umask(0o022);
+        libc::umask(u);
+        u
+    };
+    assert_eq!(md.mode() & 0o7777, 0o640 & !umask as u32);
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .mode(0o750)
+        .create(m.path("d"))
+        .unwrap();
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().mode() & 0o7777,
+        0o750 & !umask as u32
+    );
+}
+
+fn ts(sec: i64, nsec: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::new(sec as u64, nsec)
+}
+
+#[test]
+fn explicit_times_with_nanoseconds_and_utime_omit() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("f"), b"x").unwrap();
+    let f = File::open(m.path("f")).unwrap();
+    let times = fs::FileTimes::new()
+        .set_accessed(ts(1_500_000_000, 987_654_321))
+        .set_modified(ts(1_000_000_000, 123_456_789));
+    f.set_times(times).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((md.atime(), md.atime_nsec()), (1_500_000_000, 987_654_321));
+    // Only mtime: atime is UTIME_OMIT and must stay.
+    f.set_modified(ts(1_200_000_000, 5)).unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_200_000_000, 5));
+    assert_eq!(
+        (md.atime(), md.atime_nsec()),
+        (1_500_000_000, 987_654_321),
+        "atime was omitted"
+    );
+    // Only atime: mtime stays.
+    f.set_times(fs::FileTimes::new().set_accessed(ts(1_300_000_000, 999_999_999)))
+        .unwrap();
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_300_000_000, 999_999_999));
+    assert_eq!(
+        (md.mtime(), md.mtime_nsec()),
+        (1_200_000_000, 5),
+        "mtime was omitted"
+    );
+    drop(f);
+    // Path-based, with touch(1), on a directory too.
+    fs::create_dir(m.path("d")).unwrap();
+    let (code, _, err) = sh(&format!(
+        "TZ=UTC touch -m -d '2001-02-03 04:05:06.700000008' '{0}/f' '{0}/d'",
+        m.mnt.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    for p in ["f", "d"] {
+        let md = fs::metadata(m.path(p)).unwrap();
+        assert_eq!(
+            (md.mtime(), md.mtime_nsec()),
+            (981_173_106, 700_000_008),
+            "{p} after touch -m -d"
+        );
+    }
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert_eq!(
+        (md.atime(), md.atime_nsec()),
+        (1_300_000_000, 999_999_999),
+        "touch -m keeps atime"
+    );
+    // UTIME_NOW via plain `touch`: mtime becomes the current time.
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (code, _, err) = sh(&format!("touch '{}'", m.path("f").display()));
+    assert_eq!(code, 0, "{err}");
+    let md = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        (md.mtime() - before).abs() <= 2,
+        "touch set mtime {} at {before}",
+        md.mtime()
+    );
+    // Symlink times are its own (utimensat with AT_SYMLINK_NOFOLLOW).
+    std::os::unix::fs::symlink("f", m.path("l")).unwrap();
+    let t = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_111_111_111,
+            tv_nsec: 222,
+        },
+    ];
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            cstr(&m.path("l")).as_ptr(),
+            t.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(rc, 0, "lutimes: errno {}", last_errno());
+    let l = fs::symlink_metadata(m.path("l")).unwrap();
+    assert_eq!((l.mtime(), l.mtime_nsec()), (1_111_111_111, 222));
+    assert!(
+        (fs::metadata(m.path("f")).unwrap().mtime() - before).abs() <= 2,
+        "target untouched"
+    );
+}
+
+#[test]
+fn write_updates_mtime_and_ctime_and_chmod_updates_ctime() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("f"), b"x").unwrap();
+    let f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
+    f.set_modified(ts(1_000_000_000, 0)).unwrap();
+    let md0 = fs::metadata(m.path("f")).unwrap();
+    assert_eq!(md0.mtime(), 1_000_000_000);
+    std::thread::sleep(Duration::from_millis(30));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    f.write_all_at(b"more", 1).unwrap();
+    drop(f);
+    let md1 = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        (md1.mtime() - now).abs() <= 2,
+        "mtime after write: {} (now {now})",
+        md1.mtime()
+    );
+    assert!(
+        (md1.ctime(), md1.ctime_nsec()) > (md0.ctime(), md0.ctime_nsec()),
+        "ctime did not advance on write: {:?} -> {:?}",
+        (md0.ctime(), md0.ctime_nsec()),
+        (md1.ctime(), md1.ctime_nsec())
+    );
+    std::thread::sleep(Duration::from_millis(30));
+    fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let md2 = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        (md2.ctime(), md2.ctime_nsec()) > (md1.ctime(), md1.ctime_nsec()),
+        "ctime did not advance on chmod"
+    );
+    assert_eq!(
+        (md2.mtime(), md2.mtime_nsec()),
+        (md1.mtime(), md1.mtime_nsec()),
+        "chmod changed mtime"
+    );
+    // Truncate is a modification too.
+    std::thread::sleep(Duration::from_millis(30));
+    assert_eq!(unsafe { libc::truncate(cstr(&m.path("f")).as_ptr(), 0) }, 0);
+    let md3 = fs::metadata(m.path("f")).unwrap();
+    assert!(
+        (md3.mtime(), md3.mtime_nsec()) > (md2.mtime(), md2.mtime_nsec()),
+        "truncate kept mtime"
+    );
+    // Creating an entry updates the directory's mtime.
+    fs::create_dir(m.path("d")).unwrap();
+    let d = OpenOptions::new().read(true).open(m.path("d")).unwrap();
+    d.set_modified(ts(1_000_000_000, 0)).unwrap();
+    drop(d);
+    fs::write(m.path("d/new"), b"").unwrap();
+    let dm = fs::metadata(m.path("d")).unwrap();
+    assert!(
+        (dm.mtime() - now).abs() <= 2,
+        "dir mtime after create: {}",
+        dm.mtime()
+    );
+}
+
+#[test]
+fn xattrs_set_get_list_remove_with_attr_tools() {
+    if !common::fuse_available() {
+        return;
+    }
+    require_tool("setfattr");
+    require_tool("getfattr");
+    let m = luafs();
+    fs::write(m.path("f"), b"x").unwrap();
+    let f = m.path("f").display().to_string();
+    let run = |c: &str| {
+        let (code, out, err) = sh(c);
+        assert_eq!(code, 0, "{c}: {err}");
+        out
+    };
+    run(&format!("setfattr -n user.colour -v blue '{f}'"));
+    run(&format!("setfattr -n user.empty '{f}'"));
+    let out = run(&format!("getfattr --only-values -n user.colour '{f}'"));
+    assert_eq!(out, "blue");
+    let out = run(&format!("getfattr -d --absolute-names '{f}'"));
+    assert!(out.contains("user.colour=\"blue\""), "{out}");
+    assert!(out.contains("user.empty"), "{out}");
+    run(&format!("setfattr -n user.colour -v green '{f}'"));
+    assert_eq!(
+        run(&format!("getfattr --only-values -n user.colour '{f}'")),
+        "green"
+    );
+    run(&format!("setfattr -x user.colour '{f}'"));
+    let (code, _, err) = sh(&format!("getfattr -n user.colour '{f}'"));
+    assert_ne!(code, 0);
+    assert!(err.contains("No such attribute"), "{err}");
+    let (code, _, err) = sh(&format!("setfattr -x user.colour '{f}'"));
+    assert_ne!(code, 0, "removing a missing xattr must fail");
+    assert!(err.contains("No such attribute"), "{err}");
+}
+
+#[test]
+fn xattr_binary_values_flags_and_size_queries() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("d")).unwrap();
+    let p = cstr(&m.path("d"));
+    let name = CString::new("user.bin").unwrap();
+    let value: Vec<u8> = (0..=255u8).collect();
+    let set = |v: &[u8], flags: i32| unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            v.as_ptr() as *const _,
+            v.len(),
+            flags,
+        )
+    };
+    assert_eq!(set(&value, libc::XATTR_REPLACE), -1);
+    assert_eq!(
+        last_errno(),
+        libc::ENODATA,
+        "XATTR_REPLACE of a missing attribute"
+    );
+    assert_eq!(set(&value, libc::XATTR_CREATE), 0, "errno {}", last_errno());
+    assert_eq!(set(b"x", libc::XATTR_CREATE), -1);
+    assert_eq!(
+        last_errno(),
+        libc::EEXIST,
+        "XATTR_CREATE of an existing attribute"
+    );
+    // Size query, then too-small buffer.
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+    assert_eq!(n, 256);
+    let mut small = [0u8; 10];
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), small.as_mut_ptr() as *mut _, 10) };
+    assert_eq!(n, -1);
+    assert_eq!(last_errno(), libc::ERANGE);
+    let mut buf = [0u8; 300];
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr() as *mut _, 300) };
+    assert_eq!(n, 256);
+    assert_eq!(&buf[..256], &value[..]);
+    assert_eq!(set(b"short", libc::XATTR_REPLACE), 0);
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr() as *mut _, 300) };
+    assert_eq!(&buf[..n as usize], b"short");
+    // listxattr
+    let name2 = CString::new("user.second").unwrap();
+    assert_eq!(
+        unsafe { libc::setxattr(p.as_ptr(), name2.as_ptr(), b"2".as_ptr() as *const _, 1, 0) },
+        0
+    );
+    let n = unsafe { libc::listxattr(p.as_ptr(), std::ptr::null_mut(), 0) };
+    assert!(n > 0);
+    let mut lb = vec![0u8; n as usize];
+    let n = unsafe { libc::listxattr(p.as_ptr(), lb.as_mut_ptr() as *mut _, lb.len()) };
+    let mut names: Vec<&[u8]> = lb[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![&b"user.bin"[..], &b"user.second"[..]]);
+    assert_eq!(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }, 0);
+    assert_eq!(unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) }, -1);
+    assert_eq!(last_errno(), libc::ENODATA);
+}
+
+#[test]
+fn statfs_reports_a_usable_filesystem() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let (code, out, err) = sh(&format!("df -P '{}'", m.mnt.display()));
+    assert_eq!(code, 0, "df failed: {err}");
+    assert!(
+        out.contains(&m.mnt.display().to_string()),
+        "df output lacks mountpoint:\n{out}"
+    );
+    let (code, out, err) = sh(&format!(
+        "stat -f -c '%l %S %b %f %a %c %d' '{}'",
+        m.mnt.display()
+    ));
+    assert_eq!(code, 0, "stat -f failed: {err}");
+    let v: Vec<u64> = out.split_whitespace().map(|s| s.parse().unwrap()).collect();
+    let (namemax, bsize, blocks, bfree, bavail, files, ffree) =
+        (v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+    assert_eq!(namemax, 255, "max name length");
+    assert!(bsize > 0, "block size");
+    assert!(
+        blocks > 0 && bfree <= blocks && bavail <= bfree,
+        "blocks {blocks} free {bfree} avail {bavail}"
+    );
+    assert!(ffree <= files, "files {files} ffree {ffree}");
+    // Writing data is still possible, i.e. the free space is not zero.
+    assert!(bavail > 0, "no space available");
+}
+
+#[test]
+fn fifo_and_device_nodes_can_be_created() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let (code, _, err) = sh(&format!("mkfifo '{}'", m.path("fifo").display()));
+    assert_eq!(code, 0, "mkfifo: {err}");
+    let md = fs::symlink_metadata(m.path("fifo")).unwrap();
+    assert!(
+        md.file_type().is_fifo(),
+        "mkfifo did not make a FIFO: {:o}",
+        md.mode()
+    );
+    // The FIFO works as a pipe (opened O_RDWR so neither end blocks).
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("fifo"))
+        .unwrap();
+    f.write_all(b"pipe!").unwrap();
+    let mut buf = [0u8; 5];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"pipe!");
+    drop(f);
+    if !is_root() {
+        eprintln!("not root: skipping device nodes");
+        return;
+    }
+    let mk = |name: &str, mode: u32, dev: libc::dev_t| unsafe {
+        libc::mknod(cstr(&m.path(name)).as_ptr(), mode, dev)
+    };
+    assert_eq!(
+        mk("null", libc::S_IFCHR | 0o666, libc::makedev(1, 3)),
+        0,
+        "errno {}",
+        last_errno()
+    );
+    assert_eq!(
+        mk("blk", libc::S_IFBLK | 0o600, libc::makedev(7, 200)),
+        0,
+        "errno {}",
+        last_errno()
+    );
+    assert_eq!(
+        mk("sock", libc::S_IFSOCK | 0o644, 0),
+        0,
+        "errno {}",
+        last_errno()
+    );
+    assert_eq!(
+        mk("reg", libc::S_IFREG | 0o644, 0),
+        0,
+        "errno {}",
+        last_errno()
+    );
+    let c = fs::symlink_metadata(m.path("null")).unwrap();
+    assert!(c.file_type().is_char_device());
+    assert_eq!(c.rdev(), libc::makedev(1, 3));
+    let b = fs::symlink_metadata(m.path("blk")).unwrap();
+    assert!(b.file_type().is_block_device());
+    assert_eq!(b.rdev(), libc::makedev(7, 200));
+    assert!(
+        fs::symlink_metadata(m.path("sock"))
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
+    assert!(fs::symlink_metadata(m.path("reg")).unwrap().is_file());
+    // The char device node really is /dev/null.
+    fs::write(m.path("null"), b"discarded").unwrap();
+    assert_eq!(fs::read(m.path("null")).unwrap(), b"");
+    assert_eq!(
+        mk("fifo", libc::S_IFIFO | 0o644, 0),
+        -1,
+        "mknod onto an existing name"
+    );
+    assert_eq!(last_errno(), libc::EEXIST);
+}
+
+// ---------------------------------------------------------------------------------------------
+// names
+
+#[test]
+fn names_of_255_bytes_work_and_256_bytes_fail_with_enametoolong() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let ok = "n".repeat(255);
+    let long = "n".repeat(256);
+    fs::write(m.path(&ok), b"max").unwrap();
+    assert_eq!(fs::read(m.path(&ok)).unwrap(), b"max");
+    let names: Vec<_> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![OsString::from(&ok)]);
+    let dok = "d".repeat(255);
+    fs::create_dir(m.path(&dok)).unwrap();
+    expect_errno(
+        fs::write(m.path(&long), b"x"),
+        libc::ENAMETOOLONG,
+        "create 256",
+    );
+    expect_errno(
+        fs::create_dir(m.path(&long)),
+        libc::ENAMETOOLONG,
+        "mkdir 256",
+    );
+    expect_errno(
+        fs::rename(m.path(&ok), m.path(&long)),
+        libc::ENAMETOOLONG,
+        "rename to 256",
+    );
+    expect_errno(
+        std::os::unix::fs::symlink("t", m.path(&long)),
+        libc::ENAMETOOLONG,
+        "symlink 256",
+    );
+    expect_errno(
+        fs::hard_link(m.path(&ok), m.path(&long)),
+        libc::ENAMETOOLONG,
+        "link 256",
+    );
+    expect_errno(fs::metadata(m.path(&long)), libc::ENAMETOOLONG, "stat 256");
+    assert_eq!(
+        fs::read_dir(&m.mnt).unwrap().count(),
+        2,
+        "nothing new appeared"
+    );
+}
+
+#[test]
+fn non_utf8_names_round_trip_through_readdir() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let raw: Vec<&[u8]> = vec![
+        b"caf\xe9",
+        b"\xff\xfe\x80",
+        b"mixed-\xc3\xa9-\xc3",
+        b"nl\nand\ttab",
+        b"\x01\x1f\x7f",
+    ];
+    for (i, r) in raw.iter().enumerate() {
+        let name = OsStr::from_bytes(r);
+        fs::write(m.mnt.join(name), format!("content {i}")).unwrap();
+    }
+    fs::create_dir(m.mnt.join(OsStr::from_bytes(b"dir-\xa0"))).unwrap();
+    fs::write(
+        m.mnt
+            .join(OsStr::from_bytes(b"dir-\xa0"))
+            .join(OsStr::from_bytes(b"in-\xfa")),
+        b"deep",
+    )
+    .unwrap();
+    let mut got: Vec<Vec<u8>> = fs::read_dir(&m.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_vec())
+        .collect();
+    got.sort();
+    let mut want: Vec<Vec<u8>> = raw.iter().map(|r| r.to_vec()).collect();
+    want.push(b"dir-\xa0".to_vec());
+    want.sort();
+    assert_eq!(got, want);
+    for (i, r) in raw.iter().enumerate() {
+        assert_eq!(
+            fs::read_to_string(m.mnt.join(OsStr::from_bytes(r))).unwrap(),
+            format!("content {i}")
+        );
+    }
+    let inner: Vec<Vec<u8>> = fs::read_dir(m.mnt.join(OsStr::from_bytes(b"dir-\xa0")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_vec())
+        .collect();
+    assert_eq!(inner, vec![b"in-\xfa".to_vec()]);
+    fs::rename(
+        m.mnt.join(OsStr::from_bytes(b"caf\xe9")),
+        m.mnt.join(OsStr::from_bytes(b"\xe9t\xe9")),
+    )
+    .unwrap();
+    assert_eq!(
+        fs::read_to_string(m.mnt.join(OsStr::from_bytes(b"\xe9t\xe9"))).unwrap(),
+        "content 0"
+    );
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"\xff\xfe\x80"), m.path("to-raw")).unwrap();
+    assert_eq!(
+        fs::read_link(m.path("to-raw"))
+            .unwrap()
+            .as_os_str()
+            .as_bytes(),
+        b"\xff\xfe\x80"
+    );
+    assert_eq!(fs::read_to_string(m.path("to-raw")).unwrap(), "content 1");
+}
+
+#[test]
+fn setgid_directory_passes_its_group_and_setgid_bit_to_new_entries() {
+    if !common::fuse_available() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("not root: skipping (needs chown)");
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("shared")).unwrap();
+    std::os::unix::fs::chown(m.path("shared"), None, Some(4321)).unwrap();
+    fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::create_dir(m.path("shared/sub")).unwrap();
+    fs::write(m.path("shared/file"), b"").unwrap();
+    let sub = fs::metadata(m.path("shared/sub")).unwrap();
+    assert_eq!(
+        sub.gid(),
+        4321,
+        "new directory takes the setgid directory's group"
+    );
+    assert_ne!(
+        sub.mode() & 0o2000,
+        0,
+        "new directory inherits the setgid bit"
+    );
+    let file = fs::metadata(m.path("shared/file")).unwrap();
+    assert_eq!(
+        file.gid(),
+        4321,
+        "new file takes the setgid directory's group"
+    );
+    assert_eq!(
+        file.mode() & 0o2000,
+        0,
+        "new file does not get the setgid bit"
+    );
+}
+
+#[test]
+fn chown_of_a_file_clears_setuid() {
+    if !common::fuse_available() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("not root: skipping (needs chown)");
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("prog"), b"#!/bin/sh\n").unwrap();
+    fs::set_permissions(m.path("prog"), fs::Permissions::from_mode(0o4755)).unwrap();
+    std::os::unix::fs::chown(m.path("prog"), Some(1000), None).unwrap();
+    let md = fs::metadata(m.path("prog")).unwrap();
+    assert_eq!(md.uid(), 1000);
+    assert_eq!(
+        md.mode() & 0o7777,
+        0o755,
+        "chown must clear the setuid bit like on tmpfs"
+    );
+}
