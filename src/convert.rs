@@ -331,12 +331,11 @@ impl Stat {
             }
         } else {
             let r = t.for_each(|k: Value, v: Value| {
-                if failure.is_none() {
-                    if let Value::String(k) = &k {
-                        if let Err(e) = apply(&k.as_bytes(), &v) {
-                            failure = Some(e);
-                        }
-                    }
+                if failure.is_none()
+                    && let Value::String(k) = &k
+                    && let Err(e) = apply(&k.as_bytes(), &v)
+                {
+                    failure = Some(e);
                 }
                 Ok(())
             });
@@ -364,6 +363,7 @@ impl Stat {
     }
 
     /// Encode as a Flu stat table (mode as an integer; times as `{sec=, nsec=}`).
+    #[cfg(test)]
     pub fn into_lua_table(self, lua: &Lua) -> mlua::Result<Table> {
         let t = lua.create_table_with_capacity(0, 12)?;
         t.raw_set("mode", self.mode)?;
@@ -381,12 +381,8 @@ impl Stat {
         Ok(t)
     }
 
-    pub fn is_dir(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFDIR
-    }
-
     /// The kernel-facing attributes with node id `ino`.
-    pub fn to_attr(&self, ino: u64) -> fuser::FileAttr {
+    pub fn to_attr(self, ino: u64) -> fuser::FileAttr {
         fuser::FileAttr {
             ino: fuser::INodeNo(ino),
             size: self.size,
@@ -613,8 +609,8 @@ mod tests {
     fn mode_set_round_trip() {
         let lua = lua();
         let t = mode_to_lua(&lua, libc::S_IFDIR | 0o2755).unwrap();
-        assert_eq!(t.get::<bool>("dir").unwrap(), true);
-        assert_eq!(t.get::<bool>("sgid").unwrap(), true);
+        assert!(t.get::<bool>("dir").unwrap());
+        assert!(t.get::<bool>("sgid").unwrap());
         assert_eq!(t.get::<Option<bool>>("woth").unwrap(), None);
         assert_eq!(mode_from_lua(&Value::Table(t)), Ok(libc::S_IFDIR | 0o2755));
     }

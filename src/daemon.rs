@@ -29,11 +29,11 @@ impl Reporter {
     /// The mount failed: in the background child, tell the parent. Returns whether the message
     /// was delivered (otherwise the caller prints it).
     pub fn fail(&mut self, msg: &str) -> bool {
-        if let Reporter::Child(pipe) = self {
-            if let Some(mut p) = pipe.take() {
-                let line = msg.replace('\n', " ");
-                return p.write_all(format!("ERR {line}\n").as_bytes()).is_ok();
-            }
+        if let Reporter::Child(pipe) = self
+            && let Some(mut p) = pipe.take()
+        {
+            let line = msg.replace('\n', " ");
+            return p.write_all(format!("ERR {line}\n").as_bytes()).is_ok();
         }
         false
     }

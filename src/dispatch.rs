@@ -394,7 +394,7 @@ impl Dispatch {
                     }
                     Err(e) if e == Errno::ENOENT && !self.cfg.negative_ttl.is_zero() => {
                         let mut attr = Stat::to_attr(
-                            &Stat {
+                            Stat {
                                 mode: libc::S_IFREG,
                                 ino: 0,
                                 nlink: 1,
@@ -759,7 +759,6 @@ impl Dispatch {
                 offset,
                 reply,
             } => self.readdir(ino, fh, offset, reply),
-            Op::Readdirplus { reply, .. } => reply.error(Errno::ENOSYS),
             Op::Releasedir { ino, fh, reply } => {
                 let r = if self.has(OpName::Releasedir) {
                     self.path(ino)

@@ -66,12 +66,9 @@ impl Inodes {
     }
 
     /// Number of nodes known (root included).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
     }
 
     /// The path of a node ("/" for the root). Removed nodes keep their last path.
@@ -110,6 +107,7 @@ impl Inodes {
         Some(p)
     }
 
+    #[cfg(test)]
     pub fn contains(&self, ino: u64) -> bool {
         self.nodes.contains_key(&ino)
     }
@@ -142,18 +140,6 @@ impl Inodes {
         id
     }
 
-    /// Like `lookup` but without counting a kernel reference (readdir entries).
-    pub fn peek_or_insert(
-        &mut self,
-        parent: u64,
-        name: &[u8],
-        script_ino: u64,
-        kind: u32,
-        nlink: u32,
-    ) -> u64 {
-        self.resolve(parent, name, script_ino, kind, nlink)
-    }
-
     fn resolve(&mut self, parent: u64, name: &[u8], script_ino: u64, kind: u32, nlink: u32) -> u64 {
         let groups = script_ino != 0 && kind != libc::S_IFDIR && nlink > 1;
         if let Some(id) = self.child(parent, name) {
@@ -169,25 +155,23 @@ impl Inodes {
             // The script replaced what this name refers to behind the kernel's back.
             self.unlink(parent, name);
         }
-        if groups {
-            if let Some(&id) = self.by_script_ino.get(&script_ino) {
-                if let Some(n) = self.nodes.get_mut(&id) {
-                    if n.kind == kind {
-                        if n.removed {
-                            n.parent = parent;
-                            n.name = name.to_vec();
-                            n.removed = false;
-                        } else {
-                            n.alt.push((parent, name.to_vec()));
-                        }
-                        self.children
-                            .entry(parent)
-                            .or_default()
-                            .insert(name.to_vec(), id);
-                        return id;
-                    }
-                }
+        if groups
+            && let Some(&id) = self.by_script_ino.get(&script_ino)
+            && let Some(n) = self.nodes.get_mut(&id)
+            && n.kind == kind
+        {
+            if n.removed {
+                n.parent = parent;
+                n.name = name.to_vec();
+                n.removed = false;
+            } else {
+                n.alt.push((parent, name.to_vec()));
             }
+            self.children
+                .entry(parent)
+                .or_default()
+                .insert(name.to_vec(), id);
+            return id;
         }
         let id = self.next;
         self.next += 1;
@@ -276,12 +260,12 @@ impl Inodes {
     }
 
     fn remove_name(&mut self, parent: u64, name: &[u8], ino: u64) {
-        if let Some(c) = self.children.get_mut(&parent) {
-            if c.get(name) == Some(&ino) {
-                c.remove(name);
-                if c.is_empty() {
-                    self.children.remove(&parent);
-                }
+        if let Some(c) = self.children.get_mut(&parent)
+            && c.get(name) == Some(&ino)
+        {
+            c.remove(name);
+            if c.is_empty() {
+                self.children.remove(&parent);
             }
         }
     }

@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
 };
 
 /// Who made a request.
@@ -151,12 +151,6 @@ pub enum Op {
         fh: u64,
         offset: u64,
         reply: ReplyDirectory,
-    },
-    Readdirplus {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        reply: ReplyDirectoryPlus,
     },
     Releasedir {
         ino: u64,
@@ -674,25 +668,6 @@ impl fuser::Filesystem for Kernel {
         self.send(
             req,
             Op::Readdir {
-                ino: ino.0,
-                fh: fh.0,
-                offset,
-                reply,
-            },
-        );
-    }
-
-    fn readdirplus(
-        &self,
-        req: &fuser::Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        reply: ReplyDirectoryPlus,
-    ) {
-        self.send(
-            req,
-            Op::Readdirplus {
                 ino: ino.0,
                 fh: fh.0,
                 offset,

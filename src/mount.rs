@@ -60,12 +60,12 @@ pub fn check_mountpoint(mnt: &Path) -> Result<(), String> {
         }
         Ok(_) => {}
     }
-    if let Some(t) = mountinfo_fstype(mnt) {
-        if t.starts_with("fuse") {
-            return Err(format!(
-                "{shown} is already mounted ({t}); unmount it first with 'fusermount3 -u {shown}'"
-            ));
-        }
+    if let Some(t) = mountinfo_fstype(mnt)
+        && t.starts_with("fuse")
+    {
+        return Err(format!(
+            "{shown} is already mounted ({t}); unmount it first with 'fusermount3 -u {shown}'"
+        ));
     }
     Ok(())
 }

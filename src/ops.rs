@@ -176,6 +176,10 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("getattribute") && w.contains("'getattr'"))
         );
-        assert!(warnings.iter().any(|w| w.contains("'readdir' is a number")));
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("'readdir' is a") && w.contains("not a function"))
+        );
     }
 }

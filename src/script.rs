@@ -28,12 +28,12 @@ pub fn shipped_lua_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("FLUFS_LUA_DIR") {
         return Some(PathBuf::from(d));
     }
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(prefix) = exe.parent().and_then(Path::parent) {
-            let d = prefix.join("share/flufs/lua");
-            if d.is_dir() {
-                return Some(d);
-            }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(prefix) = exe.parent().and_then(Path::parent)
+    {
+        let d = prefix.join("share/flufs/lua");
+        if d.is_dir() {
+            return Some(d);
         }
     }
     let d = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/lua"));

@@ -134,14 +134,14 @@ impl Mount {
             if is_mounted(&m.mnt) {
                 return Ok(m);
             }
-            if let Some(c) = m.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    m.child = None;
-                    return Err(format!(
-                        "flufs exited ({status}) before mounting: {}",
-                        m.log()
-                    ));
-                }
+            if let Some(c) = m.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                m.child = None;
+                return Err(format!(
+                    "flufs exited ({status}) before mounting: {}",
+                    m.log()
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!("timed out waiting for mount: {}", m.log()));
