@@ -587,21 +587,12 @@ impl Dispatch {
                     self.call(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))?;
                     Ok::<_, Fail>(to)
                 })();
-                match r {
-                    Ok(to) => match self.stat(&to, None) {
-                        Ok(st) => {
-                            // The new name is the same node as `ino`, whatever the script's ino.
-                            let id = self.inodes.lookup(
-                                newparent,
-                                newname,
-                                st.ino,
-                                st.mode & libc::S_IFMT,
-                                st.nlink,
-                            );
-                            reply.entry(&self.cfg.entry_ttl, &st.to_attr(id), Generation(0));
-                        }
-                        Err(e) => reply.error(e),
-                    },
+                match r.and_then(|to| self.stat(&to, None)) {
+                    Ok(st) => {
+                        // The new name is the same node as `ino`, whatever the script's ino.
+                        self.inodes.link(ino, newparent, newname);
+                        reply.entry(&self.cfg.entry_ttl, &st.to_attr(ino), Generation(0));
+                    }
                     Err(e) => reply.error(e),
                 }
             }

@@ -142,12 +142,13 @@ impl Inodes {
 
     fn resolve(&mut self, parent: u64, name: &[u8], script_ino: u64, kind: u32, nlink: u32) -> u64 {
         let groups = script_ino != 0 && kind != libc::S_IFDIR && nlink > 1;
+        let remember = script_ino != 0 && kind != libc::S_IFDIR;
         if let Some(id) = self.child(parent, name) {
             let n = &self.nodes[&id];
             let same = n.script_ino == 0 || script_ino == 0 || n.script_ino == script_ino;
             let type_ok = (n.kind == libc::S_IFDIR) == (kind == libc::S_IFDIR);
             if same && type_ok {
-                if groups && n.script_ino == 0 {
+                if remember && n.script_ino == 0 {
                     self.set_script_ino(id, script_ino);
                 }
                 return id;
@@ -192,10 +193,32 @@ impl Inodes {
             .entry(parent)
             .or_default()
             .insert(name.to_vec(), id);
-        if groups {
+        if remember {
             self.set_script_ino(id, script_ino);
         }
         id
+    }
+
+    /// A hard link of node `ino` was made as `name` in `parent`; counts one kernel reference.
+    pub fn link(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        if self.child(parent, name).is_some() {
+            self.unlink(parent, name);
+        }
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        if n.removed {
+            n.parent = parent;
+            n.name = name.to_vec();
+            n.removed = false;
+        } else {
+            n.alt.push((parent, name.to_vec()));
+        }
+        n.lookups += 1;
+        self.children
+            .entry(parent)
+            .or_default()
+            .insert(name.to_vec(), ino);
     }
 
     fn set_script_ino(&mut self, id: u64, script_ino: u64) {
@@ -440,6 +463,20 @@ mod tests {
         let c = t.lookup(ROOT, b"c", 7, REG, 1);
         let d = t.lookup(ROOT, b"d", 7, REG, 1);
         assert_ne!(c, d);
+    }
+
+    #[test]
+    fn link_adds_a_name_to_the_same_node() {
+        let mut t = Inodes::new();
+        let d = t.lookup(ROOT, b"d", 0, DIR, 2);
+        let a = t.lookup(ROOT, b"a", 5, REG, 1);
+        t.link(a, d, b"b");
+        assert_eq!(t.child(d, b"b"), Some(a));
+        t.unlink(ROOT, b"a");
+        assert_eq!(p(&t, a), "/d/b");
+        // A later lookup of another name with the same ino and nlink > 1 joins the node too.
+        let c = t.lookup(ROOT, b"c", 5, REG, 2);
+        assert_eq!(c, a);
     }
 
     #[test]
