@@ -47,6 +47,13 @@ pub struct Cli {
     /// Mount options, comma separated (see below)
     #[arg(short = 'o', value_name = "OPT[,OPT...]")]
     pub options: Vec<String>,
+    /// Interrupt a request whose Lua code runs longer than this many seconds (0 = never)
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub op_timeout: f64,
+    /// Memory limit of the Lua state in MiB; allocations past it fail with ENOMEM
+    /// (default: half of the machine's RAM; 0 = unlimited)
+    #[arg(long, value_name = "MIB")]
+    pub lua_memory: Option<u64>,
     /// The Lua script defining the filesystem
     pub script: PathBuf,
     /// Where to mount it
@@ -59,11 +66,24 @@ pub struct Cli {
 impl Cli {
     /// The mount options given on the command line.
     pub fn mount_options(&self) -> Result<MountOptions, String> {
+        if !self.op_timeout.is_finite() || self.op_timeout < 0.0 {
+            return Err(format!(
+                "--op-timeout {} must be a number of seconds >= 0",
+                self.op_timeout
+            ));
+        }
         let mut o = MountOptions {
+            op_timeout: (self.op_timeout > 0.0)
+                .then(|| std::time::Duration::from_secs_f64(self.op_timeout)),
             foreground: self.foreground || self.debug,
             debug: self.debug,
             single_thread: self.single,
             ..MountOptions::default()
+        };
+        o.lua_memory = match self.lua_memory {
+            Some(0) => None,
+            Some(mib) => Some(mib.saturating_mul(1 << 20)),
+            None => half_of_ram(),
         };
         for list in &self.options {
             o.add_o(list)?;
@@ -98,4 +118,17 @@ pub fn parse() -> Cli {
             std::process::exit(2);
         }
     }
+}
+
+/// Half of MemTotal, the default Lua memory limit.
+fn half_of_ram() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 2)
 }

@@ -32,6 +32,8 @@ pub struct Config {
     pub direct_io: bool,
     pub kernel_cache: bool,
     pub debug: bool,
+    /// Longest a request's Lua code may run (None = unbounded).
+    pub op_timeout: Option<Duration>,
 }
 
 /// The context of the request being served, shared with `flu.get_context`.
@@ -76,6 +78,14 @@ pub struct Dispatch {
     cfg: Config,
     defaults: StatDefaults,
     ctx: CurrentCtx,
+    watchdog: Rc<Watchdog>,
+}
+
+/// The `--op-timeout` bound: a deadline per request, checked by a Lua instruction-count hook.
+#[derive(Default)]
+struct Watchdog {
+    deadline: Cell<Option<Instant>>,
+    fired: Cell<bool>,
 }
 
 const TRAMPOLINE: &str = r#"
@@ -140,6 +150,20 @@ impl Dispatch {
             gid: unsafe { libc::getgid() },
             time: Timespec::now(),
         };
+        let watchdog = Rc::new(Watchdog::default());
+        if cfg.op_timeout.is_some() {
+            let w = watchdog.clone();
+            let triggers = mlua::HookTriggers::new().every_nth_instruction(100_000);
+            lua.set_global_hook(triggers, move |_, _| match w.deadline.get() {
+                Some(d) if Instant::now() > d => {
+                    w.fired.set(true);
+                    Err(mlua::Error::runtime(
+                        "operation interrupted: it ran longer than --op-timeout",
+                    ))
+                }
+                _ => Ok(mlua::VmState::Continue),
+            })?;
+        }
         let filler = make_filler(
             &lua,
             sink.clone(),
@@ -158,6 +182,7 @@ impl Dispatch {
             cfg,
             defaults,
             ctx,
+            watchdog,
         })
     }
 
@@ -206,7 +231,13 @@ impl Dispatch {
         };
         let trace_args = start.map(|_| argv.iter().map(show).collect::<Vec<_>>().join(", "));
         argv.push_front(Value::Function(f.clone()));
-        let result = match self.trampoline.call::<MultiValue>(argv) {
+        if let Some(t) = self.cfg.op_timeout {
+            self.watchdog.deadline.set(Some(Instant::now() + t));
+            self.watchdog.fired.set(false);
+        }
+        let outcome = self.trampoline.call::<MultiValue>(argv);
+        self.watchdog.deadline.set(None);
+        let result = match outcome {
             Ok(mut out) => match out.pop_front() {
                 Some(Value::Boolean(true)) => Ok(out),
                 _ => match out.pop_front() {
@@ -217,11 +248,21 @@ impl Dispatch {
                             other => show(other),
                         };
                         log::error(&format!("{} failed: {msg}", op.name()));
-                        Err(Errno::EIO)
+                        if self.watchdog.fired.get() {
+                            Err(Errno::ETIMEDOUT)
+                        } else if msg.contains("not enough memory") {
+                            Err(Errno::ENOMEM)
+                        } else {
+                            Err(Errno::EIO)
+                        }
                     }
                     None => Err(Errno::EIO),
                 },
             },
+            Err(mlua::Error::MemoryError(e)) => {
+                log::error(&format!("{} failed: {e}", op.name()));
+                Err(Errno::ENOMEM)
+            }
             Err(e) => {
                 log::error(&format!("{} failed: {e}", op.name()));
                 Err(Errno::EIO)

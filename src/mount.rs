@@ -254,6 +254,7 @@ pub fn serve(
         direct_io: o.direct_io,
         kernel_cache: o.kernel_cache,
         debug: o.debug,
+        op_timeout: o.op_timeout,
     };
     let mut dispatch = Dispatch::new(lua.clone(), fs, cfg, ctx)
         .map_err(|e| format!("cannot read the operations table: {e}"))?;

@@ -26,6 +26,10 @@ pub struct MountOptions {
     pub max_write: Option<u32>,
     pub threads: Option<usize>,
     pub writeback_cache: bool,
+    /// `--op-timeout`: longest a request's Lua code may run.
+    pub op_timeout: Option<Duration>,
+    /// `--lua-memory`: limit of the Lua state in bytes.
+    pub lua_memory: Option<u64>,
     /// Kernel mount flags passed through (`nosuid`, `noexec`, ...).
     pub kernel_flags: Vec<String>,
 }
@@ -165,6 +169,8 @@ impl MountOptions {
             ($($f:ident),*) => { $( if cli.$f.is_some() { m.$f = cli.$f.clone(); } )* };
         }
         cli_wins!(
+            lua_memory,
+            op_timeout,
             fsname,
             subtype,
             attr_timeout,

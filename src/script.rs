@@ -80,6 +80,9 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
     // Scripts are the user's own programs: give them the full standard library, like `lua`.
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL, LuaOptions::default()) };
     let ctx = flu::new_ctx();
+    if let Some(limit) = job.options.lua_memory {
+        let _ = lua.set_memory_limit(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
 
     let default_fsname = job
         .script

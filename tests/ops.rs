@@ -1,0 +1,1925 @@
+//! Operations through real mounts: every operation reaches the script with Flu's argument order
+//! and types (tests/fixtures/ops_recorder.lua logs each call), every value form a script may
+//! return is decoded right, error forms give the right errno, missing operations behave like
+//! libfuse's path API, Flu-style scripts run unchanged, and a faulty script cannot take the
+//! daemon down.
+mod common;
+
+use common::{Mount, TempDir, errno, fixture, fuse_available, is_mounted, sh};
+use std::collections::HashSet;
+use std::ffi::{CString, OsString};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+// ---------------------------------------------------------------------------------------------
+// helpers
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn last_errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Assert that `r` failed with errno `want`.
+#[track_caller]
+fn expect_errno<T: std::fmt::Debug>(r: std::io::Result<T>, want: i32, what: &str) {
+    match r {
+        Ok(v) => panic!("{what}: expected errno {want}, got Ok({v:?})"),
+        Err(e) => assert_eq!(errno(&e), want, "{what}: got {e}"),
+    }
+}
+
+/// Assert that a libc call returning -1 failed with errno `want`.
+#[track_caller]
+fn expect_libc_errno(ret: i64, want: i32, what: &str) {
+    let e = last_errno();
+    assert_eq!(
+        ret, -1,
+        "{what}: expected failure with errno {want}, got {ret}"
+    );
+    assert_eq!(e, want, "{what}: expected errno {want}, got {e}");
+}
+
+/// A libc call result that must succeed.
+#[track_caller]
+fn ok(ret: i64, what: &str) -> i64 {
+    if ret < 0 {
+        panic!("{what} failed: {}", std::io::Error::last_os_error());
+    }
+    ret
+}
+
+fn set_umask() {
+    unsafe { libc::umask(0o022) };
+}
+
+fn wait_until(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ts(sec: u64, nsec: u32) -> SystemTime {
+    UNIX_EPOCH + Duration::new(sec, nsec)
+}
+
+fn statvfs(p: &Path) -> std::io::Result<libc::statvfs> {
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(cstr(p).as_ptr(), &mut s) };
+    if r == 0 {
+        Ok(s)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn daemon_alive(m: &Mount) -> bool {
+    let Some(pid) = m.pid() else { return false };
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // state is the field after the parenthesised command name
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// The daemon's log record (a "flufs: ..." line and its continuation lines) containing
+/// `needle`, if any.
+fn log_record(log: &str, needle: &str) -> Option<String> {
+    let mut records: Vec<String> = Vec::new();
+    for line in log.lines() {
+        if line.starts_with("flufs: ") || records.is_empty() {
+            records.push(line.to_string());
+        } else {
+            let last = records.last_mut().unwrap();
+            last.push('\n');
+            last.push_str(line);
+        }
+    }
+    records.into_iter().find(|r| r.contains(needle))
+}
+
+fn names_of(dir: &Path) -> std::io::Result<Vec<OsString>> {
+    let mut v = Vec::new();
+    for e in fs::read_dir(dir)? {
+        v.push(e?.file_name());
+    }
+    Ok(v)
+}
+
+/// A mount of ops_recorder.lua with its call log.
+struct Rec {
+    m: Mount,
+    log: PathBuf,
+    _logdir: TempDir,
+}
+
+impl Rec {
+    fn new() -> Rec {
+        set_umask();
+        let logdir = TempDir::new("ops-log");
+        let log = logdir.path.join("calls.log");
+        let m = Mount::with_args(&fixture("ops_recorder.lua"), &[], &[log.to_str().unwrap()]);
+        Rec {
+            m,
+            log,
+            _logdir: logdir,
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.m.path(rel)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Number of log lines so far (a mark to search from).
+    fn mark(&self) -> usize {
+        self.lines().len()
+    }
+
+    /// The first line after `mark` starting with `prefix`, waiting up to 5 s for it (some
+    /// requests, like release, reach the daemon after the syscall returned).
+    #[track_caller]
+    fn find(&self, mark: usize, prefix: &str) -> String {
+        let mut found = None;
+        wait_until(5, || {
+            found = self
+                .lines()
+                .into_iter()
+                .skip(mark)
+                .find(|l| l.starts_with(prefix));
+            found.is_some()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no log line starting with {prefix:?} after line {mark}; log:\n{}\ndaemon stderr:\n{}",
+                self.lines()[mark.min(self.lines().len())..].join("\n"),
+                self.m.log()
+            )
+        })
+    }
+
+    /// The recorder never fails on its own: nothing may have been logged as a script failure.
+    #[track_caller]
+    fn no_script_failures(&self) {
+        let log = self.m.log();
+        assert!(
+            !log.contains("failed") && !log.contains("bad value"),
+            "daemon stderr: {log}"
+        );
+    }
+
+    /// Assert that the exact line `line` was logged after `mark`.
+    #[track_caller]
+    fn expect(&self, mark: usize, line: &str) {
+        let got = self.find(mark, line);
+        assert_eq!(got, line);
+    }
+}
+
+/// "fi#N" of the first fi argument in a log line.
+#[track_caller]
+fn fi_id(line: &str) -> String {
+    let at = line
+        .find("fi#")
+        .unwrap_or_else(|| panic!("no fi in {line}"));
+    line[at..]
+        .chars()
+        .take_while(|c| *c != '{')
+        .collect::<String>()
+}
+
+/// The keys of the `flags=[...]` set of the first fi in a log line.
+#[track_caller]
+fn flags_of(line: &str) -> Vec<String> {
+    let at = line
+        .find("flags=[")
+        .unwrap_or_else(|| panic!("no flags set in {line}"));
+    let rest = &line[at + 7..];
+    let end = rest.find(']').unwrap();
+    rest[..end].split(',').map(str::to_string).collect()
+}
+
+#[track_caller]
+fn assert_flags(line: &str, must: &[&str], must_not: &[&str]) {
+    let f = flags_of(line);
+    for k in must {
+        assert!(f.iter().any(|x| x == k), "flag {k} missing in {line}");
+    }
+    for k in must_not {
+        assert!(!f.iter().any(|x| x == k), "flag {k} unexpected in {line}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. every operation reaches the script with Flu's argument order and types
+
+#[test]
+fn recorder_init_first_destroy_after_unmount() {
+    if !fuse_available() {
+        return;
+    }
+    let mut r = Rec::new();
+    let lines = r.lines();
+    assert_eq!(
+        lines.first().map(String::as_str),
+        Some("init()"),
+        "{lines:?}"
+    );
+    fs::metadata(r.p("/")).unwrap();
+    r.expect(0, "getattr(\"/\", {})");
+    assert!(!r.lines().iter().any(|l| l.starts_with("destroy")));
+    let code = r.m.unmount();
+    assert_eq!(code, Some(0), "daemon stderr: {}", r.m.log());
+    let lines = r.lines();
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("destroy()"),
+        "{lines:?}"
+    );
+    assert_eq!(lines.iter().filter(|l| l.starts_with("init")).count(), 1);
+}
+
+#[test]
+fn recorder_namespace_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+
+    // mknod: a fifo
+    let mk = r.mark();
+    ok(
+        unsafe { libc::mkfifo(cstr(&r.p("fifo")).as_ptr(), 0o644) } as i64,
+        "mkfifo",
+    );
+    r.expect(mk, "mknod(\"/fifo\", [fifo,rgrp,roth,rusr,wusr], 0)");
+    let md = fs::symlink_metadata(r.p("fifo")).unwrap();
+    assert!(md.file_type().is_fifo());
+    assert_eq!(md.mode() & 0o7777, 0o644);
+
+    // mkdir: the set has no type key
+    let mk = r.mark();
+    fs::DirBuilder::new().mode(0o750).create(r.p("d")).unwrap();
+    r.expect(mk, "mkdir(\"/d\", [rgrp,rusr,wusr,xgrp,xusr])");
+    let md = fs::metadata(r.p("d")).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.mode() & 0o7777, 0o750);
+
+    // rmdir of a non-empty directory: the script's ENOTEMPTY reaches the caller
+    fs::write(r.p("d/x"), b"x").unwrap();
+    let mk = r.mark();
+    expect_errno(fs::remove_dir(r.p("d")), libc::ENOTEMPTY, "rmdir non-empty");
+    r.expect(mk, "rmdir(\"/d\")");
+
+    // unlink
+    let mk = r.mark();
+    fs::remove_file(r.p("d/x")).unwrap();
+    r.expect(mk, "unlink(\"/d/x\")");
+    expect_errno(fs::metadata(r.p("d/x")), libc::ENOENT, "stat unlinked");
+
+    // rmdir
+    let mk = r.mark();
+    fs::remove_dir(r.p("d")).unwrap();
+    r.expect(mk, "rmdir(\"/d\")");
+    expect_errno(fs::metadata(r.p("d")), libc::ENOENT, "stat removed dir");
+
+    // symlink (target, linkpath) and readlink (path, size)
+    let mk = r.mark();
+    std::os::unix::fs::symlink("some/target", r.p("s")).unwrap();
+    r.expect(mk, "symlink(\"some/target\", \"/s\")");
+    let mk = r.mark();
+    assert_eq!(
+        fs::read_link(r.p("s")).unwrap(),
+        PathBuf::from("some/target")
+    );
+    let line = r.find(mk, "readlink(\"/s\", ");
+    let size = line
+        .trim_start_matches("readlink(\"/s\", ")
+        .trim_end_matches(')');
+    assert!(
+        size.parse::<u64>().is_ok_and(|n| n > 0),
+        "readlink size must be a positive integer: {line}"
+    );
+    assert!(
+        fs::symlink_metadata(r.p("s"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // rename (old, new, flags): flags is an empty set normally
+    fs::write(r.p("a"), b"content of a").unwrap();
+    let mk = r.mark();
+    fs::rename(r.p("a"), r.p("b")).unwrap();
+    r.expect(mk, "rename(\"/a\", \"/b\", {})");
+    assert_eq!(fs::read(r.p("b")).unwrap(), b"content of a");
+    expect_errno(
+        fs::metadata(r.p("a")),
+        libc::ENOENT,
+        "old name after rename",
+    );
+
+    // renameat2 RENAME_NOREPLACE
+    let mk = r.mark();
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            cstr(&r.p("b")).as_ptr(),
+            libc::AT_FDCWD,
+            cstr(&r.p("c")).as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    ok(ret, "renameat2(RENAME_NOREPLACE)");
+    r.expect(mk, "rename(\"/b\", \"/c\", [noreplace])");
+    assert_eq!(fs::read(r.p("c")).unwrap(), b"content of a");
+
+    // renameat2 RENAME_EXCHANGE
+    fs::write(r.p("e"), b"content of e").unwrap();
+    let mk = r.mark();
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            cstr(&r.p("c")).as_ptr(),
+            libc::AT_FDCWD,
+            cstr(&r.p("e")).as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    ok(ret, "renameat2(RENAME_EXCHANGE)");
+    r.expect(mk, "rename(\"/c\", \"/e\", [exchange])");
+    assert_eq!(fs::read(r.p("c")).unwrap(), b"content of e");
+    assert_eq!(fs::read(r.p("e")).unwrap(), b"content of a");
+
+    // link (oldpath, newpath): both names are one inode
+    let mk = r.mark();
+    fs::hard_link(r.p("c"), r.p("h")).unwrap();
+    r.expect(mk, "link(\"/c\", \"/h\")");
+    let (m1, m2) = (
+        fs::metadata(r.p("c")).unwrap(),
+        fs::metadata(r.p("h")).unwrap(),
+    );
+    assert_eq!(m1.ino(), m2.ino());
+    assert_eq!((m1.nlink(), m2.nlink()), (2, 2));
+    assert_eq!(fs::read(r.p("h")).unwrap(), b"content of e");
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_attribute_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::write(r.p("f"), b"0123456789").unwrap();
+
+    // chmod: the set includes the type key
+    let mk = r.mark();
+    fs::set_permissions(r.p("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    r.expect(mk, "chmod(\"/f\", [reg,rgrp,rusr,wusr])");
+    assert_eq!(fs::metadata(r.p("f")).unwrap().mode(), 0o100640);
+
+    // chown with only a uid: gid arrives as nil; and the other way round
+    let mk = r.mark();
+    ok(
+        unsafe { libc::chown(cstr(&r.p("f")).as_ptr(), 4242, u32::MAX) } as i64,
+        "chown uid",
+    );
+    r.expect(mk, "chown(\"/f\", 4242, nil)");
+    let mk = r.mark();
+    ok(
+        unsafe { libc::chown(cstr(&r.p("f")).as_ptr(), u32::MAX, 777) } as i64,
+        "chown gid",
+    );
+    r.expect(mk, "chown(\"/f\", nil, 777)");
+    let md = fs::metadata(r.p("f")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4242, 777));
+
+    // truncate by path
+    let mk = r.mark();
+    ok(
+        unsafe { libc::truncate(cstr(&r.p("f")).as_ptr(), 3) } as i64,
+        "truncate",
+    );
+    r.expect(mk, "truncate(\"/f\", 3)");
+    assert_eq!(fs::read(r.p("f")).unwrap(), b"012");
+
+    // ftruncate on an open file: the same fi as the open
+    let mk = r.mark();
+    let file = OpenOptions::new().write(true).open(r.p("f")).unwrap();
+    let open = r.find(mk, "open(\"/f\", fi#");
+    file.set_len(6).unwrap();
+    let ft = r.find(mk, "ftruncate(\"/f\", 6, fi#");
+    assert_eq!(fi_id(&ft), fi_id(&open), "{open} / {ft}");
+    assert!(
+        ft.contains(",fh=table:"),
+        "fi.fh set by open comes back: {ft}"
+    );
+    assert_eq!(file.metadata().unwrap().len(), 6);
+
+    // utimens with specific times, nanoseconds included
+    let mk = r.mark();
+    file.set_times(
+        fs::FileTimes::new()
+            .set_accessed(ts(1_600_000_000, 123_456_789))
+            .set_modified(ts(1_700_000_000, 987_654_321)),
+    )
+    .unwrap();
+    r.expect(
+        mk,
+        "utimens(\"/f\", {nsec=123456789,sec=1600000000}, {nsec=987654321,sec=1700000000})",
+    );
+    let md = fs::metadata(r.p("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 987_654_321));
+    drop(file);
+
+    // UTIME_OMIT for atime: atime arrives as nil and stays
+    let mk = r.mark();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 5,
+        },
+    ];
+    ok(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&r.p("f")).as_ptr(), times.as_ptr(), 0) }
+            as i64,
+        "utimensat(OMIT, t)",
+    );
+    r.expect(mk, "utimens(\"/f\", nil, {nsec=5,sec=1500000000})");
+    let md = fs::metadata(r.p("f")).unwrap();
+    assert_eq!((md.atime(), md.atime_nsec()), (1_600_000_000, 123_456_789));
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 5));
+
+    // UTIME_NOW for atime, UTIME_OMIT for mtime: atime arrives as the current time
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mk = r.mark();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    ];
+    ok(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&r.p("f")).as_ptr(), times.as_ptr(), 0) }
+            as i64,
+        "utimensat(NOW, OMIT)",
+    );
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let line = r.find(mk, "utimens(\"/f\", {nsec=");
+    assert!(line.ends_with("}, nil)"), "{line}");
+    let sec: i64 = line
+        .split("sec=")
+        .nth(2)
+        .and_then(|s| s.split('}').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no sec in {line}"));
+    assert!(
+        (before..=after).contains(&sec),
+        "UTIME_NOW gave {sec}, now is {before}..{after}"
+    );
+    let md = fs::metadata(r.p("f")).unwrap();
+    assert_eq!(md.atime(), sec);
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_500_000_000, 5));
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_file_io_and_open_flags() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+
+    // create (path, modeset, fi), then fgetattr with the same fi
+    let mk = r.mark();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(r.p("new"))
+        .unwrap();
+    let create = r.find(mk, "create(\"/new\", [reg,rusr,wusr], fi#");
+    assert_flags(
+        &create,
+        &["creat", "excl", "wronly", "O_CREAT", "O_EXCL", "O_WRONLY"],
+        &["rdonly", "rdwr", "O_RDONLY"],
+    );
+    let fid = fi_id(&create);
+    let fget = r.find(mk, "fgetattr(\"/new\", {}, fi#");
+    assert_eq!(fi_id(&fget), fid);
+    assert_eq!(fs::metadata(r.p("new")).unwrap().mode(), 0o100600);
+
+    // write (path, data, offset, fi) with the fh the script stored
+    let mk = r.mark();
+    f.write_all(b"hello").unwrap();
+    let w = r.find(mk, "write(\"/new\", \"hello\", 0, fi#");
+    assert_eq!(fi_id(&w), fid);
+    assert!(w.contains(",fh=table:"), "{w}");
+
+    // fsync (path, datasync, fi)
+    let mk = r.mark();
+    f.sync_all().unwrap();
+    assert_eq!(fi_id(&r.find(mk, "fsync(\"/new\", false, fi#")), fid);
+    let mk = r.mark();
+    f.sync_data().unwrap();
+    assert_eq!(fi_id(&r.find(mk, "fsync(\"/new\", true, fi#")), fid);
+
+    // close: flush then release, same fi
+    let mk = r.mark();
+    drop(f);
+    assert_eq!(fi_id(&r.find(mk, "flush(\"/new\", fi#")), fid);
+    assert_eq!(fi_id(&r.find(mk, "release(\"/new\", fi#")), fid);
+
+    // read-only open and read (path, size, offset, fi)
+    let mk = r.mark();
+    let mut f = File::open(r.p("new")).unwrap();
+    let open = r.find(mk, "open(\"/new\", fi#");
+    assert_flags(
+        &open,
+        &["rdonly", "O_RDONLY"],
+        &["wronly", "rdwr", "O_WRONLY", "O_RDWR", "creat", "excl"],
+    );
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "hello");
+    let rd = r.find(mk, "read(\"/new\", ");
+    let rest = rd.trim_start_matches("read(\"/new\", ");
+    let mut parts = rest.splitn(3, ", ");
+    let size = parts.next().unwrap();
+    let offset = parts.next().unwrap();
+    assert!(size.parse::<u32>().is_ok_and(|n| n >= 5), "size: {rd}");
+    assert_eq!(offset, "0", "{rd}");
+    assert_eq!(fi_id(&rd), fi_id(&open));
+    assert!(rd.contains(",fh=table:"), "{rd}");
+    drop(f);
+    r.find(mk, "release(\"/new\", ");
+
+    // O_WRONLY | O_APPEND
+    let mk = r.mark();
+    let mut f = OpenOptions::new().append(true).open(r.p("new")).unwrap();
+    let open = r.find(mk, "open(\"/new\", fi#");
+    assert_flags(
+        &open,
+        &["wronly", "append", "O_WRONLY", "O_APPEND"],
+        &["rdonly", "rdwr", "O_RDONLY"],
+    );
+    f.write_all(b" world").unwrap();
+    let w = r.find(mk, "write(\"/new\", \" world\", 5, fi#");
+    assert_eq!(fi_id(&w), fi_id(&open));
+    drop(f);
+
+    // O_RDWR
+    let mk = r.mark();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(r.p("new"))
+        .unwrap();
+    let open = r.find(mk, "open(\"/new\", fi#");
+    assert_flags(&open, &["rdwr", "O_RDWR"], &["rdonly", "wronly", "append"]);
+    drop(f);
+
+    // each open gets its own fi table
+    let lines = r.lines();
+    let ids: HashSet<String> = lines
+        .iter()
+        .filter(|l| l.starts_with("open(\"/new\"") || l.starts_with("create("))
+        .map(|l| fi_id(l))
+        .collect();
+    assert_eq!(ids.len(), 4, "{lines:?}");
+    assert_eq!(fs::read(r.p("new")).unwrap(), b"hello world");
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_xattr_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::write(r.p("f"), b"x").unwrap();
+    let p = cstr(&r.p("f"));
+    let name = c"user.k";
+    let set = |v: &[u8], flags: i32| unsafe {
+        libc::setxattr(p.as_ptr(), name.as_ptr(), v.as_ptr().cast(), v.len(), flags) as i64
+    };
+
+    let mk = r.mark();
+    ok(set(b"v1", libc::XATTR_CREATE), "setxattr create");
+    r.expect(mk, "setxattr(\"/f\", \"user.k\", \"v1\", [create])");
+    let mk = r.mark();
+    expect_libc_errno(
+        set(b"v1", libc::XATTR_CREATE),
+        libc::EEXIST,
+        "setxattr create again",
+    );
+    r.expect(mk, "setxattr(\"/f\", \"user.k\", \"v1\", [create])");
+    let mk = r.mark();
+    ok(set(b"v2", libc::XATTR_REPLACE), "setxattr replace");
+    r.expect(mk, "setxattr(\"/f\", \"user.k\", \"v2\", [replace])");
+    let mk = r.mark();
+    ok(set(b"v3", 0), "setxattr");
+    r.expect(mk, "setxattr(\"/f\", \"user.k\", \"v3\", {})");
+
+    let mk = r.mark();
+    let mut buf = [0u8; 64];
+    let n = ok(
+        unsafe {
+            libc::getxattr(
+                p.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        } as i64,
+        "getxattr",
+    );
+    assert_eq!(&buf[..n as usize], b"v3");
+    r.expect(mk, "getxattr(\"/f\", \"user.k\")");
+
+    let mk = r.mark();
+    let n = ok(
+        unsafe { libc::listxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) } as i64,
+        "listxattr",
+    );
+    assert_eq!(&buf[..n as usize], b"user.k\0");
+    r.expect(mk, "listxattr(\"/f\")");
+
+    let mk = r.mark();
+    ok(
+        unsafe { libc::removexattr(p.as_ptr(), name.as_ptr()) } as i64,
+        "removexattr",
+    );
+    r.expect(mk, "removexattr(\"/f\", \"user.k\")");
+    let r2 = unsafe {
+        libc::getxattr(
+            p.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    } as i64;
+    expect_libc_errno(r2, libc::ENODATA, "getxattr after remove");
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_directories_statfs_access() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::create_dir(r.p("d")).unwrap();
+    fs::write(r.p("d/one"), b"1").unwrap();
+    fs::write(r.p("d/two"), b"2").unwrap();
+
+    // opendir / readdir (path, filler, fi, offset) / releasedir, one fi
+    let mk = r.mark();
+    let mut names = names_of(&r.p("d")).unwrap();
+    names.sort();
+    assert_eq!(names, ["one", "two"]);
+    let od = r.find(mk, "opendir(\"/d\", fi#");
+    assert_flags(&od, &["directory", "rdonly", "O_DIRECTORY"], &["wronly"]);
+    let rd = r.find(mk, "readdir(\"/d\", function, fi#");
+    assert!(rd.ends_with(", 0)"), "offset 0 first: {rd}");
+    assert_eq!(fi_id(&rd), fi_id(&od));
+    let rl = r.find(mk, "releasedir(\"/d\", fi#");
+    assert_eq!(fi_id(&rl), fi_id(&od));
+
+    // fsyncdir (path, datasync, fi)
+    let mk = r.mark();
+    File::open(r.p("d")).unwrap().sync_all().unwrap();
+    r.find(mk, "fsyncdir(\"/d\", false, fi#");
+
+    // statfs (path)
+    let mk = r.mark();
+    let s = statvfs(&r.m.mnt).unwrap();
+    r.expect(mk, "statfs(\"/\")");
+    assert_eq!(s.f_bsize, 4096);
+    assert_eq!(s.f_frsize, 4096);
+    assert_eq!(s.f_blocks, 1000);
+    assert_eq!(s.f_bfree, 600);
+    assert_eq!(s.f_bavail, 500);
+    assert_eq!(s.f_files, 100);
+    assert_eq!(s.f_ffree, 90);
+    assert_eq!(s.f_namemax, 200);
+
+    // access (path, mask)
+    fs::write(r.p("noaccess"), b"").unwrap();
+    let mk = r.mark();
+    let ret = unsafe { libc::access(cstr(&r.p("d/one")).as_ptr(), libc::R_OK | libc::X_OK) };
+    assert_eq!(ret, 0, "access: {}", std::io::Error::last_os_error());
+    r.expect(mk, "access(\"/d/one\", 5)");
+    let mk = r.mark();
+    let ret = unsafe { libc::access(cstr(&r.p("noaccess")).as_ptr(), libc::W_OK) };
+    expect_libc_errno(ret as i64, libc::EACCES, "access denied by the script");
+    r.expect(mk, "access(\"/noaccess\", 2)");
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_fallocate_lseek_copy_file_range() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::write(r.p("f"), b"0123456789").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(r.p("f"))
+        .unwrap();
+    let fd = f.as_raw_fd();
+
+    // fallocate (path, mode, offset, length, fi)
+    let mk = r.mark();
+    ok(
+        unsafe { libc::fallocate(fd, 0, 0, 4096) } as i64,
+        "fallocate",
+    );
+    let line = r.find(mk, "fallocate(\"/f\", 0, 0, 4096, fi#");
+    assert!(line.contains(",fh=table:"), "{line}");
+    assert_eq!(f.metadata().unwrap().len(), 4096);
+    let mk = r.mark();
+    ok(
+        unsafe { libc::fallocate(fd, libc::FALLOC_FL_KEEP_SIZE, 8192, 100) } as i64,
+        "fallocate keep size",
+    );
+    r.find(mk, "fallocate(\"/f\", 1, 8192, 100, fi#");
+    assert_eq!(f.metadata().unwrap().len(), 4096);
+
+    // lseek (path, offset, whence, fi) -> offset
+    let mk = r.mark();
+    assert_eq!(unsafe { libc::lseek(fd, 3, libc::SEEK_DATA) }, 3);
+    r.find(mk, "lseek(\"/f\", 3, \"data\", fi#");
+    let mk = r.mark();
+    assert_eq!(unsafe { libc::lseek(fd, 3, libc::SEEK_HOLE) }, 4096);
+    r.find(mk, "lseek(\"/f\", 3, \"hole\", fi#");
+    drop(f);
+
+    // copy_file_range (path_in, fi_in, off_in, path_out, fi_out, off_out, len, flags) -> count
+    fs::write(r.p("src"), b"abcdefghij").unwrap();
+    fs::write(r.p("dst"), b"").unwrap();
+    let mk = r.mark();
+    let fin = File::open(r.p("src")).unwrap();
+    let in_open = r.find(mk, "open(\"/src\", fi#");
+    let fout = OpenOptions::new().write(true).open(r.p("dst")).unwrap();
+    let out_open = r.find(mk, "open(\"/dst\", fi#");
+    let mut off_in: i64 = 2;
+    let mut off_out: i64 = 0;
+    let n = unsafe {
+        libc::copy_file_range(
+            fin.as_raw_fd(),
+            &mut off_in,
+            fout.as_raw_fd(),
+            &mut off_out,
+            5,
+            0,
+        )
+    };
+    assert_eq!(n, 5, "copy_file_range: {}", std::io::Error::last_os_error());
+    assert_eq!((off_in, off_out), (7, 5));
+    let line = r.find(mk, "copy_file_range(\"/src\", fi#");
+    let want = format!("copy_file_range(\"/src\", {}{{", fi_id(&in_open));
+    assert!(line.starts_with(&want), "{line}");
+    assert!(
+        line.contains(&format!(", 2, \"/dst\", {}{{", fi_id(&out_open))),
+        "{line}"
+    );
+    assert!(line.ends_with(", 0, 5, 0)"), "{line}");
+    drop((fin, fout));
+    assert_eq!(fs::read(r.p("dst")).unwrap(), b"cdefg");
+    r.no_script_failures();
+}
+
+fn flock(typ: i32, start: i64, len: i64) -> libc::flock {
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = typ as i16;
+    l.l_whence = libc::SEEK_SET as i16;
+    l.l_start = start;
+    l.l_len = len;
+    l
+}
+
+#[test]
+fn recorder_posix_locks() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::write(r.p("f"), b"0123456789").unwrap();
+    let mk = r.mark();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(r.p("f"))
+        .unwrap();
+    let fid = fi_id(&r.find(mk, "open(\"/f\", fi#"));
+    let fd = f.as_raw_fd();
+    let pid = std::process::id();
+
+    // setlk (path, fi, cmd, lk)
+    let mk = r.mark();
+    let l = flock(libc::F_WRLCK, 0, 10);
+    ok(
+        unsafe { libc::fcntl(fd, libc::F_SETLK, &l) } as i64,
+        "F_SETLK",
+    );
+    let line = r.find(mk, "lock(\"/f\", fi#");
+    assert_eq!(fi_id(&line), fid);
+    assert!(
+        line.ends_with(&format!(
+            ", \"setlk\", {{len=10,pid={pid},start=0,type=\"wrlck\"}})"
+        )),
+        "{line}"
+    );
+
+    // the script refuses: its EAGAIN reaches the caller
+    let mk = r.mark();
+    let l = flock(libc::F_RDLCK, 50, 5);
+    let ret = unsafe { libc::fcntl(fd, libc::F_SETLK, &l) };
+    expect_libc_errno(ret as i64, libc::EAGAIN, "F_SETLK refused by the script");
+    let line = r.find(mk, "lock(\"/f\", fi#");
+    assert!(
+        line.ends_with(&format!(
+            ", \"setlk\", {{len=5,pid={pid},start=50,type=\"rdlck\"}})"
+        )),
+        "{line}"
+    );
+
+    // setlkw
+    let mk = r.mark();
+    let l = flock(libc::F_WRLCK, 20, 0);
+    ok(
+        unsafe { libc::fcntl(fd, libc::F_SETLKW, &l) } as i64,
+        "F_SETLKW",
+    );
+    let line = r.find(mk, "lock(\"/f\", fi#");
+    assert!(
+        line.ends_with(&format!(
+            ", \"setlkw\", {{len=0,pid={pid},start=20,type=\"wrlck\"}})"
+        )),
+        "{line}"
+    );
+
+    // getlk: the script's answer reaches the caller (the kernel sends pid 0 with F_GETLK, as
+    // it does to libfuse)
+    let mk = r.mark();
+    let mut l = flock(libc::F_RDLCK, 0, 5);
+    ok(
+        unsafe { libc::fcntl(fd, libc::F_GETLK, &mut l) } as i64,
+        "F_GETLK",
+    );
+    let line = r.find(mk, "lock(\"/f\", fi#");
+    assert_eq!(fi_id(&line), fid);
+    assert!(
+        line.ends_with(", \"getlk\", {len=5,pid=0,start=0,type=\"rdlck\"})"),
+        "{line}"
+    );
+    assert_eq!(l.l_type, libc::F_WRLCK as i16);
+    assert_eq!((l.l_start, l.l_len), (100, 10));
+    assert_eq!(l.l_pid, 1);
+
+    // unlock
+    let mk = r.mark();
+    let l = flock(libc::F_UNLCK, 0, 10);
+    ok(
+        unsafe { libc::fcntl(fd, libc::F_SETLK, &l) } as i64,
+        "F_SETLK unlck",
+    );
+    let line = r.find(mk, "lock(\"/f\", fi#");
+    assert!(line.contains("type=\"unlck\""), "{line}");
+    r.no_script_failures();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. value forms
+
+fn values() -> Mount {
+    Mount::new(&fixture("ops_values.lua"), &[])
+}
+
+#[test]
+fn getattr_mode_forms_give_the_right_st_mode() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let mode = |p: &str| {
+        fs::symlink_metadata(m.path(p))
+            .unwrap_or_else(|e| panic!("lstat {p}: {e}\n{}", m.log()))
+            .mode()
+    };
+    assert_eq!(mode("m_int"), 0o100640, "integer mode");
+    assert_eq!(mode("m_set"), 0o104540, "mode set");
+    assert_eq!(mode("m_file"), 0o100660, "'file'");
+    assert_eq!(mode("m_dir"), 0o040770, "'directory'");
+    assert_eq!(mode("m_link"), 0o120660, "'link'");
+    assert_eq!(mode("m_sock"), 0o140660, "'socket'");
+    assert_eq!(mode("m_fifo"), 0o010660, "'named pipe'");
+    assert_eq!(mode("m_chr"), 0o020660, "'char device'");
+    assert_eq!(mode("m_blk"), 0o060660, "'block device'");
+    let chr = fs::symlink_metadata(m.path("m_chr")).unwrap();
+    assert_eq!((libc::major(chr.rdev()), libc::minor(chr.rdev())), (1, 3));
+    let blk = fs::symlink_metadata(m.path("m_blk")).unwrap();
+    assert_eq!((libc::major(blk.rdev()), libc::minor(blk.rdev())), (8, 1));
+    assert_eq!(
+        fs::read_link(m.path("m_link")).unwrap(),
+        PathBuf::from("/tgt")
+    );
+}
+
+#[test]
+fn getattr_time_forms_keep_nanoseconds() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let t = |p: &str| {
+        let md = fs::metadata(m.path(p)).unwrap_or_else(|e| panic!("stat {p}: {e}\n{}", m.log()));
+        (
+            (md.atime(), md.atime_nsec()),
+            (md.mtime(), md.mtime_nsec()),
+            (md.ctime(), md.ctime_nsec()),
+        )
+    };
+    assert_eq!(
+        t("t_int"),
+        ((1000000001, 0), (1000000002, 0), (1000000003, 0))
+    );
+    assert_eq!(
+        t("t_float"),
+        (
+            (1600000000, 250_000_000),
+            (1700000000, 500_000_000),
+            (1500000000, 750_000_000)
+        )
+    );
+    assert_eq!(
+        t("t_table"),
+        (
+            (1600000001, 1),
+            (1700000001, 123_456_789),
+            (1500000001, 999_999_999)
+        )
+    );
+}
+
+#[test]
+fn getattr_python_fuse_names_filled_st_and_defaults() {
+    if !fuse_available() {
+        return;
+    }
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let m = values();
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let py = fs::metadata(m.path("py")).unwrap();
+    assert_eq!(py.mode(), 0o100604);
+    assert_eq!(py.size(), 42);
+    assert_eq!(py.nlink(), 3);
+    assert_eq!((py.uid(), py.gid()), (1001, 1002));
+    assert_eq!(
+        (py.atime(), py.mtime(), py.ctime()),
+        (1111111111, 1222222222, 1333333333)
+    );
+
+    // getattr that fills the passed st and returns nothing
+    let filled = fs::metadata(m.path("filled")).unwrap();
+    assert_eq!(filled.mode(), 0o100660);
+    assert_eq!(filled.size(), 7);
+    assert_eq!(filled.mtime(), 1234567890);
+    assert_eq!(fs::read(m.path("filled")).unwrap(), b"filled\n");
+
+    // defaults: nlink 1 (2 for dirs), blocks from size, mounting user, mount time
+    let d = fs::metadata(m.path("defaults")).unwrap();
+    assert_eq!(d.nlink(), 1);
+    assert_eq!(d.blocks(), 2, "ceil(1000/512)");
+    assert_eq!(d.uid(), unsafe { libc::getuid() });
+    assert_eq!(d.gid(), unsafe { libc::getgid() });
+    for (what, t) in [
+        ("atime", d.atime()),
+        ("mtime", d.mtime()),
+        ("ctime", d.ctime()),
+    ] {
+        assert!(
+            (before..=after).contains(&t),
+            "{what} {t} should be the mount time ({before}..{after})"
+        );
+    }
+    assert_eq!(fs::metadata(m.path("defaults_dir")).unwrap().nlink(), 2);
+    assert_eq!(fs::metadata(m.path("blocks_given")).unwrap().blocks(), 7);
+}
+
+#[test]
+fn statfs_flu_names_and_f_aliases() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let s = statvfs(&m.mnt).unwrap_or_else(|e| panic!("statvfs: {e}\n{}", m.log()));
+    assert_eq!(
+        (s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
+        (4096, 2048, 1000, 600, 500)
+    );
+    assert_eq!((s.f_files, s.f_ffree, s.f_namemax), (300, 200, 128));
+    // `stat -f` sees the same
+    let (code, out, err) = sh(&format!(
+        "stat -f -c '%S %b %f %a %c %d %l' '{}'",
+        m.mnt.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "2048 1000 600 500 300 200 128");
+
+    let s = statvfs(&m.path("alias")).unwrap_or_else(|e| panic!("statvfs alias: {e}\n{}", m.log()));
+    assert_eq!(
+        (s.f_bsize, s.f_frsize, s.f_blocks, s.f_bfree, s.f_bavail),
+        (8192, 1024, 77, 66, 55)
+    );
+    assert_eq!((s.f_files, s.f_ffree, s.f_namemax), (44, 33, 100));
+}
+
+#[test]
+fn fi_fh_table_comes_back_in_read_and_release() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let first = fs::read_to_string(m.path("fh")).unwrap();
+    assert!(
+        first.starts_with("fh=table serial="),
+        "{first:?}\n{}",
+        m.log()
+    );
+    let serial = first.trim_end().rsplit('=').next().unwrap().to_string();
+    // release saw the same table
+    let want = format!("/fh table {serial}\n");
+    let mut released = String::new();
+    let seen = wait_until(5, || {
+        released = fs::read_to_string(m.path("released")).unwrap_or_default();
+        released.contains(&want)
+    });
+    assert!(seen, "release did not get the fh table: {released:?}");
+    // a second open gets a new table
+    let second = fs::read_to_string(m.path("fh")).unwrap();
+    assert_ne!(first, second);
+}
+
+#[test]
+fn fi_direct_io_and_keep_cache_set_by_open() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    // size 0 in getattr: only direct_io lets the read through
+    assert_eq!(
+        fs::read_to_string(m.path("dio")).unwrap(),
+        "direct io content\n"
+    );
+    assert_eq!(fs::read_to_string(m.path("nodio")).unwrap(), "");
+
+    // keep_cache: the second open still sees the cached first content
+    assert_eq!(fs::read_to_string(m.path("kc")).unwrap(), "gen 1\n");
+    assert_eq!(fs::read_to_string(m.path("kc")).unwrap(), "gen 1\n");
+    assert_eq!(fs::read_to_string(m.path("nokc")).unwrap(), "gen 1\n");
+    assert_eq!(fs::read_to_string(m.path("nokc")).unwrap(), "gen 2\n");
+}
+
+#[test]
+fn readdir_filler_stat_tables_give_entry_types() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let mut kinds: Vec<(String, &str)> = fs::read_dir(m.path("stdir"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            let k = if t.is_dir() {
+                "dir"
+            } else if t.is_symlink() {
+                "link"
+            } else if t.is_fifo() {
+                "fifo"
+            } else if t.is_file() {
+                "file"
+            } else {
+                "other"
+            };
+            (e.file_name().to_string_lossy().into_owned(), k)
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("lnk".to_string(), "link"),
+            ("pipe".to_string(), "fifo"),
+            ("plain".to_string(), "file"),
+            ("sub".to_string(), "dir"),
+        ]
+    );
+}
+
+#[test]
+fn readdir_offset_mode_lists_5000_entries_in_order() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    let got: Vec<String> = names_of(&m.path("big"))
+        .unwrap_or_else(|e| panic!("read_dir: {e}\n{}", m.log()))
+        .into_iter()
+        .map(|n| n.into_string().unwrap())
+        .collect();
+    let want: Vec<String> = (1..=5000).map(|i| format!("e{i:05}")).collect();
+    assert_eq!(got.len(), want.len(), "entry count");
+    assert!(got == want, "entries out of order or wrong");
+    // it took several readdir calls and the filler said "full" at least once
+    let stats = fs::read_to_string(m.path("bigstats")).unwrap();
+    let nums: Vec<u64> = stats
+        .trim()
+        .split(' ')
+        .map(|kv| kv.split('=').nth(1).unwrap().parse().unwrap())
+        .collect();
+    let (calls, full) = (nums[0], nums[1]);
+    assert!(full >= 1, "filler never returned false: {stats}");
+    assert!(calls > full, "{stats}");
+    // `ls -f` adds nothing and loses nothing (. and .. come from the script)
+    let (code, out, _) = sh(&format!("ls -f '{}' | wc -l", m.path("big").display()));
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), "5002");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. error forms
+
+fn errors() -> Mount {
+    Mount::new(&fixture("ops_errors.lua"), &[])
+}
+
+#[track_caller]
+fn still_serving(m: &Mount) {
+    assert_eq!(
+        fs::read_to_string(m.path("ok")).unwrap_or_else(|e| panic!("/ok: {e}\n{}", m.log())),
+        "still fine\n"
+    );
+}
+
+#[test]
+fn errno_forms_reach_the_caller() {
+    if !fuse_available() {
+        return;
+    }
+    let m = errors();
+    expect_errno(
+        fs::metadata(m.path("enoent")),
+        libc::ENOENT,
+        "error(flu.errno.ENOENT)",
+    );
+    expect_errno(
+        fs::metadata(m.path("eacces_str")),
+        libc::EACCES,
+        "error(\"EACCES\")",
+    );
+    expect_errno(
+        fs::metadata(m.path("eacces_num")),
+        libc::EACCES,
+        "error(13)",
+    );
+    expect_errno(
+        fs::metadata(m.path("eexist_assert")),
+        libc::EEXIST,
+        "assert(false, flu.errno.EEXIST) in getattr",
+    );
+    expect_errno(
+        fs::create_dir(m.path("mk_assert")),
+        libc::EEXIST,
+        "assert(false, flu.errno.EEXIST) in mkdir",
+    );
+    expect_errno(
+        fs::create_dir(m.path("other")),
+        libc::EROFS,
+        "error(flu.errno.EROFS)",
+    );
+    expect_errno(
+        File::open(m.path("open_str")),
+        libc::EPERM,
+        "error(\"EPERM\") in open",
+    );
+    // none of these is a script failure: nothing logged as one
+    let log = m.log();
+    assert!(!log.contains("stack traceback"), "{log}");
+    still_serving(&m);
+}
+
+#[test]
+fn runtime_error_gives_eio_with_traceback_and_mount_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let m = errors();
+    still_serving(&m);
+
+    expect_errno(fs::read(m.path("read_rt")), libc::EIO, "read: nil index");
+    let log = m.log();
+    let rec = log_record(&log, "attempt to index a nil value (local 'cache')")
+        .unwrap_or_else(|| panic!("Lua message missing: {log}"));
+    assert!(rec.contains("stack traceback"), "traceback missing: {rec}");
+    assert!(
+        rec.contains("ops_errors.lua:"),
+        "script position missing: {rec}"
+    );
+    still_serving(&m);
+
+    expect_errno(
+        fs::metadata(m.path("getattr_rt")),
+        libc::EIO,
+        "getattr: nil index",
+    );
+    let log = m.log();
+    let rec = log_record(&log, "attempt to index a nil value (local 'config')")
+        .unwrap_or_else(|| panic!("getattr's error not logged: {log}"));
+    assert!(rec.contains("stack traceback"), "traceback missing: {rec}");
+    still_serving(&m);
+}
+
+#[test]
+fn wrong_return_types_give_eio_and_mount_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let m = errors();
+
+    let before = m.log().len();
+    expect_errno(
+        fs::read(m.path("read_table")),
+        libc::EIO,
+        "read returning a table",
+    );
+    assert!(
+        m.log().len() > before,
+        "nothing logged for read returning a table"
+    );
+    still_serving(&m);
+
+    let before = m.log().len();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.path("write_neg"))
+        .unwrap();
+    expect_errno(f.write(b"abc"), libc::EIO, "write returning -1");
+    drop(f);
+    assert!(
+        m.log().len() > before,
+        "nothing logged for write returning -1"
+    );
+    still_serving(&m);
+
+    let before = m.log().len();
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.path("write_huge"))
+        .unwrap();
+    expect_errno(f.write(b"abc"), libc::EIO, "write returning 2^40");
+    drop(f);
+    assert!(
+        m.log().len() > before,
+        "nothing logged for write returning 2^40"
+    );
+    still_serving(&m);
+
+    let before = m.log().len();
+    expect_errno(
+        fs::metadata(m.path("getattr_string")),
+        libc::EIO,
+        "getattr returning a string",
+    );
+    assert!(
+        m.log().len() > before,
+        "nothing logged for getattr returning a string"
+    );
+    still_serving(&m);
+
+    let before = m.log().len();
+    let r = fs::read_dir(m.path("baddir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    expect_errno(r, libc::EIO, "filler called with a table");
+    assert!(
+        m.log().len() > before,
+        "nothing logged for the bad filler call"
+    );
+    still_serving(&m);
+
+    // the root listing is unaffected
+    let mut names = names_of(&m.mnt).unwrap();
+    names.sort();
+    assert!(names.contains(&OsString::from("ok")), "{names:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. missing operations behave like libfuse's path API
+
+/// Observed on Linux 6.x, and the same as with libfuse's high-level API: mkdir, unlink, rename,
+/// symlink, chmod, write and create (with no mknod either) give the caller ENOSYS as is; the
+/// kernel turns ENOSYS from getxattr into EOPNOTSUPP; fsync/flush/open/opendir succeed.
+#[test]
+fn missing_operations_default_like_libfuse() {
+    if !fuse_available() {
+        return;
+    }
+    set_umask();
+    let m = Mount::new(&fixture("ops_minimal.lua"), &[]);
+    // no open/release/opendir/releasedir/flush: they succeed
+    assert_eq!(fs::read_to_string(m.path("hello")).unwrap(), "hello\n");
+    assert_eq!(names_of(&m.mnt).unwrap(), ["hello"]);
+    // fsync without an fsync operation succeeds too
+    File::open(m.path("hello")).unwrap().sync_all().unwrap();
+    // no statfs: libfuse's defaults
+    let s = statvfs(&m.mnt).unwrap();
+    assert_eq!((s.f_bsize, s.f_namemax), (512, 255));
+    assert_eq!((s.f_blocks, s.f_bfree, s.f_files), (0, 0, 0));
+    // everything else: ENOSYS, passed through by the kernel as is
+    expect_errno(fs::create_dir(m.path("d")), libc::ENOSYS, "mkdir");
+    expect_errno(fs::remove_file(m.path("hello")), libc::ENOSYS, "unlink");
+    expect_errno(
+        fs::rename(m.path("hello"), m.path("other")),
+        libc::ENOSYS,
+        "rename",
+    );
+    expect_errno(
+        std::os::unix::fs::symlink("x", m.path("s")),
+        libc::ENOSYS,
+        "symlink",
+    );
+    expect_errno(
+        fs::set_permissions(m.path("hello"), fs::Permissions::from_mode(0o600)),
+        libc::ENOSYS,
+        "chmod",
+    );
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(m.path("hello"))
+        .unwrap();
+    expect_errno(f.write(b"x"), libc::ENOSYS, "write");
+    drop(f);
+    // xattrs: the kernel turns ENOSYS into EOPNOTSUPP (as with libfuse)
+    let mut buf = [0u8; 16];
+    let r = unsafe {
+        libc::getxattr(
+            cstr(&m.path("hello")).as_ptr(),
+            c"user.x".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    expect_libc_errno(r as i64, libc::EOPNOTSUPP, "getxattr");
+    // create with no create and no mknod
+    expect_errno(File::create(m.path("new")), libc::ENOSYS, "create");
+    // no lock operation: POSIX locks are not negotiated, the kernel handles them locally
+    let f = File::open(m.path("hello")).unwrap();
+    let l = flock(libc::F_RDLCK, 0, 10);
+    ok(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLK, &l) } as i64,
+        "local F_SETLK",
+    );
+    let mut l = flock(libc::F_WRLCK, 0, 10);
+    ok(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) } as i64,
+        "local F_GETLK",
+    );
+    assert_eq!(l.l_type, libc::F_UNLCK as i16, "own lock never conflicts");
+    drop(f);
+    // still fine afterwards
+    assert_eq!(fs::read_to_string(m.path("hello")).unwrap(), "hello\n");
+}
+
+#[test]
+fn create_falls_back_to_mknod_then_open() {
+    if !fuse_available() {
+        return;
+    }
+    set_umask();
+    let logdir = TempDir::new("ops-mknod");
+    let log = logdir.path.join("log");
+    let m = Mount::with_args(
+        &fixture("ops_mknod_only.lua"),
+        &[],
+        &[log.to_str().unwrap()],
+    );
+    let (code, _, err) = sh(&format!("echo hi > '{}'", m.path("new").display()));
+    assert_eq!(code, 0, "{err}\n{}", m.log());
+    assert_eq!(fs::read_to_string(m.path("new")).unwrap(), "hi\n");
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mknod = lines
+        .iter()
+        .position(|l| *l == "mknod /new reg,rgrp,roth,rusr,wusr 0")
+        .unwrap_or_else(|| panic!("no mknod in {lines:?}"));
+    let open = lines
+        .iter()
+        .position(|l| l.starts_with("open /new "))
+        .unwrap_or_else(|| panic!("no open in {lines:?}"));
+    assert!(mknod < open, "{lines:?}");
+    assert!(lines[open].contains("wronly"), "{}", lines[open]);
+    assert!(lines.contains(&"write /new 3 0"), "{lines:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Flu-style scripts run unchanged
+
+fn mounts_entry(mnt: &Path) -> Option<(String, String, String)> {
+    let want = mnt.to_string_lossy().to_string();
+    fs::read_to_string("/proc/mounts")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(1) == Some(&want.as_str())).then(|| {
+                (
+                    f[0].to_string(),
+                    f[2].to_string(),
+                    f.get(3).unwrap_or(&"").to_string(),
+                )
+            })
+        })
+}
+
+#[test]
+fn flu_hellofs_lists_and_reads() {
+    if !fuse_available() {
+        return;
+    }
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let m = Mount::new(&fixture("flu_hellofs.lua"), &[]);
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(names_of(&m.mnt).unwrap(), ["hello"]);
+    let (code, out, _) = sh(&format!("ls -a '{}'", m.mnt.display()));
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        [".", "..", "hello"]
+    );
+    assert_eq!(
+        fs::read_to_string(m.path("hello")).unwrap(),
+        "Hello World!\n"
+    );
+    let md = fs::metadata(m.path("hello")).unwrap();
+    assert_eq!(md.mode(), 0o100660);
+    assert_eq!(md.len(), 13);
+    assert_eq!(md.nlink(), 1);
+    // os.time() numbers given as access/modification/change
+    for t in [md.atime(), md.mtime(), md.ctime()] {
+        assert!(
+            (before..=after).contains(&t),
+            "{t} not in {before}..{after}"
+        );
+    }
+    assert_eq!(fs::metadata(&m.mnt).unwrap().mode(), 0o040770);
+    expect_errno(fs::metadata(m.path("nope")), libc::ENOENT, "missing file");
+    // open checks fi.flags.O_WRONLY / O_RDWR
+    expect_errno(
+        OpenOptions::new().write(true).open(m.path("hello")),
+        libc::EACCES,
+        "open for writing",
+    );
+    expect_errno(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path("hello")),
+        libc::EACCES,
+        "open read-write",
+    );
+    // flu.main's argv[1] is the fsname
+    let (fsname, _, _) = mounts_entry(&m.mnt).unwrap();
+    assert_eq!(fsname, "hellofs");
+}
+
+#[test]
+fn flu_main_argv_options_are_honoured() {
+    if !fuse_available() {
+        return;
+    }
+    // "-o ro" inside the script's args table
+    let m = Mount::with_args(&fixture("flu_hellofs.lua"), &[], &["-o", "ro"]);
+    let (_, _, opts) = mounts_entry(&m.mnt).unwrap();
+    assert!(opts.split(',').any(|o| o == "ro"), "{opts}");
+    expect_errno(
+        OpenOptions::new().write(true).open(m.path("hello")),
+        libc::EROFS,
+        "write on a ro mount",
+    );
+    assert_eq!(
+        fs::read_to_string(m.path("hello")).unwrap(),
+        "Hello World!\n"
+    );
+    drop(m);
+
+    // fsname from the script's argv
+    let m = Mount::with_args(
+        &fixture("flu_hellofs.lua"),
+        &[],
+        &["-o", "fsname=fromscript"],
+    );
+    assert_eq!(mounts_entry(&m.mnt).unwrap().0, "fromscript");
+    drop(m);
+
+    // the command line wins
+    let m = Mount::with_args(
+        &fixture("flu_hellofs.lua"),
+        &["-o", "fsname=x"],
+        &["-o", "fsname=fromscript"],
+    );
+    assert_eq!(mounts_entry(&m.mnt).unwrap().0, "x");
+    assert_eq!(
+        fs::read_to_string(m.path("hello")).unwrap(),
+        "Hello World!\n"
+    );
+}
+
+#[test]
+fn flu_luafs_works_like_a_filesystem() {
+    if !fuse_available() {
+        return;
+    }
+    set_umask();
+    let m = Mount::new(&fixture("flu_luafs.lua"), &[]);
+    let mnt = m.mnt.display().to_string();
+    let (code, out, err) = sh(&format!(
+        "cd '{mnt}' && echo Hello World! > hello && cat hello && mkdir subdir && \
+         echo foo > subdir/bar && cat subdir/bar && ls subdir && ls"
+    ));
+    assert_eq!(code, 0, "{err}\n{}", m.log());
+    assert_eq!(out, "Hello World!\nfoo\nbar\nhello\nsubdir\n");
+    assert!(fs::metadata(m.path("subdir")).unwrap().is_dir());
+    assert_eq!(fs::metadata(m.path("hello")).unwrap().mode(), 0o100660);
+    assert_eq!(fs::metadata(m.path("subdir")).unwrap().mode(), 0o040770);
+    assert_eq!(fs::metadata(m.path("subdir")).unwrap().nlink(), 2);
+
+    // overwrite (truncate), append, write in the middle
+    fs::write(m.path("hello"), b"0123456789").unwrap();
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m.path("hello"))
+        .unwrap();
+    f.write_all(b"AB").unwrap();
+    drop(f);
+    let f = OpenOptions::new()
+        .write(true)
+        .open(m.path("hello"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"xy", 3).unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.path("hello")).unwrap(), b"012xy56789AB");
+
+    // touch sets the times through utimens
+    let (code, _, err) = sh(&format!("touch -d @1500000000 '{mnt}/hello'"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::metadata(m.path("hello")).unwrap().mtime(), 1500000000);
+
+    // xattrs
+    let hp = cstr(&m.path("hello"));
+    ok(
+        unsafe {
+            libc::setxattr(
+                hp.as_ptr(),
+                c"user.color".as_ptr(),
+                b"blue".as_ptr().cast(),
+                4,
+                0,
+            )
+        } as i64,
+        "setxattr",
+    );
+    let mut buf = [0u8; 16];
+    let n = ok(
+        unsafe {
+            libc::getxattr(
+                hp.as_ptr(),
+                c"user.color".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        } as i64,
+        "getxattr",
+    );
+    assert_eq!(&buf[..n as usize], b"blue");
+    let r = unsafe {
+        libc::getxattr(
+            hp.as_ptr(),
+            c"user.other".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    expect_libc_errno(r as i64, libc::ENODATA, "missing xattr");
+
+    // errors raised through the redefined assert
+    expect_errno(
+        fs::create_dir(m.path("subdir")),
+        libc::EEXIST,
+        "mkdir existing",
+    );
+    expect_errno(
+        fs::remove_dir(m.path("subdir")),
+        libc::ENOTEMPTY,
+        "rmdir non-empty",
+    );
+    expect_errno(fs::read(m.path("missing")), libc::ENOENT, "missing file");
+    fs::remove_file(m.path("subdir/bar")).unwrap();
+    fs::remove_dir(m.path("subdir")).unwrap();
+    fs::remove_file(m.path("hello")).unwrap();
+    assert!(names_of(&m.mnt).unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. 100,000 entries from one readdir call
+
+#[test]
+fn readdir_100k_entries_without_offsets() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("ops_bigdir.lua"), &[]);
+    let t = Instant::now();
+    let names = names_of(&m.mnt).unwrap_or_else(|e| panic!("read_dir: {e}\n{}", m.log()));
+    assert_eq!(names.len(), 100_000, "after {:?}", t.elapsed());
+    let set: HashSet<&OsString> = names.iter().collect();
+    assert_eq!(set.len(), 100_000, "duplicates in the listing");
+    for i in 1..=100_000 {
+        let n = OsString::from(format!("f{i:06}"));
+        assert!(set.contains(&n), "{n:?} missing");
+    }
+    let (code, out, err) = sh(&format!("ls -f '{}' | wc -l", m.mnt.display()));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "100002");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. a faulty script cannot take the daemon down
+
+#[test]
+fn faulty_script_errors_every_request_but_daemon_survives() {
+    if !fuse_available() {
+        return;
+    }
+    set_umask();
+    let mut m = Mount::new(&fixture("ops_faulty.lua"), &[]);
+    let p = |rel: &str| m.path(rel);
+
+    assert!(fs::metadata(&m.mnt).unwrap().is_dir());
+    assert_eq!(fs::read_to_string(p("ok")).unwrap(), "ok\n");
+
+    // getattr misbehaving in every way
+    for name in [
+        "rt",
+        "nil",
+        "huge",
+        "neg",
+        "deep",
+        "badmode",
+        "badtime",
+        "errtable",
+        "errnil",
+        "errtostring",
+        "zero",
+        "bigerrno",
+        "number",
+    ] {
+        expect_errno(
+            fs::metadata(p(name)),
+            libc::EIO,
+            &format!("getattr /{name}"),
+        );
+    }
+    assert!(daemon_alive(&m), "daemon died after getattr errors");
+
+    // readdir
+    let mut root = names_of(&m.mnt).unwrap();
+    root.sort();
+    assert_eq!(root, ["baddir", "d", "f", "lnk", "ok", "utf8"]);
+    let mut utf8: Vec<Vec<u8>> = names_of(&p("utf8"))
+        .unwrap()
+        .into_iter()
+        .map(OsString::into_vec)
+        .collect();
+    utf8.sort();
+    assert_eq!(
+        utf8,
+        [b"caf\xe9".to_vec(), b"ok".to_vec(), b"\xff\xfe".to_vec()]
+    );
+    let r = fs::read_dir(p("baddir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    expect_errno(r, libc::EIO, "readdir with a bad filler name");
+    expect_errno(fs::read_dir(p("d")), libc::EIO, "opendir raising true");
+
+    // file operations on /f
+    let f = File::open(p("f")).unwrap();
+    let mut buf = [0u8; 16];
+    expect_errno((&f).read(&mut buf), libc::EIO, "read returning a number");
+    let fd = f.as_raw_fd();
+    std::mem::forget(f);
+    let ret = unsafe { libc::close(fd) };
+    expect_libc_errno(ret as i64, libc::EIO, "close: flush raising a string");
+
+    let f = OpenOptions::new().write(true).open(p("f")).unwrap();
+    expect_errno((&f).write(b"abc"), libc::EIO, "write returning a string");
+    expect_errno(f.sync_all(), libc::EIO, "fsync recursing");
+    let fd = f.as_raw_fd();
+    expect_libc_errno(
+        unsafe { libc::lseek(fd, 0, libc::SEEK_DATA) },
+        libc::EIO,
+        "lseek returning -1",
+    );
+    expect_libc_errno(
+        unsafe { libc::fallocate(fd, 0, 0, 10) } as i64,
+        libc::EIO,
+        "fallocate raising 2.5",
+    );
+    let mut l = flock(libc::F_RDLCK, 0, 1);
+    expect_libc_errno(
+        unsafe { libc::fcntl(fd, libc::F_GETLK, &mut l) } as i64,
+        libc::EIO,
+        "getlk returning a bad lock",
+    );
+    let l = flock(libc::F_WRLCK, 0, 1);
+    expect_libc_errno(
+        unsafe { libc::fcntl(fd, libc::F_SETLK, &l) } as i64,
+        libc::EIO,
+        "setlk raising a nasty value",
+    );
+    let fin = File::open(p("ok")).unwrap();
+    let mut off_in: i64 = 0;
+    let mut off_out: i64 = 0;
+    let n = unsafe { libc::copy_file_range(fin.as_raw_fd(), &mut off_in, fd, &mut off_out, 3, 0) };
+    expect_libc_errno(n as i64, libc::EIO, "copy_file_range returning 2^62");
+    drop(fin);
+    expect_errno(f.set_len(1), libc::EIO, "ftruncate raising -3");
+    drop(f);
+    expect_errno(
+        OpenOptions::new().read(true).write(true).open(p("f")),
+        libc::EIO,
+        "open calling nil",
+    );
+
+    // attribute changes
+    expect_libc_errno(
+        unsafe { libc::truncate(cstr(&p("f")).as_ptr(), 1) } as i64,
+        libc::EIO,
+        "truncate raising 0",
+    );
+    expect_errno(
+        fs::set_permissions(p("f"), fs::Permissions::from_mode(0o600)),
+        libc::EIO,
+        "chmod raising -3",
+    );
+    expect_libc_errno(
+        unsafe { libc::chown(cstr(&p("f")).as_ptr(), 1, 1) } as i64,
+        libc::EIO,
+        "chown raising 1e100",
+    );
+    expect_libc_errno(
+        unsafe { libc::utimensat(libc::AT_FDCWD, cstr(&p("f")).as_ptr(), std::ptr::null(), 0) }
+            as i64,
+        libc::EIO,
+        "utimens raising a value whose __tostring raises",
+    );
+
+    // namespace changes
+    expect_errno(fs::create_dir(p("newdir")), libc::EIO, "mkdir recursing");
+    expect_libc_errno(
+        unsafe { libc::mkfifo(cstr(&p("newfifo")).as_ptr(), 0o644) } as i64,
+        libc::EIO,
+        "mknod raising nil",
+    );
+    expect_errno(
+        File::create(p("newfile")),
+        libc::EIO,
+        "create raising a table",
+    );
+    expect_errno(fs::remove_file(p("f")), libc::EIO, "unlink yielding");
+    expect_errno(
+        fs::remove_dir(p("d")),
+        libc::EIO,
+        "rmdir raising a long string",
+    );
+    expect_errno(
+        fs::rename(p("f"), p("g")),
+        libc::EIO,
+        "rename calling a missing method",
+    );
+    expect_errno(
+        std::os::unix::fs::symlink("t", p("newlink")),
+        libc::EIO,
+        "symlink raising a table",
+    );
+    expect_errno(
+        fs::hard_link(p("f"), p("newhard")),
+        libc::EIO,
+        "link raising 2.5",
+    );
+    expect_errno(
+        fs::read_link(p("lnk")),
+        libc::EIO,
+        "readlink returning a table",
+    );
+
+    // filesystem-wide and xattrs
+    expect_errno(statvfs(&m.mnt), libc::EIO, "statfs returning a string");
+    let fp = cstr(&p("f"));
+    let r = unsafe { libc::setxattr(fp.as_ptr(), c"user.a".as_ptr(), c"v".as_ptr().cast(), 1, 0) };
+    expect_libc_errno(r as i64, libc::EIO, "setxattr raising false");
+    let r = unsafe {
+        libc::getxattr(
+            fp.as_ptr(),
+            c"user.a".as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    expect_libc_errno(r as i64, libc::EIO, "getxattr returning a number");
+    let r = unsafe { libc::listxattr(fp.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    expect_libc_errno(r as i64, libc::EIO, "listxattr returning numbers");
+    let r = unsafe { libc::removexattr(fp.as_ptr(), c"user.a".as_ptr()) };
+    expect_libc_errno(
+        r as i64,
+        libc::EIO,
+        "removexattr raising a non-errno string",
+    );
+    let r = unsafe { libc::access(fp.as_ptr(), libc::R_OK) };
+    expect_libc_errno(r as i64, libc::EIO, "access raising a coroutine");
+
+    // still alive, still mounted, still serving
+    assert!(daemon_alive(&m), "daemon died\n{}", m.log());
+    assert!(is_mounted(&m.mnt));
+    assert!(fs::metadata(&m.mnt).unwrap().is_dir());
+    assert_eq!(fs::read_to_string(p("ok")).unwrap(), "ok\n");
+    let log = m.log();
+    assert!(log.contains("stack overflow"), "{log}");
+    assert!(log.contains("attempt to index a nil value"), "{log}");
+    assert!(log.contains("attempt to call a nil value"), "{log}");
+
+    // destroy raising does not crash the daemon's exit
+    let code = m.unmount();
+    assert!(
+        code.is_some(),
+        "daemon killed or crashed at exit\n{}",
+        m.log()
+    );
+    assert!(!is_mounted(&m.mnt));
+}
