@@ -93,7 +93,9 @@ local xpcall, traceback, tostring, errno_of = xpcall, debug.traceback, tostring,
 local function handler(e)
   local code = errno_of(e)
   if code then return code end
-  return traceback(tostring(e), 2)
+  local msg = tostring(e)
+  if msg:find("stack traceback:", 1, true) then return msg end
+  return traceback(msg, 2)
 end
 return function(f, ...) return xpcall(f, handler, ...) end
 "#;
@@ -125,6 +127,15 @@ fn show(v: &Value) -> String {
         Value::Table(_) => "{..}".into(),
         Value::Function(_) => "function".into(),
         other => other.type_name().into(),
+    }
+}
+
+/// A returned value for a log line: numbers by value, everything else by type.
+fn type_or_value(v: &Option<Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(v @ (Value::Integer(_) | Value::Number(_))) => show(v),
+        Some(v) => v.type_name().into(),
     }
 }
 
@@ -718,7 +729,7 @@ impl Dispatch {
                                 None => Err(self.bad_value(
                                     OpName::Write,
                                     &path,
-                                    format!("byte count {v:?} is not in 0..={len}"),
+                                    format!("byte count {} is not in 0..={len}", show(&v)),
                                 )),
                             }
                         }
@@ -1066,7 +1077,7 @@ impl Dispatch {
                         other => Err(self.bad_value(
                             OpName::Bmap,
                             &path,
-                            format!("expected a block index, got {other:?}"),
+                            format!("expected a block index, got {}", type_or_value(&other)),
                         )),
                     }
                 })();
@@ -1115,7 +1126,7 @@ impl Dispatch {
                         other => Err(self.bad_value(
                             OpName::Lseek,
                             &path,
-                            format!("expected an offset, got {other:?}"),
+                            format!("expected an offset, got {}", type_or_value(&other)),
                         )),
                     }
                 })();
@@ -1154,7 +1165,7 @@ impl Dispatch {
                         other => Err(self.bad_value(
                             OpName::CopyFileRange,
                             &pout,
-                            format!("expected a byte count, got {other:?}"),
+                            format!("expected a byte count, got {}", type_or_value(&other)),
                         )),
                     }
                 })();

@@ -123,7 +123,7 @@ fn proc_mounts_entry(mnt: &Path) -> Option<(String, String, String, String)> {
             (f.len() >= 4 && f[1] == want)
                 .then(|| (f[0].into(), f[1].into(), f[2].into(), f[3].into()))
         })
-        .last()
+        .next_back()
 }
 
 /// Guard for a mount made by a background (daemonizing) flufs we launched ourselves: on drop it
@@ -432,19 +432,54 @@ fn script_returning_a_number_instead_of_a_table_fails_clearly() {
 }
 
 #[test]
-fn script_raising_an_error_at_load_time_fails_with_its_message() {
+fn script_raising_an_error_at_load_time_fails_with_its_message_first() {
+    // A runtime error while loading may be followed by a Lua traceback (useful to the script's
+    // author), but the first line must carry the error with file and line, and no Rust panic.
     if !common::fuse_available() {
         return;
     }
     let g = BgGuard::new();
-    let script = write_script(&g.dir, "raises.lua", "error('no config found here')\n");
-    check_failure_both_modes(
-        "script raises at load time",
-        &script,
-        &g.mnt,
-        &[],
-        &["no config found here"],
+    let script = write_script(
+        &g.dir,
+        "raises.lua",
+        "local x = 1\nerror('no config found here')\n",
     );
+    for background in [false, true] {
+        let mut args = vec![];
+        if !background {
+            args.push(os("-f"));
+        }
+        args.push(script.as_os_str());
+        args.push(g.mnt.as_os_str());
+        let out = run_flufs(&args, 20);
+        let mode = if background {
+            "background"
+        } else {
+            "foreground"
+        };
+        assert!(!out.timed_out, "[{mode}] flufs did not exit: {out:?}");
+        assert!(
+            matches!(out.code, Some(c) if c != 0),
+            "[{mode}] expected failure: {out:?}"
+        );
+        if background {
+            assert_eq!(out.code, Some(1), "[{mode}] parent must exit 1: {out:?}");
+        }
+        assert!(
+            !out.stderr.contains("panicked") && !out.stderr.contains("RUST_BACKTRACE"),
+            "{out:?}"
+        );
+        let first = out
+            .stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        assert!(
+            first.contains("raises.lua:2:") && first.contains("no config found here"),
+            "[{mode}] first stderr line should be the error with file:line: {out:?}"
+        );
+        assert!(!is_mounted(&g.mnt));
+    }
 }
 
 #[test]
@@ -566,6 +601,99 @@ fn sigint_unmounts_runs_destroy_and_exits_zero() {
         return;
     }
     signal_stops_foreground_daemon(libc::SIGINT);
+}
+
+#[test]
+fn sigterm_to_a_background_daemon_unmounts_and_runs_destroy() {
+    if !common::fuse_available() {
+        return;
+    }
+    let g = BgGuard::new();
+    let marker = g.dir.path.join("destroy-ran");
+    let out = run_flufs(
+        &[
+            os(&fixture("cli_destroy.lua")),
+            os(&g.mnt),
+            os("--"),
+            os(&marker),
+        ],
+        30,
+    );
+    assert_eq!(out.code, Some(0), "background launch failed: {out:?}");
+    assert!(is_mounted(&g.mnt));
+    let pids = pids_with(&g.mnt);
+    assert_eq!(pids.len(), 1, "expected one daemon process, got {pids:?}");
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGTERM) }, 0);
+    assert!(
+        wait_until(10, || pids_with(&g.mnt).is_empty()),
+        "daemon still running 10 s after SIGTERM"
+    );
+    assert!(
+        !is_mounted(&g.mnt),
+        "mount left behind after SIGTERM to the daemon"
+    );
+    assert!(marker.exists(), "destroy() did not run on SIGTERM");
+}
+
+#[test]
+fn debug_flag_alone_stays_in_the_foreground() {
+    if !common::fuse_available() {
+        return;
+    }
+    let g = BgGuard::new();
+    let log = g.dir.path.join("stderr.log");
+    let mut child = Command::new(flufs_bin())
+        .arg("-d")
+        .arg(shipped("hellofs.lua"))
+        .arg(&g.mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn flufs");
+    let mounted = wait_until(20, || is_mounted(&g.mnt));
+    let early_exit = child.try_wait().unwrap();
+    if !mounted || early_exit.is_some() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "-d without -f: mounted={mounted}, launcher exit={early_exit:?}; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(g.mnt.join("hello")).unwrap(),
+        "Hello World!\n"
+    );
+    assert!(
+        wait_until(5, || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("/hello")),
+        "no trace on the launching process's stderr"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "-d process exited while mounted"
+    );
+    let st = Command::new("fusermount3")
+        .arg("-u")
+        .arg(&g.mnt)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("-d process did not exit after unmount");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(code, Some(0));
 }
 
 #[test]
