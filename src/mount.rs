@@ -25,7 +25,9 @@ pub struct Target {
     pub default_fsname: String,
 }
 
-fn mountinfo_fstype(mnt: &Path) -> Option<String> {
+/// The `(major:minor, fstype)` of the last filesystem mounted at `mnt`, from mountinfo (which
+/// never waits on a FUSE session that is not serving yet).
+fn mountinfo(mnt: &Path) -> Option<(String, String)> {
     let want = mnt.to_string_lossy();
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     info.lines().rev().find_map(|l| {
@@ -35,8 +37,19 @@ fn mountinfo_fstype(mnt: &Path) -> Option<String> {
             return None;
         }
         let sep = fields.iter().position(|f| *f == "-")?;
-        fields.get(sep + 1).map(|s| s.to_string())
+        Some((fields.get(2)?.to_string(), fields.get(sep + 1)?.to_string()))
     })
+}
+
+/// Let the kernel read ahead as far as one request can carry (the default is 128 KiB).
+fn raise_readahead(mnt: &Path, bytes: u32) {
+    if let Some((dev, _)) = mountinfo(mnt) {
+        let kib = (bytes / 1024).max(128);
+        let _ = std::fs::write(
+            format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+            kib.to_string(),
+        );
+    }
 }
 
 /// Refuse mountpoints that cannot work, with a message that says what to do.
@@ -302,6 +315,7 @@ pub fn serve(
         restore();
         return Err(msg);
     }
+    raise_readahead(&mnt, features.max_readahead);
     ready();
 
     let session_tx = tx.clone();
