@@ -73,7 +73,7 @@ pub fn check_mountpoint(mnt: &Path) -> Result<(), String> {
         }
         Ok(_) => {}
     }
-    if let Some(t) = mountinfo_fstype(mnt)
+    if let Some((_, t)) = mountinfo(mnt)
         && t.starts_with("fuse")
     {
         return Err(format!(
