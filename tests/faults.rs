@@ -1,0 +1,100 @@
+//! Runaway scripts and process faults: --op-timeout, --lua-memory, kill -9 with auto_unmount,
+//! SIGTERM with files open.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Mount, errno, fixture, fuse_available, is_mounted, shipped};
+
+fn read_err(path: &std::path::Path) -> i32 {
+    let mut s = String::new();
+    let e = std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut s))
+        .expect_err("read should fail");
+    errno(&e)
+}
+
+#[test]
+fn endless_loop_is_interrupted_by_op_timeout_and_mount_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("faults_runaway.lua"), &["--op-timeout", "0.5"]);
+    let start = Instant::now();
+    assert_eq!(read_err(&m.path("loop")), libc::ETIMEDOUT);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+    assert!(m.log().contains("--op-timeout"), "log: {}", m.log());
+}
+
+#[test]
+fn unbounded_allocation_gives_enomem_under_lua_memory() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("faults_runaway.lua"), &["--lua-memory", "64"]);
+    assert_eq!(read_err(&m.path("hog")), libc::ENOMEM);
+    // The memory is released with the failed request: other files still read.
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+    assert_eq!(read_err(&m.path("hog")), libc::ENOMEM);
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+}
+
+#[test]
+fn infinite_recursion_gives_eio_and_mount_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("faults_runaway.lua"), &[]);
+    assert_eq!(read_err(&m.path("recurse")), libc::EIO);
+    assert!(m.log().contains("stack overflow"), "log: {}", m.log());
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+}
+
+#[test]
+fn kill_9_with_auto_unmount_leaves_no_stale_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mount::new(&shipped("hellofs.lua"), &["-o", "auto_unmount"]);
+    assert_eq!(
+        std::fs::read_to_string(m.path("hello")).unwrap(),
+        "Hello World!\n"
+    );
+    let pid = m.pid().expect("daemon pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    m.reap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_mounted(&m.mnt) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!is_mounted(&m.mnt), "mount left behind after kill -9");
+    // The directory is usable again (not "Transport endpoint is not connected").
+    assert!(std::fs::read_dir(&m.mnt).is_ok());
+}
+
+#[test]
+fn sigterm_with_an_open_file_unmounts_and_exits_zero() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mount::new(&shipped("luafs.lua"), &[]);
+    let mut f = std::fs::File::create(m.path("open-file")).unwrap();
+    f.write_all(b"written before the signal").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.path("open-file")).unwrap(),
+        "written before the signal"
+    );
+    let pid = m.pid().expect("daemon pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let code = m.reap();
+    assert_eq!(code, Some(0), "daemon exit status; log: {}", m.log());
+    assert!(!is_mounted(&m.mnt), "mount left behind after SIGTERM");
+    drop(f);
+}
