@@ -10,6 +10,7 @@ mod daemon;
 mod dispatch;
 mod errno;
 mod flu;
+mod gett;
 mod inodes;
 mod kernel;
 mod log;

@@ -123,6 +123,7 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
         ctx: ctx.clone(),
     });
     flu::register(&lua, host.clone()).map_err(|e| format!("cannot set up the flu module: {e}"))?;
+    crate::gett::register(&lua).map_err(|e| format!("cannot set up the gett module: {e}"))?;
 
     let script_dir = job
         .script
