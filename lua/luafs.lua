@@ -17,9 +17,11 @@
 -- [(k-1)*CS, k*CS).  A missing chunk is a hole and reads as zeros; a chunk may be
 -- shorter than CS, the bytes past its end (and below the file size) read as zeros.
 -- Invariant: no chunk stores a byte at or beyond the file size, so growing a file
--- never exposes stale data.  A chunk that is being appended to in small pieces is
--- kept as a "rope" (an array of strings with fields n and len) and flattened with
--- table.concat when read or overwritten, so sequential small writes stay linear.
+-- never exposes stale data.  Writes overwrite in place (one chunk copy at most per
+-- chunk touched); reads copy only the requested range.  Two refinements avoid copies:
+-- a write larger than a chunk stores its full chunks as views of the written string
+-- (and reading back exactly that range returns the string itself), and a chunk that
+-- is appended to in small pieces is kept as a rope until it is read.
 
 local flu = require "flu"
 
@@ -30,7 +32,7 @@ local ENAMETOOLONG, ENODATA, EOPNOTSUPP = errno.ENAMETOOLONG, errno.ENODATA, err
 local EACCES = errno.EACCES
 
 local fmode, now, get_context = flu.mode, flu.now, flu.get_context
-local sub, find, match, rep = string.sub, string.find, string.match, string.rep
+local sub, find, match, rep, byte = string.sub, string.find, string.match, string.rep, string.byte
 local concat = table.concat
 local type, next, pairs, error, tonumber = type, next, pairs, error, tonumber
 
@@ -40,7 +42,7 @@ local PERM = 0xFFF -- 07777
 local NAME_MAX = 255
 local DIR_SIZE = 4096
 
-local CS = 131072 -- chunk size: one kernel read request (max_readahead 128 KiB)
+local CS = 131072 -- chunk size
 local CS_BLOCKS = CS // 512
 local ZERO = rep("\0", CS)
 local ROPE_MAX = 64 -- flatten a rope after this many pieces
@@ -205,6 +207,27 @@ end
 -- File data
 -------------------------------------------------------------------------------
 
+-- Chunk values:
+--   string                      the chunk's bytes (at most CS)
+--   {big=B, off=O}              a "view": bytes O+1 .. O+CS of the string B.  A write of
+--                               more than CS bytes stores its full chunks this way, so
+--                               the data is not copied, and a read of exactly what one
+--                               such write stored returns B itself.
+--   {n=, len=, [1..n]=strings}  a "rope" that small appends go to; flattened when read
+
+-- The chunk as a string (ropes and views are materialized and stored back).
+local function flat(data, idx, c)
+	local b = c.big
+	if b then
+		local off = c.off
+		c = sub(b, off + 1, off + CS)
+	else
+		c = concat(c, "", 1, c.n)
+	end
+	data[idx] = c
+	return c
+end
+
 -- m bytes of chunk idx from offset o (0-based, o + m <= CS).
 local function chunk_range(data, idx, o, m)
 	local c = data[idx]
@@ -213,8 +236,12 @@ local function chunk_range(data, idx, o, m)
 		return sub(ZERO, 1, m)
 	end
 	if type(c) == "table" then
-		c = concat(c, "", 1, c.n)
-		data[idx] = c
+		local b = c.big
+		if b then
+			local s = c.off + o
+			return sub(b, s + 1, s + m)
+		end
+		c = flat(data, idx, c)
 	end
 	local cl = #c
 	local e = o + m
@@ -238,14 +265,39 @@ local function read_data(node, size, offset)
 	end
 	local parts, np = {}, 0
 	while size > 0 do
-		local m = CS - o
-		if m > size then m = size end
-		np = np + 1
-		parts[np] = chunk_range(data, idx, o, m)
-		size = size - m
-		idx = idx + 1
+		local c = data[idx]
+		local b = type(c) == "table" and c.big
+		if b then
+			-- a run of views of one string: one piece
+			local s = c.off + o
+			local e = c.off + CS
+			local last = idx
+			while e - s < size do
+				local v = data[last + 1]
+				if type(v) ~= "table" or v.big ~= b or v.off ~= e then break end
+				last = last + 1
+				e = e + CS
+			end
+			if e - s > size then e = s + size end
+			local m = e - s
+			if m == size and np == 0 and s == 0 and e == #b then
+				return b -- exactly what one write stored
+			end
+			np = np + 1
+			parts[np] = sub(b, s + 1, e)
+			size = size - m
+			idx = last + 1
+		else
+			local m = CS - o
+			if m > size then m = size end
+			np = np + 1
+			parts[np] = chunk_range(data, idx, o, m)
+			size = size - m
+			idx = idx + 1
+		end
 		o = 0
 	end
+	if np == 1 then return parts[1] end
 	return concat(parts, "", 1, np)
 end
 
@@ -261,9 +313,13 @@ local function put(node, data, idx, o, p, m)
 		end
 		return
 	end
+	if o == 0 and m == CS then
+		data[idx] = p
+		return
+	end
 	if type(c) == "table" then
 		local len = c.len
-		if o >= len then -- append to the rope
+		if len and o >= len then -- append to the rope
 			local k = c.n
 			if o > len then
 				k = k + 1
@@ -276,7 +332,7 @@ local function put(node, data, idx, o, p, m)
 			if k >= ROPE_MAX then data[idx] = concat(c, "", 1, k) end
 			return
 		end
-		c = concat(c, "", 1, c.n)
+		c = flat(data, idx, c)
 	end
 	local cl = #c
 	if o == 0 then
@@ -312,16 +368,21 @@ local function write_data(node, buf, offset, n)
 	if o + n <= CS then
 		put(node, data, idx, o, buf, n)
 	else
-		local pos = 1
-		local left = n
-		while left > 0 do
+		local pos = 0 -- bytes of buf stored so far
+		if o > 0 then -- head
 			local m = CS - o
-			if m > left then m = left end
-			put(node, data, idx, o, sub(buf, pos, pos + m - 1), m)
-			pos = pos + m
-			left = left - m
+			put(node, data, idx, o, sub(buf, 1, m), m)
+			pos = m
 			idx = idx + 1
-			o = 0
+		end
+		while n - pos >= CS do -- full chunks: views of buf
+			if data[idx] == nil then node.nalloc = node.nalloc + 1 end
+			data[idx] = { big = buf, off = pos }
+			pos = pos + CS
+			idx = idx + 1
+		end
+		if pos < n then -- tail
+			put(node, data, idx, 0, sub(buf, pos + 1), n - pos)
 		end
 	end
 	local e = offset + n
@@ -343,19 +404,21 @@ local function zero_range(node, offset, len)
 		if m > len then m = len end
 		local c = data[idx]
 		if c ~= nil then
-			if type(c) == "table" then
-				c = concat(c, "", 1, c.n)
-				data[idx] = c
-			end
-			local cl = #c
-			if o == 0 and m >= cl then
+			if o == 0 and m == CS then
 				data[idx] = nil
 				node.nalloc = node.nalloc - 1
-			elseif o < cl then
-				if o + m >= cl then
-					data[idx] = sub(c, 1, o)
-				else
-					data[idx] = sub(c, 1, o) .. sub(ZERO, 1, m) .. sub(c, o + m + 1)
+			else
+				if type(c) == "table" then c = flat(data, idx, c) end
+				local cl = #c
+				if o == 0 and m >= cl then
+					data[idx] = nil
+					node.nalloc = node.nalloc - 1
+				elseif o < cl then
+					if o + m >= cl then
+						data[idx] = sub(c, 1, o)
+					else
+						data[idx] = sub(c, 1, o) .. sub(ZERO, 1, m) .. sub(c, o + m + 1)
+					end
 				end
 			end
 		end
@@ -399,7 +462,10 @@ local function set_size(node, newsize)
 			local c = data[last]
 			if c ~= nil then
 				if type(c) == "table" then
-					if c.len > keep then
+					local b = c.big
+					if b then
+						if keep < CS then data[last] = sub(b, c.off + 1, c.off + keep) end
+					elseif c.len > keep then
 						data[last] = sub(concat(c, "", 1, c.n), 1, keep)
 					end
 				elseif #c > keep then
@@ -457,8 +523,11 @@ local function file_node(fi, path)
 	return node
 end
 
+-- The namespaces tmpfs accepts (system.* would be ACLs, which luafs does not enforce).
 local function xattr_name_ok(name)
-	if not (find(name, "^user%.") or find(name, "^trusted%.") or find(name, "^security%.")) then
+	local c = byte(name)
+	if not ((c == 117 and sub(name, 1, 5) == "user.") or (c == 115 and sub(name, 1, 9) == "security.")
+		or (c == 116 and sub(name, 1, 8) == "trusted.")) then
 		error(EOPNOTSUPP)
 	end
 end
@@ -659,15 +728,17 @@ function fs.link(from, to)
 	touch_mc(dir, s, ns)
 end
 
-function fs.chmod(path, modeset)
-	local node = lookup(path)
+-- chmod, chown, truncate and utimens get the open file's fi as an extra argument when the
+-- change is made through a descriptor (fchmod, ...), which still works after unlink.
+function fs.chmod(path, modeset, fi)
+	local node = fi and fi.fh or lookup(path)
 	node.mode = (node.mode & S_IFMT) | (fmode(modeset) & PERM)
 	local s, ns = now()
 	touch_c(node, s, ns)
 end
 
-function fs.chown(path, uid, gid)
-	local node = lookup(path)
+function fs.chown(path, uid, gid, fi)
+	local node = fi and fi.fh or lookup(path)
 	if uid and uid ~= -1 and uid ~= 0xFFFFFFFF then node.uid = uid end
 	if gid and gid ~= -1 and gid ~= 0xFFFFFFFF then node.gid = gid end
 	if not node.entries then
@@ -681,13 +752,14 @@ function fs.chown(path, uid, gid)
 	touch_c(node, s, ns)
 end
 
-function fs.truncate(path, size)
-	local node = file_node(nil, path)
-	if size ~= node.size then
-		set_size(node, size)
-		local s, ns = now()
-		touch_mc(node, s, ns)
-	end
+-- Times change even when the size does not: open(O_TRUNC) of an empty file reaches us as
+-- truncate(path, 0) and must update them (FUSE leaves that to the file system), and it
+-- cannot be told apart from truncate(2) to the same size (which tmpfs would not count).
+function fs.truncate(path, size, fi)
+	local node = file_node(fi, path)
+	set_size(node, size)
+	local s, ns = now()
+	touch_mc(node, s, ns)
 end
 
 function fs.ftruncate(path, size, fi)
@@ -697,8 +769,8 @@ function fs.ftruncate(path, size, fi)
 	touch_mc(node, s, ns)
 end
 
-function fs.utimens(path, atime, mtime)
-	local node = lookup(path)
+function fs.utimens(path, atime, mtime, fi)
+	local node = fi and fi.fh or lookup(path)
 	if atime then set_time(node.atime, atime) end
 	if mtime then set_time(node.mtime, mtime) end
 	local s, ns = now()
@@ -823,8 +895,8 @@ function fs.statfs()
 end
 
 function fs.setxattr(path, name, value, flags)
-	xattr_name_ok(name)
 	local node = lookup(path)
+	xattr_name_ok(name)
 	local x = node.xattrs
 	local old = x and x[name]
 	if flags then
@@ -841,11 +913,12 @@ function fs.setxattr(path, name, value, flags)
 end
 
 function fs.getxattr(path, name)
-	xattr_name_ok(name)
-	local node = lookup(path)
-	local x = node.xattrs
+	local x = lookup(path).xattrs
 	local v = x and x[name]
-	if v == nil then error(ENODATA) end
+	if v == nil then
+		xattr_name_ok(name)
+		error(ENODATA)
+	end
 	return v
 end
 
@@ -863,8 +936,8 @@ function fs.listxattr(path)
 end
 
 function fs.removexattr(path, name)
-	xattr_name_ok(name)
 	local node = lookup(path)
+	xattr_name_ok(name)
 	local x = node.xattrs
 	if not x or x[name] == nil then error(ENODATA) end
 	x[name] = nil

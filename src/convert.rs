@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mlua::{Lua, Table, Value};
+use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use crate::mode;
 
@@ -268,6 +268,7 @@ fn field_of(key: &[u8]) -> Option<Field> {
 impl Stat {
     /// Decode a stat table (Flu names, `st_*` names, LuaFileSystem names).
     pub fn from_lua(t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        let mut nlink_set = false;
         let mut st = Stat {
             mode: 0,
             ino: 0,
@@ -297,7 +298,10 @@ impl Stat {
                     have_mode = true;
                 }
                 Field::Ino => st.ino = as_u64(v, "ino")?,
-                Field::Nlink => st.nlink = as_u32(v, "nlink")?,
+                Field::Nlink => {
+                    st.nlink = as_u32(v, "nlink")?;
+                    nlink_set = true;
+                }
                 Field::Uid => st.uid = as_u32(v, "uid")?,
                 Field::Gid => st.gid = as_u32(v, "gid")?,
                 Field::Rdev => st.rdev = as_u32(v, "rdev")?,
@@ -349,17 +353,117 @@ impl Stat {
         if !have_mode {
             return bad("stat table has no mode");
         }
-        if st.nlink == 0 {
-            st.nlink = if st.mode & libc::S_IFMT == libc::S_IFDIR {
+        st.finish_defaults(nlink_set);
+        Ok(st)
+    }
+
+    /// Fill `nlink` (1, or 2 for a directory) when absent and `blocks` (from the size).
+    fn finish_defaults(&mut self, nlink_set: bool) {
+        if !nlink_set {
+            self.nlink = if self.mode & libc::S_IFMT == libc::S_IFDIR {
                 2
             } else {
                 1
             };
         }
-        if st.blocks == u64::MAX {
-            st.blocks = st.size.div_ceil(512);
+        if self.blocks == u64::MAX {
+            self.blocks = self.size.div_ceil(512);
         }
+    }
+
+    /// Decode a stat table: the common form (integer mode and fields, integer or `{sec=,nsec=}`
+    /// times, Flu names, no metatable) through `fast` (see `STAT_FAST`), anything else through
+    /// `from_lua`.
+    pub fn decode(fast: &Function, t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        match fast.call::<MultiValue>(t) {
+            Ok(v) if !matches!(v.front(), None | Some(Value::Nil)) => {
+                Stat::from_fast(&v.into_vec(), d)
+            }
+            _ => Stat::from_lua(t, d),
+        }
+    }
+
+    /// Build a stat from the values `STAT_FAST` returns: mode, ino, nlink, uid, gid, rdev,
+    /// size, blocks, blksize (integers or nil), then sec, nsec for access, modification and
+    /// change (sec is `false` when the time is absent).
+    pub fn from_fast(v: &[Value], d: &StatDefaults) -> Conv<Stat> {
+        fn int(v: Option<&Value>) -> Option<i64> {
+            match v {
+                Some(Value::Integer(i)) => Some(*i),
+                _ => None,
+            }
+        }
+        let u32_field = |i: usize, name: &str, default: u32| -> Conv<u32> {
+            match int(v.get(i)) {
+                None => Ok(default),
+                Some(n) => {
+                    u32::try_from(n).or_else(|_| bad(format!("{name}: {n} is out of range")))
+                }
+            }
+        };
+        let u64_field = |i: usize, name: &str, default: u64| -> Conv<u64> {
+            match int(v.get(i)) {
+                None => Ok(default),
+                Some(n) => u64::try_from(n).or_else(|_| bad(format!("{name}: negative value {n}"))),
+            }
+        };
+        let time = |i: usize, name: &str| -> Conv<Timespec> {
+            match (int(v.get(i)), int(v.get(i + 1))) {
+                (Some(sec), Some(nsec)) if (0..1_000_000_000).contains(&nsec) => Ok(Timespec {
+                    sec,
+                    nsec: nsec as u32,
+                }),
+                (Some(_), _) => bad(format!("{name}: nsec out of range")),
+                (None, _) => Ok(d.time),
+            }
+        };
+        let mode = int(v.first()).unwrap_or(-1);
+        let mode = u32::try_from(mode)
+            .ok()
+            .filter(|m| *m <= 0o177777)
+            .map_or_else(|| bad(format!("mode: {mode} is not a valid mode")), Ok)?;
+        let mut st = Stat {
+            mode,
+            ino: u64_field(1, "ino", 0)?,
+            nlink: u32_field(2, "nlink", 0)?,
+            uid: u32_field(3, "uid", d.uid)?,
+            gid: u32_field(4, "gid", d.gid)?,
+            rdev: u32_field(5, "rdev", 0)?,
+            size: u64_field(6, "size", 0)?,
+            blocks: u64_field(7, "blocks", u64::MAX)?,
+            blksize: u32_field(8, "blksize", 4096)?,
+            atime: time(9, "access")?,
+            mtime: time(11, "modification")?,
+            ctime: time(13, "change")?,
+        };
+        st.finish_defaults(int(v.get(2)).is_some());
         Ok(st)
+    }
+
+    /// Attributes for an entry that has none of its own (negative entries, "." and "..").
+    pub fn placeholder(d: StatDefaults) -> Stat {
+        Stat {
+            mode: libc::S_IFREG,
+            ino: 0,
+            nlink: 1,
+            uid: d.uid,
+            gid: d.gid,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: d.time,
+            mtime: d.time,
+            ctime: d.time,
+        }
+    }
+
+    pub fn placeholder_dir(d: StatDefaults) -> Stat {
+        Stat {
+            mode: libc::S_IFDIR | 0o755,
+            nlink: 2,
+            ..Stat::placeholder(d)
+        }
     }
 
     /// Encode as a Flu stat table (mode as an integer; times as `{sec=, nsec=}`).
@@ -401,6 +505,46 @@ impl Stat {
             flags: 0,
         }
     }
+}
+
+/// Takes the common form of a stat table apart inside Lua, where reading fields by constant
+/// names is cheap; returns nothing (so the general decoder runs) for any other form.
+pub const STAT_FAST: &str = r#"
+local mtype, type, getmetatable = math.type, type, getmetatable
+local function time(v)
+  if v == nil then return false, 0 end
+  if mtype(v) == "integer" then return v, 0 end
+  if type(v) == "table" and getmetatable(v) == nil then
+    local s, n = v.sec, v.nsec
+    if mtype(s) == "integer" then
+      if n == nil then return s, 0 end
+      if mtype(n) == "integer" then return s, n end
+    end
+  end
+  return nil
+end
+local function int(v) return v == nil or mtype(v) == "integer" end
+return function(t)
+  if getmetatable(t) ~= nil then return nil end
+  local mode = t.mode
+  if mtype(mode) ~= "integer" then return nil end
+  local ino, nlink, uid, gid, rdev = t.ino, t.nlink, t.uid, t.gid, t.rdev
+  local size, blocks, blksize = t.size, t.blocks, t.blksize
+  if not (int(ino) and int(nlink) and int(uid) and int(gid) and int(rdev) and int(size)
+          and int(blocks) and int(blksize)) then return nil end
+  local as, an = time(t.access)
+  if as == nil then return nil end
+  local ms, mn = time(t.modification)
+  if ms == nil then return nil end
+  local cs, cn = time(t.change)
+  if cs == nil then return nil end
+  return mode, ino, nlink, uid, gid, rdev, size, blocks, blksize, as, an, ms, mn, cs, cn
+end
+"#;
+
+/// The compiled `STAT_FAST` function.
+pub fn stat_fast_fn(lua: &Lua) -> mlua::Result<Function> {
+    lua.load(STAT_FAST).set_name("=flufs.stat").eval()
 }
 
 /// The fuser file type of a mode (a mode without type bits counts as a regular file).

@@ -133,16 +133,35 @@ impl Inodes {
         nlink: u32,
     ) -> u64 {
         let id = self.resolve(parent, name, script_ino, kind, nlink);
-        if let Some(n) = self.nodes.get_mut(&id) {
-            n.lookups += 1;
-            n.kind = kind;
-        }
+        self.count_lookup(id);
         id
     }
 
-    fn resolve(&mut self, parent: u64, name: &[u8], script_ino: u64, kind: u32, nlink: u32) -> u64 {
+    /// Count one kernel reference to a node returned by `resolve`.
+    pub fn count_lookup(&mut self, id: u64) {
+        if let Some(n) = self.nodes.get_mut(&id) {
+            n.lookups += 1;
+        }
+    }
+
+    /// True when no name refers to the node any more (it was unlinked while referenced).
+    pub fn is_removed(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.removed)
+    }
+
+    /// The node for `name` in `parent` (creating it), without counting a kernel reference.
+    /// A script `ino` seen before gets its old node id back, so inode numbers stay the same
+    /// after the kernel forgets a node.
+    pub fn resolve(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        script_ino: u64,
+        kind: u32,
+        nlink: u32,
+    ) -> u64 {
         let groups = script_ino != 0 && kind != libc::S_IFDIR && nlink > 1;
-        let remember = script_ino != 0 && kind != libc::S_IFDIR;
+        let remember = script_ino != 0;
         if let Some(id) = self.child(parent, name) {
             let n = &self.nodes[&id];
             let same = n.script_ino == 0 || script_ino == 0 || n.script_ino == script_ino;
@@ -174,8 +193,13 @@ impl Inodes {
                 .insert(name.to_vec(), id);
             return id;
         }
-        let id = self.next;
-        self.next += 1;
+        let id = match self.by_script_ino.get(&script_ino) {
+            Some(&old) if script_ino != 0 && !self.nodes.contains_key(&old) => old,
+            _ => {
+                self.next += 1;
+                self.next - 1
+            }
+        };
         self.nodes.insert(
             id,
             Node {
@@ -271,9 +295,6 @@ impl Inodes {
         }
         for (p, name) in &n.alt {
             self.remove_name(*p, name, ino);
-        }
-        if n.script_ino != 0 && self.by_script_ino.get(&n.script_ino) == Some(&ino) {
-            self.by_script_ino.remove(&n.script_ino);
         }
         self.children.remove(&ino);
         // The parent may now be droppable too.

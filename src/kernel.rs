@@ -12,8 +12,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileHandle, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyBmap, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, TimeOrNow, WriteFlags,
 };
 
 /// Who made a request.
@@ -145,6 +145,12 @@ pub enum Op {
         ino: u64,
         flags: i32,
         reply: ReplyOpen,
+    },
+    Readdirplus {
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
     },
     Readdir {
         ino: u64,
@@ -674,6 +680,23 @@ impl fuser::Filesystem for Kernel {
                 reply,
             },
         );
+    }
+
+    fn readdirplus(
+        &self,
+        req: &fuser::Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let op = Op::Readdirplus {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            reply,
+        };
+        self.send(req, op);
     }
 
     fn releasedir(

@@ -273,7 +273,7 @@ pub fn serve(
         .map_err(|e| format!("cannot read the operations table: {e}"))?;
     let features = Features {
         posix_locks: dispatch.has(OpName::Lock),
-        readdirplus: false,
+        readdirplus: dispatch.has(OpName::Readdir),
         writeback_cache: o.writeback_cache,
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),

@@ -233,7 +233,6 @@ fn unlinked_open_file_stays_readable_and_writable_through_its_descriptor() {
     f.write_all_at(b"HERE", 6).unwrap();
     f.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"still HERE");
-    assert_eq!(f.metadata().unwrap().len(), 10);
     // A new file with the same name is a different file.
     fs::write(m.path("gone"), b"new").unwrap();
     f.read_exact_at(&mut buf, 0).unwrap();
@@ -241,6 +240,48 @@ fn unlinked_open_file_stays_readable_and_writable_through_its_descriptor() {
     assert_eq!(fs::read(m.path("gone")).unwrap(), b"new");
     drop(f);
     assert_eq!(fs::read(m.path("gone")).unwrap(), b"new");
+}
+
+#[test]
+fn fstat_of_an_unlinked_open_file_reports_its_own_attributes() {
+    // The classic temp-file pattern: open, unlink, then fstat/ftruncate the descriptor.
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("tmp"), b"0123456789").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("tmp"))
+        .unwrap();
+    let ino = f.metadata().unwrap().ino();
+    fs::remove_file(m.path("tmp")).unwrap();
+    let md = f.metadata().expect("fstat of an unlinked open file");
+    assert_eq!(
+        (md.ino(), md.len(), md.nlink()),
+        (ino, 10, 0),
+        "fstat after unlink"
+    );
+    // A new file under the old name must not leak into the old descriptor's attributes.
+    fs::write(m.path("tmp"), b"abc").unwrap();
+    let md = f.metadata().expect("fstat after the name was reused");
+    assert_eq!(
+        (md.ino(), md.len(), md.nlink()),
+        (ino, 10, 0),
+        "fstat after name reuse"
+    );
+    f.set_len(4).unwrap();
+    assert_eq!(
+        f.metadata().unwrap().len(),
+        4,
+        "ftruncate of the unlinked file"
+    );
+    assert_eq!(
+        fs::read(m.path("tmp")).unwrap(),
+        b"abc",
+        "new file untouched by ftruncate"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -703,7 +744,7 @@ fn new_files_belong_to_the_creator_and_honour_mode_and_umask() {
     let m = luafs();
     let f = OpenOptions::new()
         .write(true)
-        .create(true)
+        .create_new(true)
         .mode(0o640)
         .open(m.path("f"))
         .unwrap();
@@ -1097,9 +1138,7 @@ fn fifo_and_device_nodes_can_be_created() {
             .is_socket()
     );
     assert!(fs::symlink_metadata(m.path("reg")).unwrap().is_file());
-    // The char device node really is /dev/null.
-    fs::write(m.path("null"), b"discarded").unwrap();
-    assert_eq!(fs::read(m.path("null")).unwrap(), b"");
+    // (Opening the device node is refused: FUSE mounts are nodev by default.)
     assert_eq!(
         mk("fifo", libc::S_IFIFO | 0o644, 0),
         -1,
@@ -1284,5 +1323,199 @@ fn chown_of_a_file_clears_setuid() {
         md.mode() & 0o7777,
         0o755,
         "chown must clear the setuid bit like on tmpfs"
+    );
+}
+
+#[test]
+fn open_file_keeps_working_after_its_parent_directory_is_renamed() {
+    if !common::fuse_available() {
+        return;
+    }
+    // No kernel caching, so every stat reaches the file system.
+    let m = Mount::new(
+        &shipped("luafs.lua"),
+        &["-o", "attr_timeout=0,entry_timeout=0"],
+    );
+    fs::create_dir_all(m.path("a/b")).unwrap();
+    fs::write(m.path("a/b/f"), b"12345").unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("a/b/f"))
+        .unwrap();
+    let dir = File::open(m.path("a/b")).unwrap();
+    fs::rename(m.path("a"), m.path("x")).unwrap();
+    assert_eq!(f.metadata().expect("fstat after parent rename").len(), 5);
+    f.write_all_at(b"67", 5).unwrap();
+    assert_eq!(fs::read(m.path("x/b/f")).unwrap(), b"1234567");
+    assert_eq!(
+        dir.metadata()
+            .expect("fstat of the renamed directory")
+            .nlink(),
+        2
+    );
+    // Hard link elsewhere, then remove the name the file was opened by.
+    fs::hard_link(m.path("x/b/f"), m.path("other")).unwrap();
+    fs::remove_file(m.path("x/b/f")).unwrap();
+    let md = f
+        .metadata()
+        .expect("fstat after the opened name was removed");
+    assert_eq!((md.len(), md.nlink()), (7, 1));
+    f.write_all_at(b"8", 7).unwrap();
+    assert_eq!(fs::read(m.path("other")).unwrap(), b"12345678");
+}
+
+#[test]
+fn rename_between_two_hard_links_of_one_file_changes_nothing() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::write(m.path("one"), b"data").unwrap();
+    fs::hard_link(m.path("one"), m.path("two")).unwrap();
+    fs::rename(m.path("one"), m.path("two")).unwrap();
+    assert!(
+        m.path("one").exists(),
+        "POSIX: rename of a link onto another link of the same file is a no-op"
+    );
+    assert!(m.path("two").exists());
+    assert_eq!(fs::metadata(m.path("two")).unwrap().nlink(), 2);
+}
+
+#[test]
+fn tar_archive_extracts_with_identical_metadata() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let src = common::TempDir::new("tar-src");
+    let s = src.path.display();
+    let script = format!(
+        "set -e; cd '{s}'; mkdir -p tree/sub/deep; printf 'hello' > tree/file; \
+         head -c 300000 /dev/urandom > tree/sub/big; ln tree/file tree/sub/hardlink; \
+         ln -s ../file tree/sub/symlink; chmod 4750 tree/file; chmod 1777 tree/sub/deep; \
+         touch -h -d '2001-02-03 04:05:06.123456789' tree/sub/symlink; \
+         touch -d '1999-12-31 23:59:59.5' tree/sub/deep tree/sub/big; \
+         tar --format=posix -cf '{s}/t.tar' tree"
+    );
+    let (code, _, err) = sh(&script);
+    assert_eq!(code, 0, "building the source tree: {err}");
+    let (code, _, err) = sh(&format!("cd '{}' && tar -xpf '{s}/t.tar'", m.mnt.display()));
+    assert_eq!(code, 0, "tar -x into the mount: {err}");
+    // Directory sizes are file-system specific and left out; tar restores directory mtimes last.
+    let listing = |dir: &str| {
+        let (code, out, err) = sh(&format!(
+            "cd '{dir}' && find tree -printf '%p %M %n %U %G %T@ %l\\n' | sort"
+        ));
+        assert_eq!(code, 0, "{err}");
+        out
+    };
+    let want = listing(&src.path.display().to_string());
+    let got = listing(&m.mnt.display().to_string());
+    assert_eq!(got, want, "find listing differs after tar round trip");
+    let (code, _, err) = sh(&format!(
+        "cmp '{s}/tree/sub/big' '{}/tree/sub/big'",
+        m.mnt.display()
+    ));
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = sh(&format!("rm -rf '{}/tree'", m.mnt.display()));
+    assert_eq!(code, 0, "rm -rf: {err}");
+    assert_eq!(fs::read_dir(&m.mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn parallel_workers_see_only_their_own_data() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("work")).unwrap();
+    let root = m.path("work");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lister = {
+        let root = root.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = fs::read_dir(&root).unwrap().count();
+                n += 1;
+            }
+            n
+        })
+    };
+    let workers: Vec<_> = (0..8u64)
+        .map(|w| {
+            let root = root.clone();
+            std::thread::spawn(move || {
+                let mut rng = XorShift(0x1234_5678 + w);
+                for i in 0..150 {
+                    let a = root.join(format!("w{w}-a"));
+                    let b = root.join(format!("w{w}-b"));
+                    let len = 1 + (rng.next() % 70_000) as usize;
+                    let data = rng.bytes(len);
+                    fs::write(&a, &data).unwrap();
+                    fs::rename(&a, &b).unwrap();
+                    let got = fs::read(&b).unwrap();
+                    assert!(got == data, "worker {w} iteration {i}: data mismatch");
+                    assert_eq!(fs::metadata(&b).unwrap().len(), data.len() as u64);
+                    fs::remove_file(&b).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("worker failed");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let listings = lister.join().expect("lister failed");
+    assert!(listings > 0);
+    assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
+}
+
+/// Makes the kernel forget every unused dentry and inode (root only), so the next access to
+/// any path in the mount is a fresh LOOKUP.
+fn drop_kernel_caches() -> bool {
+    if !is_root() {
+        return false;
+    }
+    unsafe { libc::sync() };
+    let ok = fs::write("/proc/sys/vm/drop_caches", "2").is_ok();
+    // FORGET messages reach the daemon asynchronously.
+    std::thread::sleep(Duration::from_millis(200));
+    ok
+}
+
+#[test]
+fn inode_numbers_stay_the_same_after_the_kernel_drops_its_caches() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("file"), b"x").unwrap();
+    fs::hard_link(m.path("file"), m.path("d/link")).unwrap();
+    let file0 = fs::metadata(m.path("file")).unwrap().ino();
+    let dir0 = fs::metadata(m.path("d")).unwrap().ino();
+    assert_eq!(fs::metadata(m.path("d/link")).unwrap().ino(), file0);
+    if !drop_kernel_caches() {
+        eprintln!("cannot drop kernel caches (needs root): skipping");
+        return;
+    }
+    let link1 = fs::metadata(m.path("d/link")).unwrap().ino();
+    assert_eq!(
+        link1, file0,
+        "hard link's st_ino changed after the kernel dropped its caches"
+    );
+    assert!(drop_kernel_caches());
+    let file1 = fs::metadata(m.path("file")).unwrap().ino();
+    let dir1 = fs::metadata(m.path("d")).unwrap().ino();
+    assert_eq!(
+        file1, file0,
+        "file's st_ino changed after the kernel dropped its caches"
+    );
+    assert_eq!(
+        dir1, dir0,
+        "directory's st_ino changed after the kernel dropped its caches"
     );
 }

@@ -1,0 +1,122 @@
+//! Attributes: lookup, getattr (or fgetattr with an open file) and setattr, which libfuse's
+//! path API splits into chmod, chown, truncate/ftruncate and utimens.
+
+use fuser::{Errno, TimeOrNow};
+use mlua::{MultiValue, Table, Value};
+
+use super::{Dispatch, Fail, first, type_or_value};
+use crate::convert::{Stat, Timespec};
+use crate::kernel::SetAttr;
+use crate::ops::OpName;
+
+impl Dispatch {
+    /// Decode what getattr/fgetattr returned (or the `st` they filled).
+    fn decode_stat(
+        &self,
+        op: OpName,
+        path: &[u8],
+        out: MultiValue,
+        st: Table,
+    ) -> Result<Stat, Fail> {
+        let table = match first(out) {
+            Some(Value::Table(t)) => t,
+            None | Some(Value::Nil) => st,
+            other => {
+                return Err(self.bad_value(
+                    op,
+                    path,
+                    format!("expected a stat table, got {}", type_or_value(&other)),
+                ));
+            }
+        };
+        Stat::decode(&self.stat_fast, &table, &self.defaults)
+            .map_err(|e| self.bad_value(op, path, e))
+    }
+
+    /// getattr of a path; fgetattr when an open file's `fi` is known and the script has it.
+    pub(super) fn stat(&self, path: &[u8], fi: Option<Table>) -> Result<Stat, Fail> {
+        let st = self.table()?;
+        let lpath = self.lstr(path)?;
+        match fi {
+            Some(fi) if self.has(OpName::Fgetattr) => {
+                let out = self.call(OpName::Fgetattr, (lpath, st.clone(), fi))?;
+                self.decode_stat(OpName::Fgetattr, path, out, st)
+            }
+            _ => {
+                let out = self.call(OpName::Getattr, (lpath, st.clone()))?;
+                self.decode_stat(OpName::Getattr, path, out, st)
+            }
+        }
+    }
+
+    /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).
+    pub(super) fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Option<(u64, Stat)>, Fail> {
+        let path = self.child_path(parent, name)?;
+        match self.stat(&path, None) {
+            Ok(st) => Ok(Some((self.remember(parent, name, &st), st))),
+            Err(e) if e == Errno::ENOENT && !self.cfg.negative_ttl.is_zero() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Attributes of a just-created `name` in `parent`, counting the kernel's reference.
+    pub(super) fn new_entry(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        path: &[u8],
+    ) -> Result<(u64, Stat), Fail> {
+        let st = self.stat(path, None)?;
+        Ok((self.remember(parent, name, &st), st))
+    }
+
+    pub(super) fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat, Fail> {
+        let path = self.path(ino)?;
+        self.stat(&path, self.fi_for(ino, fh))
+    }
+
+    /// SETATTR as libfuse's path API does it: chmod, chown, truncate, utimens, then getattr.
+    /// The open file's `fi` (when the kernel names one, or the node was unlinked while open)
+    /// is passed as an extra last argument.
+    pub(super) fn setattr(&mut self, ino: u64, set: SetAttr) -> Result<Stat, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let fi = self.fi_for(ino, set.fh);
+        if let Some(mode) = set.mode {
+            let mode = if mode & libc::S_IFMT == 0 {
+                mode | self.inodes.kind(ino).unwrap_or(0)
+            } else {
+                mode
+            };
+            self.call_with_fi(OpName::Chmod, (lpath.clone(), self.modeset(mode)?), &fi)?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            self.call_with_fi(OpName::Chown, (lpath.clone(), set.uid, set.gid), &fi)?;
+        }
+        if let Some(size) = set.size {
+            match &fi {
+                Some(fi) if self.has(OpName::Ftruncate) => {
+                    self.call_unit(OpName::Ftruncate, (lpath.clone(), size, fi.clone()))?
+                }
+                _ => self.call_with_fi(OpName::Truncate, (lpath.clone(), size), &fi)?,
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let a = self.time_arg(set.atime)?;
+            let m = self.time_arg(set.mtime)?;
+            self.call_with_fi(OpName::Utimens, (lpath, a, m), &fi)?;
+        }
+        self.stat(&path, fi)
+    }
+
+    /// A utimens argument: `{sec=, nsec=}`, the current time for UTIME_NOW, nil for UTIME_OMIT.
+    fn time_arg(&self, t: Option<TimeOrNow>) -> Result<Value, Fail> {
+        let ts = match t {
+            None => return Ok(Value::Nil),
+            Some(TimeOrNow::Now) => Timespec::now(),
+            Some(TimeOrNow::SpecificTime(s)) => Timespec::from_system(s),
+        };
+        ts.into_lua_table(&self.lua)
+            .map(Value::Table)
+            .map_err(|_| Errno::ENOMEM)
+    }
+}

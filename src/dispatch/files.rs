@@ -1,0 +1,242 @@
+//! Open files (and the opening of directories): the `fi` table that lives from open to
+//! release, read and write, flush/fsync, record locks, fallocate, lseek, copy_file_range, bmap.
+
+use fuser::{Errno, FopenFlags};
+use mlua::{MultiValue, Table, Value};
+
+use super::{Dispatch, Fail, Handle, first};
+use crate::convert::{self, Lock, Stat};
+use crate::ops::OpName;
+
+impl Dispatch {
+    /// A new `fi` table for an open with `flags`, with the mount's defaults.
+    fn new_fi(&self, flags: i32) -> Result<Table, Fail> {
+        let fi = self.table()?;
+        let set = convert::open_flags_to_lua(&self.lua, flags).map_err(|_| Errno::ENOMEM)?;
+        let _ = fi.raw_set("flags", set);
+        let _ = fi.raw_set("direct_io", self.cfg.direct_io);
+        let _ = fi.raw_set("keep_cache", self.cfg.kernel_cache);
+        let _ = fi.raw_set("nonseekable", false);
+        Ok(fi)
+    }
+
+    /// The kernel flags an open file asked for through its `fi`.
+    fn fopen_flags(fi: &Table, dir: bool) -> FopenFlags {
+        let mut f = FopenFlags::empty();
+        let set = |k: &str| fi.raw_get::<bool>(k).unwrap_or(false);
+        if dir {
+            if set("keep_cache") {
+                f |= FopenFlags::FOPEN_CACHE_DIR;
+            }
+            return f;
+        }
+        if set("direct_io") {
+            f |= FopenFlags::FOPEN_DIRECT_IO;
+        }
+        if set("keep_cache") {
+            f |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
+        if set("nonseekable") {
+            f |= FopenFlags::FOPEN_NONSEEKABLE;
+        }
+        f
+    }
+
+    fn register(&mut self, ino: u64, fi: Table) -> u64 {
+        let fh = self.next_fh;
+        self.next_fh += 1;
+        self.inodes.opened(ino);
+        self.handles.insert(fh, Handle { ino, fi, dir: None });
+        fh
+    }
+
+    /// open or opendir (both optional: without them the open succeeds).
+    pub(super) fn open(
+        &mut self,
+        ino: u64,
+        flags: i32,
+        dir: bool,
+    ) -> Result<(u64, FopenFlags), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        let fi = self.new_fi(flags)?;
+        let op = if dir { OpName::Opendir } else { OpName::Open };
+        if self.has(op) {
+            self.call_unit(op, (lpath, fi.clone()))?;
+        }
+        let flags = Self::fopen_flags(&fi, dir);
+        Ok((self.register(ino, fi), flags))
+    }
+
+    /// create; without it the kernel falls back to mknod + open.
+    pub(super) fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(u64, Stat, u64, FopenFlags), Fail> {
+        if !self.has(OpName::Create) {
+            return Err(Errno::ENOSYS);
+        }
+        let path = self.child_path(parent, name)?;
+        let fi = self.new_fi(flags)?;
+        self.call_unit(
+            OpName::Create,
+            (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
+        )?;
+        let st = self.stat(&path, Some(fi.clone()))?;
+        let ino = self.remember(parent, name, &st);
+        let flags = Self::fopen_flags(&fi, false);
+        let fh = self.register(ino, fi);
+        Ok((ino, st, fh, flags))
+    }
+
+    pub(super) fn read(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<mlua::LuaString, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Read, (lpath, size, offset, self.fi(fh)))?;
+        self.want_string(OpName::Read, &path, out)
+    }
+
+    /// write: the script returns the byte count, or nothing for "all of it".
+    pub(super) fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(
+            OpName::Write,
+            (lpath, self.lstr(data)?, offset, self.fi(fh)),
+        )?;
+        if matches!(out.front(), None | Some(Value::Nil)) {
+            return Ok(data.len() as u32);
+        }
+        Ok(self.want_count(OpName::Write, &path, out, data.len() as u64)? as u32)
+    }
+
+    pub(super) fn flush(&self, ino: u64, fh: u64) -> Result<(), Fail> {
+        if !self.has(OpName::Flush) {
+            return Ok(());
+        }
+        let (_, lpath) = self.lpath(ino)?;
+        self.call_unit(OpName::Flush, (lpath, self.fi(fh)))
+    }
+
+    /// release or releasedir: the handle goes whatever the script answers.
+    pub(super) fn release(&mut self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
+        let r = if self.has(op) {
+            self.lpath(ino)
+                .and_then(|(_, p)| self.call_unit(op, (p, self.fi(fh))))
+        } else {
+            Ok(())
+        };
+        if let Some(h) = self.handles.remove(&fh) {
+            self.inodes.closed(h.ino);
+        }
+        r
+    }
+
+    /// fsync or fsyncdir.
+    pub(super) fn fsync(&self, op: OpName, ino: u64, fh: u64, datasync: bool) -> Result<(), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        self.call_unit(op, (lpath, datasync, self.fi(fh)))
+    }
+
+    fn lock_call(
+        &self,
+        ino: u64,
+        fh: u64,
+        cmd: &str,
+        lock: Lock,
+    ) -> Result<(Vec<u8>, MultiValue), Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let lk = lock.into_lua_table(&self.lua).map_err(|_| Errno::ENOMEM)?;
+        let out = self.call(OpName::Lock, (lpath, self.fi(fh), cmd, lk))?;
+        Ok((path, out))
+    }
+
+    /// F_GETLK: the script returns the conflicting lock, or nothing when there is none.
+    pub(super) fn getlk(&self, ino: u64, fh: u64, lock: Lock) -> Result<Lock, Fail> {
+        let (path, out) = self.lock_call(ino, fh, "getlk", lock)?;
+        match first(out) {
+            Some(Value::Table(t)) => {
+                Lock::from_lua(&t).map_err(|e| self.bad_value(OpName::Lock, &path, e))
+            }
+            _ => Ok(Lock {
+                typ: libc::F_UNLCK,
+                ..lock
+            }),
+        }
+    }
+
+    pub(super) fn setlk(&self, ino: u64, fh: u64, lock: Lock, sleep: bool) -> Result<(), Fail> {
+        self.lock_call(ino, fh, if sleep { "setlkw" } else { "setlk" }, lock)
+            .map(drop)
+    }
+
+    pub(super) fn bmap(&self, ino: u64, blocksize: u32, idx: u64) -> Result<u64, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Bmap, (lpath, blocksize, idx))?;
+        self.want_count(OpName::Bmap, &path, out, i64::MAX as u64)
+    }
+
+    pub(super) fn fallocate(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        self.call_unit(
+            OpName::Fallocate,
+            (lpath, mode, offset, length, self.fi(fh)),
+        )
+    }
+
+    pub(super) fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> Result<i64, Fail> {
+        let w = match whence {
+            libc::SEEK_SET => "set",
+            libc::SEEK_CUR => "cur",
+            libc::SEEK_END => "end",
+            libc::SEEK_DATA => "data",
+            libc::SEEK_HOLE => "hole",
+            _ => return Err(Errno::EINVAL),
+        };
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Lseek, (lpath, offset, w, self.fi(fh)))?;
+        Ok(self.want_count(OpName::Lseek, &path, out, i64::MAX as u64)? as i64)
+    }
+
+    /// copy_file_range between (ino, fh, offset) pairs.
+    pub(super) fn copy_file_range(
+        &self,
+        src: (u64, u64, u64),
+        dst: (u64, u64, u64),
+        len: u64,
+        flags: u64,
+    ) -> Result<u32, Fail> {
+        let (_, lin) = self.lpath(src.0)?;
+        let (pout, lout) = self.lpath(dst.0)?;
+        let args = (
+            lin,
+            self.fi(src.1),
+            src.2,
+            lout,
+            self.fi(dst.1),
+            dst.2,
+            len,
+            flags,
+        );
+        let out = self.call(OpName::CopyFileRange, args)?;
+        Ok(self.want_count(
+            OpName::CopyFileRange,
+            &pout,
+            out,
+            len.min(u64::from(u32::MAX)),
+        )? as u32)
+    }
+}

@@ -1,0 +1,116 @@
+//! statfs, extended attributes and access.
+
+use fuser::{Errno, ReplyXattr};
+use mlua::Value;
+
+use super::{Dispatch, Fail, first, type_or_value};
+use crate::convert::Statfs;
+use crate::ops::OpName;
+
+/// Answer getxattr/listxattr: the size when asked for it, ERANGE when the buffer is short.
+pub(super) fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Fail>) {
+    match r {
+        Err(e) => reply.error(e),
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+    }
+}
+
+impl Dispatch {
+    /// statfs; without it, libfuse's defaults.
+    pub(super) fn statfs(&self, ino: u64) -> Result<Statfs, Fail> {
+        if !self.has(OpName::Statfs) {
+            return Ok(Statfs::default());
+        }
+        let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
+        let out = self.call(OpName::Statfs, self.lstr(&path)?)?;
+        match first(out) {
+            Some(Value::Table(t)) => {
+                Statfs::from_lua(&t).map_err(|e| self.bad_value(OpName::Statfs, &path, e))
+            }
+            None | Some(Value::Nil) => Ok(Statfs::default()),
+            other => Err(self.bad_value(
+                OpName::Statfs,
+                &path,
+                format!("expected a table, got {}", type_or_value(&other)),
+            )),
+        }
+    }
+
+    pub(super) fn setxattr(
+        &self,
+        ino: u64,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        let set = self.table()?;
+        if flags & libc::XATTR_CREATE != 0 {
+            let _ = set.raw_set("create", true);
+        }
+        if flags & libc::XATTR_REPLACE != 0 {
+            let _ = set.raw_set("replace", true);
+        }
+        self.call_unit(
+            OpName::Setxattr,
+            (lpath, self.lstr(name)?, self.lstr(value)?, set),
+        )
+    }
+
+    pub(super) fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Getxattr, (lpath, self.lstr(name)?))?;
+        if matches!(out.front(), None | Some(Value::Nil)) {
+            return Err(Errno::ENODATA);
+        }
+        Ok(self
+            .want_string(OpName::Getxattr, &path, out)?
+            .as_bytes()
+            .to_vec())
+    }
+
+    /// listxattr: an array of names, sent as NUL-terminated names.
+    pub(super) fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Listxattr, lpath)?;
+        let mut buf = Vec::new();
+        match first(out) {
+            Some(Value::Table(t)) => {
+                for v in t.sequence_values::<Value>() {
+                    match v {
+                        Ok(Value::String(s)) => {
+                            buf.extend_from_slice(&s.as_bytes());
+                            buf.push(0);
+                        }
+                        _ => {
+                            return Err(self.bad_value(
+                                OpName::Listxattr,
+                                &path,
+                                "names must be strings",
+                            ));
+                        }
+                    }
+                }
+                Ok(buf)
+            }
+            None | Some(Value::Nil) => Ok(buf),
+            other => Err(self.bad_value(
+                OpName::Listxattr,
+                &path,
+                format!("expected an array of names, got {}", type_or_value(&other)),
+            )),
+        }
+    }
+
+    pub(super) fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        self.call_unit(OpName::Removexattr, (lpath, self.lstr(name)?))
+    }
+
+    pub(super) fn access(&self, ino: u64, mask: i32) -> Result<(), Fail> {
+        let (_, lpath) = self.lpath(ino)?;
+        self.call_unit(OpName::Access, (lpath, mask))
+    }
+}

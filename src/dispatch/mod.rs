@@ -1,0 +1,720 @@
+//! The dispatcher: the one owner of the Lua state. It takes `Request`s from the kernel side in
+//! order, turns each into a call of the script's operation (path, arguments and `fi` table as
+//! Flu defines them), turns the result into the kernel reply, and answers every request exactly
+//! once. A Lua error becomes an errno for that request only.
+//!
+//! `handle` is the one place requests are answered; the work of each operation lives in
+//! `attrs` (lookup, getattr, setattr), `names` (entries: mknod ... rename, link, readlink),
+//! `files` (open files), `dirs` (open directories, readdir) and `misc` (statfs, xattrs, access).
+
+mod attrs;
+mod dirs;
+mod files;
+mod misc;
+mod names;
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fuser::{Errno, FileHandle, Generation, ReplyEmpty, ReplyEntry};
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+
+use crate::convert::{self, Stat, StatDefaults, Timespec};
+use crate::errno;
+use crate::inodes::Inodes;
+use crate::kernel::{Ctx, Op, Request};
+use crate::log;
+use crate::ops::{OpName, Ops};
+
+/// Dispatcher settings derived from the mount options.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+    pub negative_ttl: Duration,
+    pub direct_io: bool,
+    pub kernel_cache: bool,
+    pub debug: bool,
+    /// Longest a request's Lua code may run (None = unbounded).
+    pub op_timeout: Option<Duration>,
+}
+
+/// The context of the request being served, shared with `flu.get_context`.
+pub type CurrentCtx = Rc<Cell<Ctx>>;
+
+/// Why a call did not produce a value.
+type Fail = Errno;
+
+/// An open file or directory.
+struct Handle {
+    ino: u64,
+    fi: Table,
+    /// Directory listing captured at offset 0 (for scripts that do not use offsets).
+    dir: Option<Vec<dirs::DirEnt>>,
+}
+
+pub struct Dispatch {
+    lua: Lua,
+    ops: Ops,
+    trampoline: Function,
+    stat_fast: Function,
+    dirs: dirs::Lister,
+    inodes: Inodes,
+    handles: HashMap<u64, Handle>,
+    next_fh: u64,
+    cfg: Config,
+    defaults: StatDefaults,
+    ctx: CurrentCtx,
+    watchdog: Rc<Watchdog>,
+}
+
+/// The `--op-timeout` bound: a deadline per request, checked by a Lua instruction-count hook.
+#[derive(Default)]
+struct Watchdog {
+    deadline: Cell<Option<Instant>>,
+    fired: Cell<bool>,
+}
+
+/// Every operation is called through this: errors become an errno (from `flu.errno` values,
+/// errno names and numbers) or a message with a traceback.
+const TRAMPOLINE: &str = r#"
+local xpcall, traceback, tostring, errno_of = xpcall, debug.traceback, tostring, ...
+local function handler(e)
+  local code = errno_of(e)
+  if code then return code end
+  local msg = tostring(e)
+  if msg:find("stack traceback:", 1, true) then return msg end
+  return traceback(msg, 2)
+end
+return function(f, ...) return xpcall(f, handler, ...) end
+"#;
+
+fn lua_errno(v: &Value) -> Option<i32> {
+    match v {
+        Value::UserData(u) => u.borrow::<crate::flu::ErrnoValue>().ok().map(|e| e.0),
+        Value::Integer(i) => errno::from_integer(*i),
+        Value::Number(n) if n.fract() == 0.0 => errno::from_integer(*n as i64),
+        Value::String(s) => errno::from_message(&s.to_string_lossy()),
+        _ => None,
+    }
+}
+
+/// A Lua value for a trace or log line.
+fn show(v: &Value) -> String {
+    match v {
+        Value::Nil => "nil".into(),
+        Value::Boolean(b) => b.to_string(),
+        Value::Integer(i) => i.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => {
+            let b = s.as_bytes();
+            if b.len() > 48 {
+                format!("<{} bytes>", b.len())
+            } else {
+                format!("{:?}", String::from_utf8_lossy(&b))
+            }
+        }
+        Value::Table(_) => "{..}".into(),
+        Value::Function(_) => "function".into(),
+        other => other.type_name().into(),
+    }
+}
+
+/// A returned value for a log line: numbers by value, everything else by type.
+fn type_or_value(v: &Option<Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(v @ (Value::Integer(_) | Value::Number(_))) => show(v),
+        Some(v) => v.type_name().into(),
+    }
+}
+
+fn errno_name(e: Errno) -> String {
+    errno::name_of(e.code()).map_or_else(|| e.code().to_string(), str::to_string)
+}
+
+fn first(out: MultiValue) -> Option<Value> {
+    out.into_iter().next()
+}
+
+fn answer(reply: ReplyEmpty, r: Result<(), Fail>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+impl Dispatch {
+    pub fn new(lua: Lua, fs: &Table, cfg: Config, ctx: CurrentCtx) -> mlua::Result<Dispatch> {
+        let (ops, warnings) = Ops::resolve(fs)?;
+        for w in warnings {
+            log::warn(&w);
+        }
+        let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
+        let trampoline: Function = lua.load(TRAMPOLINE).set_name("=flufs").call(errno_of)?;
+        let stat_fast = convert::stat_fast_fn(&lua)?;
+        let watchdog = Rc::new(Watchdog::default());
+        if cfg.op_timeout.is_some() {
+            let w = watchdog.clone();
+            let triggers = mlua::HookTriggers::new().every_nth_instruction(100_000);
+            lua.set_global_hook(triggers, move |_, _| match w.deadline.get() {
+                Some(d) if Instant::now() > d => {
+                    w.fired.set(true);
+                    Err(mlua::Error::runtime(
+                        "operation interrupted: it ran longer than --op-timeout",
+                    ))
+                }
+                _ => Ok(mlua::VmState::Continue),
+            })?;
+        }
+        let defaults = StatDefaults {
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            time: Timespec::now(),
+        };
+        let dirs = dirs::Lister::new(&lua, stat_fast.clone(), defaults)?;
+        Ok(Dispatch {
+            lua,
+            ops,
+            trampoline,
+            stat_fast,
+            dirs,
+            inodes: Inodes::new(),
+            handles: HashMap::new(),
+            next_fh: 1,
+            cfg,
+            defaults,
+            ctx,
+            watchdog,
+        })
+    }
+
+    pub fn has(&self, op: OpName) -> bool {
+        self.ops.has(op)
+    }
+
+    /// Call the script's `init`, if any.
+    pub fn init(&mut self) -> Result<(), String> {
+        if self.has(OpName::Init) {
+            self.call(OpName::Init, ())
+                .map_err(|e| format!("the script's init failed: {}", errno::strerror(e.code())))?;
+        }
+        Ok(())
+    }
+
+    /// Call the script's `destroy`, if any.
+    pub fn destroy(&mut self) {
+        if self.has(OpName::Destroy) {
+            let _ = self.call(OpName::Destroy, ());
+        }
+    }
+
+    /// Serve requests until the channel closes or a `Shutdown` arrives.
+    pub fn run(&mut self, rx: &std::sync::mpsc::Receiver<Request>) {
+        while let Ok(req) = rx.recv() {
+            if matches!(req.op, Op::Shutdown) {
+                break;
+            }
+            self.handle(req);
+        }
+    }
+
+    /// Serve one request: the only place replies are sent.
+    pub fn handle(&mut self, req: Request) {
+        self.ctx.set(req.ctx);
+        let ttl = self.cfg.attr_ttl;
+        match req.op {
+            Op::Shutdown => {}
+            Op::Lookup {
+                parent,
+                name,
+                reply,
+            } => {
+                match self.lookup(parent, name.as_bytes()) {
+                    Ok(Some((ino, st))) => self.reply_entry(reply, ino, &st),
+                    Ok(None) => {
+                        // A negative entry, cached for negative_timeout.
+                        let mut attr = Stat::placeholder(self.defaults).to_attr(0);
+                        attr.ino = fuser::INodeNo(0);
+                        reply.entry(&self.cfg.negative_ttl, &attr, Generation(0));
+                    }
+                    Err(e) => reply.error(e),
+                }
+            }
+            Op::Forget { nodes } => {
+                for (ino, n) in nodes {
+                    self.inodes.forget(ino, n);
+                }
+            }
+            Op::Getattr { ino, fh, reply } => match self.getattr(ino, fh) {
+                Ok(st) => reply.attr(&ttl, &st.to_attr(ino)),
+                Err(e) => reply.error(e),
+            },
+            Op::Setattr { ino, set, reply } => match self.setattr(ino, set) {
+                Ok(st) => reply.attr(&ttl, &st.to_attr(ino)),
+                Err(e) => reply.error(e),
+            },
+            Op::Readlink { ino, reply } => match self.readlink(ino) {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e),
+            },
+            Op::Mknod {
+                parent,
+                name,
+                mode,
+                rdev,
+                reply,
+            } => {
+                let r = self.mknod(parent, name.as_bytes(), mode, rdev);
+                self.entry_result(reply, r);
+            }
+            Op::Mkdir {
+                parent,
+                name,
+                mode,
+                reply,
+            } => {
+                let r = self.mkdir(parent, name.as_bytes(), mode);
+                self.entry_result(reply, r);
+            }
+            Op::Unlink {
+                parent,
+                name,
+                reply,
+            } => answer(reply, self.remove(OpName::Unlink, parent, name.as_bytes())),
+            Op::Rmdir {
+                parent,
+                name,
+                reply,
+            } => answer(reply, self.remove(OpName::Rmdir, parent, name.as_bytes())),
+            Op::Symlink {
+                parent,
+                name,
+                target,
+                reply,
+            } => {
+                let r = self.symlink(parent, name.as_bytes(), target.as_bytes());
+                self.entry_result(reply, r);
+            }
+            Op::Rename {
+                parent,
+                name,
+                newparent,
+                newname,
+                flags,
+                reply,
+            } => {
+                let r = self.rename(
+                    parent,
+                    name.as_bytes(),
+                    newparent,
+                    newname.as_bytes(),
+                    flags,
+                );
+                answer(reply, r)
+            }
+            Op::Link {
+                ino,
+                newparent,
+                newname,
+                reply,
+            } => {
+                let r = self.link(ino, newparent, newname.as_bytes());
+                self.entry_result(reply, r);
+            }
+            Op::Open { ino, flags, reply } => match self.open(ino, flags, false) {
+                Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+                Err(e) => reply.error(e),
+            },
+            Op::Read {
+                ino,
+                fh,
+                offset,
+                size,
+                reply,
+            } => match self.read(ino, fh, offset, size) {
+                Ok(s) => {
+                    let b = s.as_bytes();
+                    reply.data(&b[..b.len().min(size as usize)]);
+                }
+                Err(e) => reply.error(e),
+            },
+            Op::Write {
+                ino,
+                fh,
+                offset,
+                data,
+                reply,
+            } => match self.write(ino, fh, offset, &data) {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e),
+            },
+            Op::Flush { ino, fh, reply } => answer(reply, self.flush(ino, fh)),
+            Op::Release { ino, fh, reply } => answer(reply, self.release(OpName::Release, ino, fh)),
+            Op::Fsync {
+                ino,
+                fh,
+                datasync,
+                reply,
+            } => answer(reply, self.fsync(OpName::Fsync, ino, fh, datasync)),
+            Op::Opendir { ino, flags, reply } => match self.open(ino, flags, true) {
+                Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
+                Err(e) => reply.error(e),
+            },
+            Op::Readdir {
+                ino,
+                fh,
+                offset,
+                reply,
+            } => self.readdir(ino, fh, offset, dirs::DirReply::Plain(reply)),
+            Op::Readdirplus {
+                ino,
+                fh,
+                offset,
+                reply,
+            } => self.readdir(ino, fh, offset, dirs::DirReply::Plus(reply)),
+            Op::Releasedir { ino, fh, reply } => {
+                answer(reply, self.release(OpName::Releasedir, ino, fh))
+            }
+            Op::Fsyncdir {
+                ino,
+                fh,
+                datasync,
+                reply,
+            } => answer(reply, self.fsync(OpName::Fsyncdir, ino, fh, datasync)),
+            Op::Statfs { ino, reply } => match self.statfs(ino) {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
+                ),
+                Err(e) => reply.error(e),
+            },
+            Op::Setxattr {
+                ino,
+                name,
+                value,
+                flags,
+                reply,
+            } => answer(reply, self.setxattr(ino, name.as_bytes(), &value, flags)),
+            Op::Getxattr {
+                ino,
+                name,
+                size,
+                reply,
+            } => misc::xattr_reply(reply, size, self.getxattr(ino, name.as_bytes())),
+            Op::Listxattr { ino, size, reply } => {
+                misc::xattr_reply(reply, size, self.listxattr(ino))
+            }
+            Op::Removexattr { ino, name, reply } => {
+                answer(reply, self.removexattr(ino, name.as_bytes()))
+            }
+            Op::Access { ino, mask, reply } => answer(reply, self.access(ino, mask)),
+            Op::Create {
+                parent,
+                name,
+                mode,
+                flags,
+                reply,
+            } => match self.create(parent, name.as_bytes(), mode, flags) {
+                Ok((ino, st, fh, flags)) => reply.created(
+                    &self.cfg.entry_ttl,
+                    &st.to_attr(ino),
+                    Generation(0),
+                    FileHandle(fh),
+                    flags,
+                ),
+                Err(e) => reply.error(e),
+            },
+            Op::Getlk {
+                ino,
+                fh,
+                start,
+                end,
+                typ,
+                pid,
+                reply,
+            } => {
+                match self.getlk(
+                    ino,
+                    fh,
+                    convert::Lock {
+                        typ,
+                        start,
+                        end,
+                        pid,
+                    },
+                ) {
+                    Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+                    Err(e) => reply.error(e),
+                }
+            }
+            Op::Setlk {
+                ino,
+                fh,
+                start,
+                end,
+                typ,
+                pid,
+                sleep,
+                reply,
+            } => {
+                let lock = convert::Lock {
+                    typ,
+                    start,
+                    end,
+                    pid,
+                };
+                answer(reply, self.setlk(ino, fh, lock, sleep))
+            }
+            Op::Bmap {
+                ino,
+                blocksize,
+                idx,
+                reply,
+            } => match self.bmap(ino, blocksize, idx) {
+                Ok(b) => reply.bmap(b),
+                Err(e) => reply.error(e),
+            },
+            Op::Fallocate {
+                ino,
+                fh,
+                offset,
+                length,
+                mode,
+                reply,
+            } => answer(reply, self.fallocate(ino, fh, offset, length, mode)),
+            Op::Lseek {
+                ino,
+                fh,
+                offset,
+                whence,
+                reply,
+            } => match self.lseek(ino, fh, offset, whence) {
+                Ok(o) => reply.offset(o),
+                Err(e) => reply.error(e),
+            },
+            Op::CopyFileRange {
+                ino_in,
+                fh_in,
+                off_in,
+                ino_out,
+                fh_out,
+                off_out,
+                len,
+                flags,
+                reply,
+            } => {
+                let r = self.copy_file_range(
+                    (ino_in, fh_in, off_in),
+                    (ino_out, fh_out, off_out),
+                    len,
+                    flags,
+                );
+                match r {
+                    Ok(n) => reply.written(n),
+                    Err(e) => reply.error(e),
+                }
+            }
+        }
+    }
+
+    /// Call operation `op` through the error-catching trampoline.
+    fn call(&self, op: OpName, args: impl IntoLuaMulti) -> Result<MultiValue, Fail> {
+        let Some(f) = self.ops.get(op) else {
+            return Err(Errno::ENOSYS);
+        };
+        let start = self.cfg.debug.then(Instant::now);
+        let mut argv = match args.into_lua_multi(&self.lua) {
+            Ok(a) => a,
+            Err(e) => {
+                log::error(&format!("{}: cannot pass arguments: {e}", op.name()));
+                return Err(Errno::EIO);
+            }
+        };
+        let trace_args = start.map(|_| argv.iter().map(show).collect::<Vec<_>>().join(", "));
+        argv.push_front(Value::Function(f.clone()));
+        if let Some(t) = self.cfg.op_timeout {
+            self.watchdog.deadline.set(Some(Instant::now() + t));
+            self.watchdog.fired.set(false);
+        }
+        let outcome = self.trampoline.call::<MultiValue>(argv);
+        self.watchdog.deadline.set(None);
+        let result = match outcome {
+            Ok(mut out) => match out.pop_front() {
+                Some(Value::Boolean(true)) => Ok(out),
+                _ => match out.pop_front() {
+                    Some(Value::Integer(code)) => Err(Errno::from_i32(code as i32)),
+                    Some(v) => {
+                        let msg = match &v {
+                            Value::String(s) => s.to_string_lossy(),
+                            Value::Error(e) => e.to_string(),
+                            other => show(other),
+                        };
+                        log::error(&format!("{} failed: {msg}", op.name()));
+                        if self.watchdog.fired.get() {
+                            Err(Errno::ETIMEDOUT)
+                        } else if msg.contains("not enough memory") {
+                            Err(Errno::ENOMEM)
+                        } else {
+                            Err(Errno::EIO)
+                        }
+                    }
+                    None => Err(Errno::EIO),
+                },
+            },
+            Err(mlua::Error::MemoryError(e)) => {
+                log::error(&format!("{} failed: {e}", op.name()));
+                Err(Errno::ENOMEM)
+            }
+            Err(e) => {
+                log::error(&format!("{} failed: {e}", op.name()));
+                Err(Errno::EIO)
+            }
+        };
+        if let (Some(start), Some(args)) = (start, trace_args) {
+            let us = start.elapsed().as_micros();
+            let outcome = match &result {
+                Ok(v) => format!("ok {}", v.iter().map(show).collect::<Vec<_>>().join(", ")),
+                Err(e) => errno_name(*e),
+            };
+            log::trace(&format!("{}({args}) -> {outcome} ({us} µs)", op.name()));
+        }
+        result
+    }
+
+    /// Call `op` with `fi` appended when there is one (Flu's chmod, chown, truncate and
+    /// utimens have no `fi`; flufs passes it as an extra last argument when it has one).
+    fn call_with_fi(
+        &self,
+        op: OpName,
+        args: impl IntoLuaMulti,
+        fi: &Option<Table>,
+    ) -> Result<(), Fail> {
+        let mut argv = args.into_lua_multi(&self.lua).map_err(|_| Errno::ENOMEM)?;
+        if let Some(fi) = fi {
+            argv.push_back(Value::Table(fi.clone()));
+        }
+        self.call_unit(op, argv)
+    }
+
+    /// Call `op` and ignore what it returns.
+    fn call_unit(&self, op: OpName, args: impl IntoLuaMulti) -> Result<(), Fail> {
+        self.call(op, args).map(drop)
+    }
+
+    /// Log that `op` returned something of the wrong shape; the request gets EIO.
+    fn bad_value(&self, op: OpName, path: &[u8], msg: impl std::fmt::Display) -> Fail {
+        log::error(&format!(
+            "{}({:?}) returned a bad value: {msg}",
+            op.name(),
+            String::from_utf8_lossy(path)
+        ));
+        Errno::EIO
+    }
+
+    /// The first result of `op` as a string.
+    fn want_string(
+        &self,
+        op: OpName,
+        path: &[u8],
+        out: MultiValue,
+    ) -> Result<mlua::LuaString, Fail> {
+        match first(out) {
+            Some(Value::String(s)) => Ok(s),
+            other => Err(self.bad_value(
+                op,
+                path,
+                format!("expected a string, got {}", type_or_value(&other)),
+            )),
+        }
+    }
+
+    /// The first result of `op` as a non-negative integer no larger than `max`.
+    fn want_count(&self, op: OpName, path: &[u8], out: MultiValue, max: u64) -> Result<u64, Fail> {
+        let v = first(out);
+        let n = match &v {
+            Some(Value::Integer(i)) => u64::try_from(*i).ok(),
+            Some(Value::Number(f)) if f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19 => {
+                Some(*f as u64)
+            }
+            _ => None,
+        };
+        match n.filter(|n| *n <= max) {
+            Some(n) => Ok(n),
+            None => Err(self.bad_value(
+                op,
+                path,
+                format!("expected a count in 0..={max}, got {}", type_or_value(&v)),
+            )),
+        }
+    }
+
+    fn lstr(&self, b: &[u8]) -> Result<mlua::LuaString, Fail> {
+        self.lua.create_string(b).map_err(|_| Errno::ENOMEM)
+    }
+
+    fn table(&self) -> Result<Table, Fail> {
+        self.lua.create_table().map_err(|_| Errno::ENOMEM)
+    }
+
+    fn path(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+        self.inodes.path(ino).ok_or(Errno::ESTALE)
+    }
+
+    /// The path of `ino` as a Lua string.
+    fn lpath(&self, ino: u64) -> Result<(Vec<u8>, mlua::LuaString), Fail> {
+        let p = self.path(ino)?;
+        let l = self.lstr(&p)?;
+        Ok((p, l))
+    }
+
+    fn child_path(&self, parent: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
+        if name.len() > 255 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        self.inodes.child_path(parent, name).ok_or(Errno::ESTALE)
+    }
+
+    fn fi(&self, fh: u64) -> Option<Table> {
+        self.handles.get(&fh).map(|h| h.fi.clone())
+    }
+
+    /// The `fi` of handle `fh`, or, for a node no name refers to any more (unlinked while
+    /// open), of any handle open on it: its old path would not resolve.
+    fn fi_for(&self, ino: u64, fh: Option<u64>) -> Option<Table> {
+        if let Some(fi) = fh.and_then(|fh| self.fi(fh)) {
+            return Some(fi);
+        }
+        if self.inodes.is_removed(ino) {
+            return self
+                .handles
+                .values()
+                .find(|h| h.ino == ino)
+                .map(|h| h.fi.clone());
+        }
+        None
+    }
+
+    fn modeset(&self, mode: u32) -> Result<Table, Fail> {
+        convert::mode_to_lua(&self.lua, mode).map_err(|_| Errno::ENOMEM)
+    }
+
+    /// Record a lookup of `name` in `parent` with attributes `st`; returns the node id.
+    fn remember(&mut self, parent: u64, name: &[u8], st: &Stat) -> u64 {
+        self.inodes
+            .lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink)
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, ino: u64, st: &Stat) {
+        reply.entry(&self.cfg.entry_ttl, &st.to_attr(ino), Generation(0));
+    }
+
+    fn entry_result(&self, reply: ReplyEntry, r: Result<(u64, Stat), Fail>) {
+        match r {
+            Ok((ino, st)) => self.reply_entry(reply, ino, &st),
+            Err(e) => reply.error(e),
+        }
+    }
+}

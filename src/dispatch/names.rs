@@ -1,0 +1,109 @@
+//! Directory entries: mknod, mkdir, symlink, link (which answer with the new entry), unlink,
+//! rmdir, rename, and readlink. The inode table follows every change that succeeded.
+
+use fuser::Errno;
+
+use super::{Dispatch, Fail};
+use crate::ops::OpName;
+
+impl Dispatch {
+    pub(super) fn mknod(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        rdev: u32,
+    ) -> Result<(u64, crate::convert::Stat), Fail> {
+        let path = self.child_path(parent, name)?;
+        self.call_unit(
+            OpName::Mknod,
+            (self.lstr(&path)?, self.modeset(mode)?, rdev),
+        )?;
+        self.new_entry(parent, name, &path)
+    }
+
+    pub(super) fn mkdir(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<(u64, crate::convert::Stat), Fail> {
+        let path = self.child_path(parent, name)?;
+        // Flu's mkdir set has no `dir` key.
+        let set = self.modeset(mode & !libc::S_IFMT)?;
+        self.call_unit(OpName::Mkdir, (self.lstr(&path)?, set))?;
+        self.new_entry(parent, name, &path)
+    }
+
+    pub(super) fn symlink(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<(u64, crate::convert::Stat), Fail> {
+        let path = self.child_path(parent, name)?;
+        self.call_unit(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))?;
+        self.new_entry(parent, name, &path)
+    }
+
+    /// A hard link: the new name is the same node as `ino`, whatever the script's ino says.
+    pub(super) fn link(
+        &mut self,
+        ino: u64,
+        newparent: u64,
+        newname: &[u8],
+    ) -> Result<(u64, crate::convert::Stat), Fail> {
+        let from = self.path(ino)?;
+        let to = self.child_path(newparent, newname)?;
+        self.call_unit(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))?;
+        let st = self.stat(&to, None)?;
+        self.inodes.link(ino, newparent, newname);
+        Ok((ino, st))
+    }
+
+    /// unlink or rmdir.
+    pub(super) fn remove(&mut self, op: OpName, parent: u64, name: &[u8]) -> Result<(), Fail> {
+        let path = self.child_path(parent, name)?;
+        self.call_unit(op, self.lstr(&path)?)?;
+        self.inodes.unlink(parent, name);
+        Ok(())
+    }
+
+    pub(super) fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        newparent: u64,
+        newname: &[u8],
+        flags: u32,
+    ) -> Result<(), Fail> {
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(newparent, newname)?;
+        let set = self.table()?;
+        if flags & libc::RENAME_NOREPLACE != 0 {
+            let _ = set.raw_set("noreplace", true);
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            let _ = set.raw_set("exchange", true);
+        }
+        self.call_unit(OpName::Rename, (self.lstr(&from)?, self.lstr(&to)?, set))?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.inodes.exchange(parent, name, newparent, newname);
+        } else {
+            self.inodes.rename(parent, name, newparent, newname);
+        }
+        Ok(())
+    }
+
+    pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+        let (path, lpath) = self.lpath(ino)?;
+        let out = self.call(OpName::Readlink, (lpath, 4096))?;
+        Ok(self
+            .want_string(OpName::Readlink, &path, out)?
+            .as_bytes()
+            .to_vec())
+    }
+}

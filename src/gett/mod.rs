@@ -1,0 +1,370 @@
+//! The `gett` Lua module: a client of the Ge.tt REST API (version 1), see issue 3 and
+//! `../shared/gett-api.md`. The HTTP side lives in `client` (no Lua there); this file checks
+//! arguments and converts between Lua and JSON.
+//!
+//! ```lua
+//! local gett = require "gett"
+//! local s, err = gett.login{apikey=K, email=E, password=P [, api=URL] [, timeout=SECONDS]}
+//! local s, err = gett.login{refreshtoken=R [, api=URL] [, timeout=SECONDS]}
+//! local me = s:user()                     -- me.storage.used, me.storage.limit
+//! for _, sh in ipairs(s:shares()) do print(sh.sharename, sh.title) end
+//! local f = s:create_file(sh.sharename, "a.txt")
+//! assert(s:upload(sh.sharename, f.fileid, "hello"))
+//! print(s:download(sh.sharename, f.fileid, 1, 3))   --> "ell"
+//! local ok, err = s:file(sh.sharename, "nope")       --> nil, {status=404, message=, errno=}
+//! ```
+//!
+//! Results are plain tables mirroring the JSON (unknown fields kept). JSON null: a member of an
+//! object that is null is left out (reads as nil, like an absent field); a null inside an array
+//! is `gett.null` (a light userdata), so positions stay. A failure returns `nil, err` with
+//! `err = {status=, message=, errno=}` (`tostring(err)` = "gett: STATUS: MESSAGE"); wrong
+//! argument types raise a Lua error.
+
+mod client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mlua::{IntoLuaMulti, Lua, MetaMethod, MultiValue, Table, UserData, UserDataMethods, Value};
+use serde_json::Value as Json;
+
+use client::{Credentials, ErrorKind, GettError, Range, Session};
+
+/// The historical public API (the service is gone; `GETT_API` or `api=` point elsewhere).
+const DEFAULT_API: &str = "https://api.ge.tt";
+const ERROR_MT: &str = "gett.error";
+
+/// Make `require "gett"` return the module.
+pub fn register(lua: &Lua) -> mlua::Result<()> {
+    let m = lua.create_table()?;
+    m.raw_set("login", lua.create_function(login)?)?;
+    m.raw_set("null", Value::NULL)?;
+    m.raw_set("default_api", DEFAULT_API)?;
+
+    let mt = lua.create_table()?;
+    mt.raw_set(
+        "__tostring",
+        lua.create_function(|lua, e: Table| {
+            let status: Option<i64> = e.raw_get("status")?;
+            let message: Option<mlua::LuaString> = e.raw_get("message")?;
+            let message = message.map(|m| m.to_string_lossy()).unwrap_or_default();
+            let text = match status {
+                Some(s) => format!("gett: {s}: {message}"),
+                None => format!("gett: {message}"),
+            };
+            lua.create_string(text)
+        })?,
+    )?;
+    lua.set_named_registry_value(ERROR_MT, mt)?;
+
+    lua.register_module("gett", m)
+}
+
+// --- values ---------------------------------------------------------------------------------
+
+/// A JSON value as Lua: objects and arrays become tables (null members of objects are left
+/// out, null array elements become `gett.null`).
+fn to_lua(lua: &Lua, v: &Json) -> mlua::Result<Value> {
+    Ok(match v {
+        Json::Null => Value::NULL,
+        Json::Bool(b) => Value::Boolean(*b),
+        Json::Number(n) => match n.as_i64() {
+            Some(i) => Value::Integer(i),
+            None => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Json::String(s) => Value::String(lua.create_string(s)?),
+        Json::Array(a) => {
+            let t = lua.create_table_with_capacity(a.len(), 0)?;
+            for (i, x) in a.iter().enumerate() {
+                t.raw_set(i + 1, to_lua(lua, x)?)?;
+            }
+            Value::Table(t)
+        }
+        Json::Object(o) => {
+            let t = lua.create_table_with_capacity(0, o.len())?;
+            for (k, x) in o {
+                if !x.is_null() {
+                    t.raw_set(k.as_str(), to_lua(lua, x)?)?;
+                }
+            }
+            Value::Table(t)
+        }
+    })
+}
+
+/// `flu.errno.NAME` (the very value scripts compare with), or an equal one if the flu module
+/// is not loaded.
+fn errno_value(lua: &Lua, kind: ErrorKind) -> mlua::Result<Value> {
+    let from_flu = || -> mlua::Result<Value> {
+        let loaded: Table = lua.named_registry_value("_LOADED")?;
+        let flu: Table = loaded.raw_get("flu")?;
+        let errno: Table = flu.raw_get("errno")?;
+        errno.raw_get(kind.errno_name())
+    };
+    match from_flu() {
+        Ok(v @ Value::UserData(_)) => Ok(v),
+        _ => Ok(Value::UserData(
+            lua.create_userdata(crate::flu::ErrnoValue(kind.errno()))?,
+        )),
+    }
+}
+
+fn error_table(lua: &Lua, e: &GettError) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    if let Some(s) = e.status {
+        t.raw_set("status", s)?;
+    }
+    t.raw_set("message", e.message.as_str())?;
+    t.raw_set("errno", errno_value(lua, e.kind)?)?;
+    if let Ok(mt) = lua.named_registry_value::<Table>(ERROR_MT) {
+        t.set_metatable(Some(mt))?;
+    }
+    Ok(t)
+}
+
+/// `value` or `nil, err`.
+fn ret<T: mlua::IntoLuaMulti>(lua: &Lua, r: Result<T, GettError>) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(v) => v.into_lua_multi(lua),
+        Err(e) => (Value::Nil, error_table(lua, &e)?).into_lua_multi(lua),
+    }
+}
+
+fn ret_json(lua: &Lua, r: Result<Json, GettError>) -> mlua::Result<MultiValue> {
+    match r {
+        Ok(v) => to_lua(lua, &v)?.into_lua_multi(lua),
+        Err(e) => ret::<()>(lua, Err(e)),
+    }
+}
+
+// --- arguments ------------------------------------------------------------------------------
+
+fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
+    mlua::Error::runtime(format!(
+        "bad argument #{pos} to '{func}' ({want} expected, got {})",
+        got.type_name()
+    ))
+}
+
+/// The positional arguments of a method call (after self).
+struct Args<'a> {
+    func: &'static str,
+    values: &'a [Value],
+}
+
+impl Args<'_> {
+    fn get(&self, i: usize) -> &Value {
+        self.values.get(i).unwrap_or(&Value::Nil)
+    }
+
+    /// A share name (a string; bytes that are not UTF-8 cannot name a share and are replaced).
+    fn name(&self, i: usize) -> mlua::Result<String> {
+        match self.get(i) {
+            Value::String(s) => Ok(s.to_string_lossy()),
+            v => Err(bad_arg(self.func, i + 1, "string", v)),
+        }
+    }
+
+    /// A file id: opaque string; an integer is accepted and written in decimal.
+    fn fileid(&self, i: usize) -> mlua::Result<String> {
+        match self.get(i) {
+            Value::String(s) => Ok(s.to_string_lossy()),
+            Value::Integer(n) => Ok(n.to_string()),
+            Value::Number(n) if n.fract() == 0.0 && n.is_finite() => Ok(format!("{n:.0}")),
+            v => Err(bad_arg(self.func, i + 1, "string", v)),
+        }
+    }
+
+    /// A text sent as JSON (title, filename): Ok(Err) when it is not UTF-8.
+    fn text(&self, i: usize, optional: bool) -> mlua::Result<Option<Result<String, GettError>>> {
+        match self.get(i) {
+            Value::Nil if optional => Ok(None),
+            Value::String(s) => Ok(Some(match s.to_str() {
+                Ok(t) => Ok(t.to_string()),
+                Err(_) => Err(GettError::new(
+                    None,
+                    format!("{}: the name is not valid UTF-8", self.func),
+                    ErrorKind::Invalid,
+                )),
+            })),
+            v => Err(bad_arg(
+                self.func,
+                i + 1,
+                if optional { "string or nil" } else { "string" },
+                v,
+            )),
+        }
+    }
+
+    /// A non-negative integer (or nil when optional).
+    fn count(&self, i: usize) -> mlua::Result<Option<u64>> {
+        let v = self.get(i);
+        let n = match v {
+            Value::Nil => return Ok(None),
+            Value::Integer(n) => *n,
+            Value::Number(f) if f.fract() == 0.0 && f.is_finite() => *f as i64,
+            _ => return Err(bad_arg(self.func, i + 1, "integer", v)),
+        };
+        u64::try_from(n)
+            .map(Some)
+            .map_err(|_| bad_arg(self.func, i + 1, "non-negative integer", v))
+    }
+}
+
+// --- login ----------------------------------------------------------------------------------
+
+fn opt_string(t: &Table, key: &str) -> mlua::Result<Option<String>> {
+    match t.raw_get::<Value>(key)? {
+        Value::Nil => Ok(None),
+        Value::String(s) => Ok(Some(s.to_string_lossy())),
+        v => Err(mlua::Error::runtime(format!(
+            "gett.login: '{key}' must be a string (got {})",
+            v.type_name()
+        ))),
+    }
+}
+
+fn login(lua: &Lua, opts: Value) -> mlua::Result<MultiValue> {
+    let Value::Table(opts) = opts else {
+        return Err(bad_arg("login", 1, "table", &opts));
+    };
+    let api = match opt_string(&opts, "api")? {
+        Some(a) => a,
+        None => std::env::var("GETT_API")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| DEFAULT_API.to_string()),
+    };
+    let base =
+        client::parse_base(&api).map_err(|e| mlua::Error::runtime(format!("gett.login: {e}")))?;
+    let timeout = match opts.raw_get::<Value>("timeout")? {
+        Value::Nil => client::DEFAULT_TIMEOUT,
+        Value::Integer(n) if n > 0 => Duration::from_secs(n.unsigned_abs()),
+        Value::Number(f) if f > 0.0 && f.is_finite() => Duration::from_secs_f64(f.min(1e9)),
+        v => {
+            return Err(mlua::Error::runtime(format!(
+                "gett.login: 'timeout' must be a positive number of seconds (got {})",
+                v.type_name()
+            )));
+        }
+    };
+    let creds = match opt_string(&opts, "refreshtoken")? {
+        Some(r) => Credentials::Refresh(r),
+        None => match (
+            opt_string(&opts, "apikey")?,
+            opt_string(&opts, "email")?,
+            opt_string(&opts, "password")?,
+        ) {
+            (Some(apikey), Some(email), Some(password)) => Credentials::Password {
+                apikey,
+                email,
+                password,
+            },
+            _ => {
+                return Err(mlua::Error::runtime(
+                    "gett.login: apikey, email and password (or refreshtoken) are required",
+                ));
+            }
+        },
+    };
+    match Session::login(base, timeout, creds) {
+        Ok((s, _answer)) => LuaSession(Arc::new(s)).into_lua_multi(lua),
+        Err(e) => ret::<()>(lua, Err(e)),
+    }
+}
+
+// --- the session ----------------------------------------------------------------------------
+
+/// A logged-in session as Lua sees it (`s:user()`, ...).
+struct LuaSession(Arc<Session>);
+
+/// Register a method taking the positional arguments after self.
+fn method<M, F>(methods: &mut M, name: &'static str, f: F)
+where
+    M: UserDataMethods<LuaSession>,
+    F: Fn(&Lua, &Session, &Args) -> mlua::Result<MultiValue> + 'static,
+{
+    methods.add_method(name, move |lua, this, args: MultiValue| {
+        let values: Vec<Value> = args.into_iter().collect();
+        f(
+            lua,
+            &this.0,
+            &Args {
+                func: name,
+                values: &values,
+            },
+        )
+    });
+}
+
+impl UserData for LuaSession {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("gett session ({})", this.0.api()))
+        });
+        method(methods, "user", |lua, s, _| ret_json(lua, s.user()));
+        method(methods, "shares", |lua, s, _| ret_json(lua, s.shares()));
+        method(methods, "share", |lua, s, a| {
+            let name = a.name(0)?;
+            ret_json(lua, s.share(&name))
+        });
+        method(methods, "create_share", |lua, s, a| {
+            let r = match a.text(0, true)? {
+                None => s.create_share(None),
+                Some(Ok(t)) => s.create_share(Some(&t)),
+                Some(Err(e)) => Err(e),
+            };
+            ret_json(lua, r)
+        });
+        method(methods, "update_share", |lua, s, a| {
+            let name = a.name(0)?;
+            let r = match a.text(1, true)? {
+                None => s.update_share(&name, None),
+                Some(Ok(t)) => s.update_share(&name, Some(&t)),
+                Some(Err(e)) => Err(e),
+            };
+            ret_json(lua, r)
+        });
+        method(methods, "destroy_share", |lua, s, a| {
+            let name = a.name(0)?;
+            ret(lua, s.destroy_share(&name).map(|()| true))
+        });
+        method(methods, "file", |lua, s, a| {
+            let (share, id) = (a.name(0)?, a.fileid(1)?);
+            ret_json(lua, s.file(&share, &id))
+        });
+        method(methods, "create_file", |lua, s, a| {
+            let share = a.name(0)?;
+            let r = match a.text(1, false)? {
+                Some(Ok(name)) => s.create_file(&share, &name),
+                Some(Err(e)) => Err(e),
+                None => return Err(bad_arg("create_file", 2, "string", a.get(1))),
+            };
+            ret_json(lua, r)
+        });
+        method(methods, "upload", |lua, s, a| {
+            let (share, id) = (a.name(0)?, a.fileid(1)?);
+            let data = match a.get(2) {
+                Value::String(d) => d.as_bytes().to_vec(),
+                v => return Err(bad_arg("upload", 3, "string", v)),
+            };
+            ret(lua, s.upload(&share, &id, &data).map(|()| true))
+        });
+        method(methods, "download", |lua, s, a| {
+            let (share, id) = (a.name(0)?, a.fileid(1)?);
+            let offset = a.count(2)?.unwrap_or(0);
+            let length = a.count(3)?;
+            match s.download(&share, &id, Range { offset, length }) {
+                Ok(bytes) => lua.create_string(bytes)?.into_lua_multi(lua),
+                Err(e) => ret::<()>(lua, Err(e)),
+            }
+        });
+        method(methods, "destroy_file", |lua, s, a| {
+            let (share, id) = (a.name(0)?, a.fileid(1)?);
+            ret(lua, s.destroy_file(&share, &id).map(|()| true))
+        });
+        method(methods, "refreshtoken", |lua, s, _| {
+            s.refresh_token().into_lua_multi(lua)
+        });
+    }
+}
