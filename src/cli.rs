@@ -105,11 +105,15 @@ pub fn parse() -> Cli {
                 let _ = e.print();
                 std::process::exit(0);
             }
+            // clap's message runs over several lines before the usage; make it one.
             let text = e.to_string();
             let first = text
                 .lines()
-                .next()
-                .unwrap_or("invalid arguments")
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
                 .trim_start_matches("error: ")
                 .to_string();
             eprintln!(

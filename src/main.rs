@@ -19,6 +19,7 @@ mod mount;
 mod ops;
 mod options;
 mod script;
+mod watchdog;
 
 use std::cell::RefCell;
 use std::path::Path;

@@ -102,7 +102,6 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
     }
     for f in &o.kernel_flags {
         opts.push(match f.as_str() {
-            "rw" => MountOption::RW,
             "dev" => MountOption::Dev,
             "nodev" => MountOption::NoDev,
             "suid" => MountOption::Suid,

@@ -36,7 +36,7 @@ pub struct MountOptions {
 
 /// Kernel mount flags accepted as-is.
 const KERNEL_FLAGS: &[&str] = &[
-    "rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async",
+    "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime", "sync", "async",
     "dirsync",
 ];
 
@@ -82,6 +82,7 @@ impl MountOptions {
         }
         match name {
             "ro" => self.ro = true,
+            "rw" => self.ro = false,
             "allow_other" => self.allow_other = true,
             "allow_root" => self.allow_root = true,
             "default_permissions" => self.default_permissions = true,

@@ -498,6 +498,79 @@ fn unknown_mount_option_fails_with_one_line_naming_it() {
 }
 
 #[test]
+fn malformed_option_values_fail_with_one_line_naming_the_option() {
+    if !common::fuse_available() {
+        return;
+    }
+    let g = BgGuard::new();
+    for (opt, name) in [
+        ("attr_timeout=banana", "attr_timeout"),
+        ("max_read=", "max_read"),
+        ("fsname", "fsname"),
+        ("entry_timeout=-1", "entry_timeout"),
+    ] {
+        check_failure_both_modes(
+            &format!("-o {opt}"),
+            &shipped("hellofs.lua"),
+            &g.mnt,
+            &["-o", opt],
+            &[name],
+        );
+    }
+}
+
+#[test]
+fn missing_positional_arguments_are_named_in_a_one_line_usage_error() {
+    if !common::fuse_available() {
+        return;
+    }
+    let hello = shipped("hellofs.lua");
+    for (args, missing) in [
+        (vec![], "SCRIPT"),
+        (vec![hello.as_os_str()], "MOUNTPOINT"),
+        (vec![os("-f"), hello.as_os_str()], "MOUNTPOINT"),
+    ] {
+        let out = run_flufs(&args, 20);
+        assert!(
+            matches!(out.code, Some(c) if c != 0),
+            "{args:?}: expected failure: {out:?}"
+        );
+        let lines: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: want one stderr line: {out:?}");
+        assert!(!out.stderr.contains("panicked"), "{out:?}");
+        // The usage synopsis names every argument, so look only at the text before it.
+        let lower = lines[0].to_ascii_lowercase();
+        let before_usage = &lines[0][..lower.find("usage").unwrap_or(lines[0].len())];
+        assert!(
+            before_usage.contains(missing),
+            "{args:?}: the message (before the usage synopsis) should name the missing \
+             {missing}: {out:?}"
+        );
+    }
+}
+
+#[test]
+fn later_ro_or_rw_option_overrides_an_earlier_one() {
+    // Like mount(8) and libfuse: options are applied in order, the last one wins.
+    if !common::fuse_available() {
+        return;
+    }
+    for (opts, want) in [("ro,rw", "rw"), ("rw,ro", "ro")] {
+        let m = Mount::new(&shipped("hellofs.lua"), &["-o", opts]);
+        let (_, _, _, mopts) = proc_mounts_entry(&m.mnt).expect("entry in /proc/mounts");
+        assert_eq!(
+            mopts.split(',').next(),
+            Some(want),
+            "-o {opts}: mount options {mopts}"
+        );
+    }
+}
+
+#[test]
 fn second_mount_on_a_live_mountpoint_fails_and_first_keeps_working() {
     if !common::fuse_available() {
         return;
@@ -876,6 +949,9 @@ fn every_documented_mount_option_is_accepted() {
         &["-o", "direct_io"],
         &["-o", "kernel_cache"],
         &["-o", "max_read=65536"],
+        &["-o", "max_write=65536"],
+        &["-o", "writeback_cache"],
+        &["-o", "noatime,noexec,nosuid,nodev"],
         &["-o", "ro", "-o", "fsname=x"],
     ];
     let mut failures = Vec::new();

@@ -28,6 +28,7 @@ use crate::inodes::Inodes;
 use crate::kernel::{Ctx, Op, Request};
 use crate::log;
 use crate::ops::{OpName, Ops};
+use crate::watchdog::Watchdog;
 
 /// Dispatcher settings derived from the mount options.
 #[derive(Debug, Clone)]
@@ -68,14 +69,7 @@ pub struct Dispatch {
     cfg: Config,
     defaults: StatDefaults,
     ctx: CurrentCtx,
-    watchdog: Rc<Watchdog>,
-}
-
-/// The `--op-timeout` bound: a deadline per request, checked by a Lua instruction-count hook.
-#[derive(Default)]
-struct Watchdog {
-    deadline: Cell<Option<Instant>>,
-    fired: Cell<bool>,
+    watchdog: Option<Watchdog>,
 }
 
 /// Every operation is called through this: errors become an errno (from `flu.errno` values,
@@ -156,20 +150,10 @@ impl Dispatch {
         let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
         let trampoline: Function = lua.load(TRAMPOLINE).set_name("=flufs").call(errno_of)?;
         let stat_fast = convert::stat_fast_fn(&lua)?;
-        let watchdog = Rc::new(Watchdog::default());
-        if cfg.op_timeout.is_some() {
-            let w = watchdog.clone();
-            let triggers = mlua::HookTriggers::new().every_nth_instruction(100_000);
-            lua.set_global_hook(triggers, move |_, _| match w.deadline.get() {
-                Some(d) if Instant::now() > d => {
-                    w.fired.set(true);
-                    Err(mlua::Error::runtime(
-                        "operation interrupted: it ran longer than --op-timeout",
-                    ))
-                }
-                _ => Ok(mlua::VmState::Continue),
-            })?;
-        }
+        let watchdog = match cfg.op_timeout {
+            Some(t) => Some(Watchdog::start(&lua, t)?),
+            None => None,
+        };
         let defaults = StatDefaults {
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
@@ -535,12 +519,11 @@ impl Dispatch {
         };
         let trace_args = start.map(|_| argv.iter().map(show).collect::<Vec<_>>().join(", "));
         argv.push_front(Value::Function(f.clone()));
-        if let Some(t) = self.cfg.op_timeout {
-            self.watchdog.deadline.set(Some(Instant::now() + t));
-            self.watchdog.fired.set(false);
+        if let Some(w) = &self.watchdog {
+            w.arm();
         }
         let outcome = self.trampoline.call::<MultiValue>(argv);
-        self.watchdog.deadline.set(None);
+        let interrupted = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
         let result = match outcome {
             Ok(mut out) => match out.pop_front() {
                 Some(Value::Boolean(true)) => Ok(out),
@@ -553,7 +536,7 @@ impl Dispatch {
                             other => show(other),
                         };
                         log::error(&format!("{} failed: {msg}", op.name()));
-                        if self.watchdog.fired.get() {
+                        if interrupted {
                             Err(Errno::ETIMEDOUT)
                         } else if msg.contains("not enough memory") {
                             Err(Errno::ENOMEM)

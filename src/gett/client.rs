@@ -180,7 +180,8 @@ pub fn transport_error(e: reqwest::Error) -> GettError {
             timed_out |= is_timeout_io(io);
         }
         let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
+        // hyper-util's "client error (Connect)" wrappers say nothing the next cause does not.
+        if !text.starts_with("client error (") && !parts.iter().any(|p| p.contains(&text)) {
             parts.push(text);
         }
         src = s.source();
@@ -206,11 +207,15 @@ fn body_error(e: std::io::Error) -> GettError {
     }
 }
 
+/// Secrets shorter than this are not blanked out: they would blank ordinary words of a message
+/// (a wrong password "wrong" in "wrong email or password"). Tokens are much longer.
+const MIN_SECRET: usize = 8;
+
 /// Blank out every secret that occurs in `msg`.
 pub fn redact(msg: &str, secrets: &[&str]) -> String {
     let mut out = msg.to_string();
     for s in secrets {
-        if s.len() >= 3 {
+        if s.len() >= MIN_SECRET {
             out = out.replace(s, "[hidden]");
         }
     }
@@ -248,13 +253,19 @@ pub fn api_url(base: &Url, segments: &[&str]) -> Result<Url> {
     Ok(url)
 }
 
-/// Parse and check an API base URL (http or https).
+/// Parse and check an API base URL (http or https). A trailing `/1` (the version, as some
+/// clients wrote `https://open.ge.tt/1`) is dropped: requests add it.
 pub fn parse_base(s: &str) -> std::result::Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("bad API URL {s:?}: {e}"))?;
+    let mut url = Url::parse(s).map_err(|e| format!("bad API URL {s:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(format!(
             "bad API URL {s:?}: http:// or https:// with a host expected"
         ));
+    }
+    let path = url.path().trim_end_matches('/');
+    if let Some(rest) = path.strip_suffix("/1") {
+        let rest = format!("{rest}/");
+        url.set_path(&rest);
     }
     Ok(url)
 }
@@ -892,10 +903,10 @@ mod tests {
     fn redaction_blanks_every_secret() {
         assert_eq!(
             redact(
-                "token a.xyz and pw hunter2 and a.xyz",
-                &["a.xyz", "hunter2", ""]
+                "token a.xyz0123 and pw hunter2-long and a.xyz0123, not wrong",
+                &["a.xyz0123", "hunter2-long", "", "wrong"]
             ),
-            "token [hidden] and pw [hidden] and [hidden]"
+            "token [hidden] and pw [hidden] and [hidden], not wrong"
         );
     }
 
@@ -911,6 +922,13 @@ mod tests {
             api_url(&b, &["users", "me"]).unwrap().as_str(),
             "https://example.org/gett/1/users/me"
         );
+        for with_version in ["https://open.ge.tt/1", "https://open.ge.tt/1/"] {
+            let b = parse_base(with_version).unwrap();
+            assert_eq!(
+                api_url(&b, &["users", "me"]).unwrap().as_str(),
+                "https://open.ge.tt/1/users/me"
+            );
+        }
         assert!(parse_base("ftp://x").is_err());
         assert!(parse_base("nonsense").is_err());
     }

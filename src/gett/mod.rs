@@ -139,10 +139,19 @@ fn ret_json(lua: &Lua, r: Result<Json, GettError>) -> mlua::Result<MultiValue> {
 
 // --- arguments ------------------------------------------------------------------------------
 
+/// The type name Lua's own messages use (`type(v)`).
+fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) | Value::Number(_) => "number",
+        Value::LightUserData(_) => "userdata",
+        v => v.type_name(),
+    }
+}
+
 fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
     mlua::Error::runtime(format!(
         "bad argument #{pos} to '{func}' ({want} expected, got {})",
-        got.type_name()
+        lua_type(got)
     ))
 }
 
@@ -219,7 +228,7 @@ fn opt_string(t: &Table, key: &str) -> mlua::Result<Option<String>> {
         Value::String(s) => Ok(Some(s.to_string_lossy())),
         v => Err(mlua::Error::runtime(format!(
             "gett.login: '{key}' must be a string (got {})",
-            v.type_name()
+            lua_type(&v)
         ))),
     }
 }
@@ -244,7 +253,7 @@ fn login(lua: &Lua, opts: Value) -> mlua::Result<MultiValue> {
         v => {
             return Err(mlua::Error::runtime(format!(
                 "gett.login: 'timeout' must be a positive number of seconds (got {})",
-                v.type_name()
+                lua_type(&v)
             )));
         }
     };
@@ -366,5 +375,83 @@ impl UserData for LuaSession {
         method(methods, "refreshtoken", |lua, s, _| {
             s.refresh_token().into_lua_multi(lua)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_nulls_leave_objects_and_stay_in_arrays() {
+        let lua = Lua::new();
+        let v = serde_json::json!({
+            "a": null, "b": [1, null, 2.5, "x", true], "big": 18446744073709551615u64
+        });
+        let t = match to_lua(&lua, &v).unwrap() {
+            Value::Table(t) => t,
+            other => panic!("{other:?}"),
+        };
+        assert!(t.raw_get::<Value>("a").unwrap().is_nil());
+        assert!(!t.contains_key("a").unwrap());
+        let b: Table = t.raw_get("b").unwrap();
+        assert_eq!(b.raw_len(), 5);
+        assert_eq!(b.raw_get::<Value>(1).unwrap(), Value::Integer(1));
+        assert_eq!(b.raw_get::<Value>(2).unwrap(), Value::NULL);
+        assert_eq!(b.raw_get::<Value>(3).unwrap(), Value::Number(2.5));
+        assert_eq!(b.raw_get::<String>(4).unwrap(), "x");
+        assert!(matches!(
+            t.raw_get::<Value>("big").unwrap(),
+            Value::Number(_)
+        ));
+    }
+
+    #[test]
+    fn module_registers_and_errors_print() {
+        let lua = Lua::new();
+        register(&lua).unwrap();
+        let (is_null, has_login): (bool, bool) = lua
+            .load(r#"local g = require "gett"; return g.null == nil and false or rawequal(g.null, g.null), type(g.login) == "function""#)
+            .eval()
+            .unwrap();
+        assert!(is_null && has_login);
+        let e = GettError::new(Some(404), "share not found", ErrorKind::NotFound);
+        let t = error_table(&lua, &e).unwrap();
+        let s: String = lua
+            .load("local e = ...; return tostring(e) .. '|' .. e.errno.name .. '|' .. e.status")
+            .call(t)
+            .unwrap();
+        assert_eq!(s, "gett: 404: share not found|ENOENT|404");
+        let t = error_table(
+            &lua,
+            &GettError::new(None, "timed out", ErrorKind::TimedOut),
+        )
+        .unwrap();
+        let s: String = lua
+            .load("local e = ...; return tostring(e) .. '|' .. e.errno.code .. '|' .. tostring(e.status)")
+            .call(t)
+            .unwrap();
+        assert_eq!(s, format!("gett: timed out|{}|nil", libc::ETIMEDOUT));
+    }
+
+    #[test]
+    fn misuse_raises_with_lua_type_names() {
+        let lua = Lua::new();
+        register(&lua).unwrap();
+        let err = lua
+            .load(r#"return require("gett").login(42)"#)
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad argument #1 to 'login' (table expected, got number)"),
+            "{err}"
+        );
+        let err = lua
+            .load(r#"return require("gett").login{apikey = "k"}"#)
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("are required"), "{err}");
     }
 }
