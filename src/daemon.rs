@@ -32,7 +32,7 @@ impl Reporter {
         if let Reporter::Child(pipe) = self
             && let Some(mut p) = pipe.take()
         {
-            let line = msg.replace('\n', " ");
+            let line = msg.lines().next().unwrap_or("").trim();
             return p.write_all(format!("ERR {line}\n").as_bytes()).is_ok();
         }
         false

@@ -6,6 +6,7 @@
 //! error(flu.errno.ENOENT)             -- any Linux errno name; tostring gives strerror text
 //! local ctx = flu.get_context()       -- {uid=, gid=, pid=, umask=} of the calling process
 //! local sec, nsec = flu.now()         -- CLOCK_REALTIME
+//! flu.log("upload failed", "error")   -- stderr in the foreground, syslog once detached
 //! flu.mode{reg=true, rusr=true}       -- 0x8100: sets and strings to integers
 //! flu.modeset(0o40755)                -- {dir=true, rusr=true, ...}
 //! flu.main({"name", mountpoint, "-o", "ro"}, fs)   -- mount, block until unmounted
@@ -99,6 +100,19 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
             let umask = c.umask.or_else(|| umask_of(c.pid)).unwrap_or(0o022);
             t.raw_set("umask", umask)?;
             Ok(t)
+        })?,
+    )?;
+
+    flu.raw_set(
+        "log",
+        lua.create_function(|_, (msg, level): (mlua::LuaString, Option<String>)| {
+            let msg = msg.to_string_lossy();
+            match level.as_deref() {
+                Some("warning") | Some("warn") => crate::log::warn(&msg),
+                Some("info") => crate::log::info(&msg),
+                _ => crate::log::error(&msg),
+            }
+            Ok(())
         })?,
     )?;
 

@@ -30,6 +30,10 @@ pub fn error(msg: &str) {
     emit(libc::LOG_ERR, msg);
 }
 
+pub fn info(msg: &str) {
+    emit(libc::LOG_INFO, msg);
+}
+
 pub fn warn(msg: &str) {
     emit(libc::LOG_WARNING, &format!("warning: {msg}"));
 }

@@ -65,7 +65,10 @@ fn main() {
     if let Err(msg) = script::run(job, reporter.clone()) {
         // Before the mount is live the waiting parent prints the reason; afterwards (or in the
         // foreground) it goes to the log.
-        if !reporter.borrow_mut().fail(&msg) {
+        // The full message (a Lua traceback, say) goes to the log, which is still the
+        // terminal before the mount is live.
+        let delivered = reporter.borrow_mut().fail(&msg);
+        if !delivered || msg.contains('\n') {
             log::error(&msg);
         }
         std::process::exit(1);
