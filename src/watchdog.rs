@@ -114,3 +114,31 @@ impl Watchdog {
         self.shared.fired.load(Ordering::Acquire)
     }
 }
+
+/// While alive, the running request's clock is stopped: for Rust calls that wait on the
+/// network or a timer (gett, http, flu.sleep), which are not runaway Lua code.
+pub struct Paused {
+    saved: u64,
+    at: u64,
+}
+
+/// Stop the running request's `--op-timeout` clock until the guard drops.
+pub fn pause() -> Paused {
+    match SHARED.get() {
+        Some(s) => Paused {
+            saved: s.deadline.swap(0, Ordering::AcqRel),
+            at: now_ns(s),
+        },
+        None => Paused { saved: 0, at: 0 },
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if let (Some(s), true) = (SHARED.get(), self.saved != 0) {
+            let waited = now_ns(s).saturating_sub(self.at);
+            s.deadline
+                .store(self.saved.saturating_add(waited), Ordering::Release);
+        }
+    }
+}

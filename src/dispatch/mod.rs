@@ -92,6 +92,11 @@ fn lua_errno(v: &Value) -> Option<i32> {
         Value::Integer(i) => errno::from_integer(*i),
         Value::Number(n) if n.fract() == 0.0 => errno::from_integer(*n as i64),
         Value::String(s) => errno::from_message(&s.to_string_lossy()),
+        // An error table carrying its errno, as the gett module's `err` does.
+        Value::Table(t) => match t.raw_get::<Value>("errno") {
+            Ok(v @ (Value::UserData(_) | Value::Integer(_))) => lua_errno(&v),
+            _ => None,
+        },
         _ => None,
     }
 }

@@ -15,7 +15,9 @@ use std::io::Read;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use reqwest::blocking::Client;
+use std::sync::Arc;
+
+use reqwest::blocking::{Body, Client};
 use reqwest::{Method, Url};
 use serde_json::{Value, json};
 
@@ -281,9 +283,11 @@ pub fn request(
     client: &Client,
     method: Method,
     url: Url,
-    body: Option<(Vec<u8>, &str)>,
+    body: Option<(Body, &str)>,
     timeout: Duration,
 ) -> Result<Answer> {
+    // Waiting on the network is not runaway Lua: stop the --op-timeout clock meanwhile.
+    let _paused = crate::watchdog::pause();
     let mut rb = client.request(method, url).timeout(timeout);
     if let Some((data, ctype)) = body {
         if !ctype.is_empty() {
@@ -332,6 +336,7 @@ pub fn content_range_start(v: &str) -> Option<u64> {
 /// GET a blob (following redirects) with an optional byte range. A server that ignores the
 /// range (200) is read and sliced here; a range past the end (416) gives no bytes.
 pub fn download(client: &Client, url: Url, range: Range, timeout: Duration) -> Result<Vec<u8>> {
+    let _paused = crate::watchdog::pause();
     let mut rb = client.get(url).timeout(timeout);
     if let Some(h) = range.header() {
         rb = rb.header(reqwest::header::RANGE, h);
@@ -524,7 +529,7 @@ impl Session {
             &client,
             Method::POST,
             url,
-            Some((body.to_string().into_bytes(), "application/json")),
+            Some((body.to_string().into(), "application/json")),
             timeout,
         )
         .map_err(hide)?;
@@ -545,8 +550,12 @@ impl Session {
         Ok((session, v))
     }
 
-    pub fn api(&self) -> &Url {
-        &self.base
+    /// The API URL without any user:password part (for messages).
+    pub fn api_display(&self) -> String {
+        let mut u = self.base.clone();
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
+        u.to_string()
     }
 
     /// The current refresh token (to log in again later without the password).
@@ -584,7 +593,7 @@ impl Session {
             &self.client,
             Method::POST,
             url,
-            Some((body, "application/json")),
+            Some((body.into(), "application/json")),
             self.timeout,
         )
         .and_then(|a| decode_json(&a));
@@ -664,7 +673,7 @@ impl Session {
                 &self.client,
                 method.clone(),
                 self.url(segments, token)?,
-                body.clone().map(|b| (b, "application/json")),
+                body.clone().map(|b| (b.into(), "application/json")),
                 self.timeout,
             )
         };
@@ -810,7 +819,7 @@ impl Session {
     }
 
     /// PUT the bytes to an upload URL (absolute, or relative to the API URL).
-    fn put(&self, url: &str, data: &[u8]) -> Result<()> {
+    fn put(&self, url: &str, data: &Arc<[u8]>) -> Result<()> {
         let url = self
             .base
             .join(url)
@@ -820,7 +829,11 @@ impl Session {
             &self.client,
             Method::PUT,
             url,
-            Some((data.to_vec(), "application/octet-stream")),
+            // A sized reader over the shared bytes: Content-Length, and no copy per attempt.
+            Some((
+                Body::sized(std::io::Cursor::new(data.clone()), data.len() as u64),
+                "application/octet-stream",
+            )),
             self.timeout + extra,
         )?;
         if (200..300).contains(&a.status) {
@@ -832,10 +845,10 @@ impl Session {
 
     /// Upload a file's bytes: to the URL from create_file the first time, else to a fresh URL
     /// from GET /1/files/{s}/{f}/upload (also when the remembered one is gone).
-    pub fn upload(&self, share: &str, fileid: &str, data: &[u8]) -> Result<()> {
+    pub fn upload(&self, share: &str, fileid: &str, data: Arc<[u8]>) -> Result<()> {
         let cached = lock(&self.uploads).remove(&(share.to_string(), fileid.to_string()));
         if let Some(url) = cached {
-            match self.put(&url, data) {
+            match self.put(&url, &data) {
                 Ok(()) => return Ok(()),
                 Err(e) if matches!(e.status, Some(404 | 410)) => {}
                 Err(e) => return Err(self.hide(e)),
@@ -846,7 +859,7 @@ impl Session {
             .get("puturl")
             .and_then(Value::as_str)
             .ok_or_else(|| GettError::other("upload answer without a puturl"))?;
-        self.put(url, data).map_err(|e| self.hide(e))
+        self.put(url, &data).map_err(|e| self.hide(e))
     }
 
     /// GET /1/files/{s}/{f}/blob (public; the redirect is followed).
@@ -958,6 +971,13 @@ mod tests {
         );
         assert!(t.refresh.is_none());
         assert!(Tokens::from_login(&json!({"expires": 3})).is_err());
+    }
+
+    #[test]
+    fn sessions_can_move_to_worker_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<Session>();
+        send_sync::<GettError>();
     }
 
     #[test]

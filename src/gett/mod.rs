@@ -309,7 +309,7 @@ where
 impl UserData for LuaSession {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
-            Ok(format!("gett session ({})", this.0.api()))
+            Ok(format!("gett session ({})", this.0.api_display()))
         });
         method(methods, "user", |lua, s, _| ret_json(lua, s.user()));
         method(methods, "shares", |lua, s, _| ret_json(lua, s.shares()));
@@ -354,10 +354,10 @@ impl UserData for LuaSession {
         method(methods, "upload", |lua, s, a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);
             let data = match a.get(2) {
-                Value::String(d) => d.as_bytes().to_vec(),
+                Value::String(d) => Arc::<[u8]>::from(&*d.as_bytes()),
                 v => return Err(bad_arg("upload", 3, "string", v)),
             };
-            ret(lua, s.upload(&share, &id, &data).map(|()| true))
+            ret(lua, s.upload(&share, &id, data).map(|()| true))
         });
         method(methods, "download", |lua, s, a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);

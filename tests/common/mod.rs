@@ -107,6 +107,26 @@ impl Mount {
         opts: &[&str],
         script_args: &[&str],
     ) -> Result<Mount, String> {
+        Self::try_with_env(script, opts, script_args, &[])
+    }
+
+    /// Like `with_args`, with extra environment variables set for the daemon only.
+    pub fn with_env(
+        script: &Path,
+        opts: &[&str],
+        script_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Mount {
+        Self::try_with_env(script, opts, script_args, envs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `try_with_args`, with extra environment variables set for the daemon only.
+    pub fn try_with_env(
+        script: &Path,
+        opts: &[&str],
+        script_args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<Mount, String> {
         let dir = TempDir::new("mnt");
         let mnt = dir.path.join("mnt");
         std::fs::create_dir_all(&mnt).expect("create mountpoint");
@@ -117,6 +137,7 @@ impl Mount {
         if !script_args.is_empty() {
             cmd.arg("--").args(script_args);
         }
+        cmd.envs(envs.iter().copied());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
