@@ -104,3 +104,50 @@ fn sigterm_with_an_open_file_unmounts_and_exits_zero() {
     assert!(!is_mounted(&m.mnt), "mount left behind after SIGTERM");
     drop(f);
 }
+
+#[test]
+fn misspelled_operation_is_reported_with_the_closest_real_name() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("faults_typo.lua"), &[]);
+    let log = m.log();
+    assert!(
+        log.contains("'readir'") && log.contains("did you mean 'readdir'"),
+        "log: {log}"
+    );
+    assert!(
+        !log.contains("version"),
+        "non-functions are not operations: {log}"
+    );
+    // The filesystem still mounts and serves what it defines.
+    assert!(std::fs::metadata(&m.mnt).unwrap().is_dir());
+}
+
+#[test]
+fn mounting_on_a_stale_mountpoint_fails_with_a_clear_message() {
+    if !fuse_available() {
+        return;
+    }
+    let mut m = Mount::new(&shipped("hellofs.lua"), &[]);
+    let pid = m.pid().expect("daemon pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    m.reap();
+    // Without auto_unmount the mount is now dead: "Transport endpoint is not connected".
+    let stale = std::fs::metadata(&m.mnt).map_err(|e| errno(&e));
+    assert_eq!(stale.err(), Some(libc::ENOTCONN));
+    let out = std::process::Command::new(common::flufs_bin())
+        .arg("-f")
+        .arg(shipped("hellofs.lua"))
+        .arg(&m.mnt)
+        .output()
+        .expect("run flufs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("stale") && err.contains("fusermount3 -u"),
+        "stderr: {err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    // The guard cleans the stale mount up.
+}
