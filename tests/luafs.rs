@@ -1519,3 +1519,26 @@ fn inode_numbers_stay_the_same_after_the_kernel_drops_its_caches() {
         "directory's st_ino changed after the kernel dropped its caches"
     );
 }
+
+#[test]
+fn executable_bits_decide_whether_a_file_can_be_run() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let script = m.path("hello.sh");
+    fs::write(&script, "#!/bin/sh\necho ran from luafs\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    let x_ok = |p: &Path| unsafe { libc::access(cstr(p).as_ptr(), libc::X_OK) } == 0;
+    assert!(
+        !x_ok(&script),
+        "access(X_OK) on a 0644 file must fail, even for root"
+    );
+    let (code, _, _) = sh(&format!("'{}'", script.display()));
+    assert_ne!(code, 0, "running a 0644 file must fail");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(x_ok(&script), "access(X_OK) on a 0755 file");
+    let (code, out, err) = sh(&format!("'{}'", script.display()));
+    assert_eq!(code, 0, "running a 0755 script: {err}");
+    assert_eq!(out, "ran from luafs\n");
+}
