@@ -2,15 +2,17 @@
 //! reference ("the limit for this design") that `scripts/bench` compares flufs + luafs.lua
 //! against, so it mirrors what flufs does around the filesystem code:
 //!
-//! - the same INIT negotiation as flufs (src/kernel.rs `init`): AUTO_INVAL_DATA,
-//!   PARALLEL_DIROPS, ASYNC_DIO, CACHE_SYMLINKS, max_write and max_readahead 1 MiB, no
-//!   readdirplus, no writeback cache;
+//! - the same INIT negotiation as flufs (src/kernel.rs `init`) with a script that has readdir
+//!   and no lock: AUTO_INVAL_DATA, PARALLEL_DIROPS, ASYNC_DIO, CACHE_SYMLINKS, DO_READDIRPLUS
+//!   and READDIRPLUS_AUTO, max_write and max_readahead 1 MiB, no writeback cache; and, as
+//!   flufs does after mounting, the mount's /sys/class/bdi/*/read_ahead_kb raised to 1 MiB;
 //! - attr/entry time-outs of 1 s and no negative caching (flufs defaults), overridable with
 //!   `-o attr_timeout=S,entry_timeout=S,negative_timeout=S`;
 //! - one fuser session thread, the same mount (as root: mount(2) with nosuid,nodev and
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
-//! - a directory listing snapshotted at the first readdir of an open directory and served from
-//!   it for the following offsets (as flufs does);
+//! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
+//!   from it for the following offsets (as flufs does); readdirplus entries carry the entry
+//!   time-out and count a lookup each;
 //! - ENODATA for absent xattrs (luafs stores xattrs, so `ls -l` costs the same requests).
 //!
 //! Everything is kept in one `Mutex<State>`: an inode table (HashMap), directories as HashMaps
@@ -32,8 +34,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow, WriteFlags,
 };
 
 const ROOT: u64 = 1;
@@ -136,6 +138,28 @@ impl State {
             .get(name)
             .copied()
             .ok_or(Errno::ENOENT)
+    }
+
+    /// Take the listing of directory `ino` for open handle `fh` at its first readdir (offset 0),
+    /// or when a later offset finds none.
+    fn snapshot(&mut self, ino: u64, fh: u64, offset: u64) -> Result<(), Errno> {
+        if offset > 0 && matches!(self.dirs.get(&fh), Some(Some(_))) {
+            return Ok(());
+        }
+        let n = self.node(ino)?;
+        let Content::Dir(entries) = &n.content else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut v = Vec::with_capacity(entries.len() + 2);
+        v.push((ino, FileType::Directory, OsString::from(".")));
+        v.push((n.parent, FileType::Directory, OsString::from("..")));
+        for (name, &child) in entries {
+            if let Some(c) = self.nodes.get(&child) {
+                v.push((child, c.kind, name.clone()));
+            }
+        }
+        self.dirs.insert(fh, Some(v));
+        Ok(())
     }
 
     /// Free a node that has no links, no kernel references and no open handles.
@@ -310,7 +334,9 @@ impl fuser::Filesystem for MemFs {
         let want = InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_write(1 << 20);
@@ -811,31 +837,9 @@ impl fuser::Filesystem for MemFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let have = matches!(st.dirs.get(&fh.0), Some(Some(_)));
-        if offset == 0 || !have {
-            let listing = (|| {
-                let n = st.node(ino.0)?;
-                let Content::Dir(entries) = &n.content else {
-                    return Err(Errno::ENOTDIR);
-                };
-                let mut v = Vec::with_capacity(entries.len() + 2);
-                v.push((ino.0, FileType::Directory, OsString::from(".")));
-                v.push((n.parent, FileType::Directory, OsString::from("..")));
-                for (name, &child) in entries {
-                    if let Some(c) = st.nodes.get(&child) {
-                        v.push((child, c.kind, name.clone()));
-                    }
-                }
-                Ok(v)
-            })();
-            match listing {
-                Ok(v) => {
-                    st.dirs.insert(fh.0, Some(v));
-                }
-                Err(e) => return reply.error(e),
-            }
+        let mut st = self.lock();
+        if let Err(e) = st.snapshot(ino.0, fh.0, offset) {
+            return reply.error(e);
         }
         let Some(Some(list)) = st.dirs.get(&fh.0) else {
             return reply.error(Errno::EBADF);
@@ -843,6 +847,46 @@ impl fuser::Filesystem for MemFs {
         for (i, (ino, kind, name)) in list.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(*ino), i as u64 + 1, *kind, name) {
                 break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if let Err(e) = st.snapshot(ino.0, fh.0, offset) {
+            return reply.error(e);
+        }
+        let Some(Some(list)) = st.dirs.get(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, (child, _, name)) in list.iter().enumerate().skip(offset as usize) {
+            // Entries removed since the listing was taken are left out.
+            let Some(n) = st.nodes.get_mut(child) else {
+                continue;
+            };
+            let dot = i < 2;
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 1,
+                name,
+                &self.entry_ttl,
+                &n.attr(*child),
+                Generation(0),
+            ) {
+                break;
+            }
+            // The kernel counts a lookup for every entry but "." and "..".
+            if !dot {
+                n.nlookup += 1;
             }
         }
         reply.ok();

@@ -137,6 +137,21 @@ impl Inodes {
         id
     }
 
+    /// The node id that script inode `script_ino` has or will have (for readdir's d_ino, so it
+    /// matches st_ino before the entry is looked up).
+    pub fn id_for(&mut self, script_ino: u64) -> Option<u64> {
+        if script_ino == 0 {
+            return None;
+        }
+        if let Some(&id) = self.by_script_ino.get(&script_ino) {
+            return Some(id);
+        }
+        let id = self.next;
+        self.next += 1;
+        self.by_script_ino.insert(script_ino, id);
+        Some(id)
+    }
+
     /// Count one kernel reference to a node returned by `resolve`.
     pub fn count_lookup(&mut self, id: u64) {
         if let Some(n) = self.nodes.get_mut(&id) {
@@ -484,6 +499,15 @@ mod tests {
         let c = t.lookup(ROOT, b"c", 7, REG, 1);
         let d = t.lookup(ROOT, b"d", 7, REG, 1);
         assert_ne!(c, d);
+    }
+
+    #[test]
+    fn readdir_ids_match_later_lookups() {
+        let mut t = Inodes::new();
+        let id = t.id_for(77).unwrap();
+        assert_eq!(t.id_for(77), Some(id));
+        assert_eq!(t.lookup(ROOT, b"x", 77, REG, 1), id);
+        assert_eq!(t.id_for(0), None);
     }
 
     #[test]

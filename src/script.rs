@@ -124,6 +124,8 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
     });
     flu::register(&lua, host.clone()).map_err(|e| format!("cannot set up the flu module: {e}"))?;
     crate::gett::register(&lua).map_err(|e| format!("cannot set up the gett module: {e}"))?;
+    crate::json::register(&lua).map_err(|e| format!("cannot set up the json module: {e}"))?;
+    crate::http::register(&lua).map_err(|e| format!("cannot set up the http module: {e}"))?;
 
     let script_dir = job
         .script

@@ -279,10 +279,13 @@ impl Dispatch {
                         None => FileType::RegularFile,
                     };
                     let ino = if dot {
-                        dir
+                        Some(dir)
                     } else {
-                        self.inodes.child(dir, &e.name).unwrap_or(0xffff_ffff)
+                        self.inodes
+                            .child(dir, &e.name)
+                            .or_else(|| e.stat.and_then(|st| self.inodes.id_for(st.ino)))
                     };
+                    let ino = ino.unwrap_or(0xffff_ffff);
                     r.add(INodeNo(ino), off, kind, name)
                 }
                 DirReply::Plus(r) => {

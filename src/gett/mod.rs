@@ -20,7 +20,7 @@
 //! `err = {status=, message=, errno=}` (`tostring(err)` = "gett: STATUS: MESSAGE"); wrong
 //! argument types raise a Lua error.
 
-mod client;
+pub(crate) mod client;
 
 use std::sync::Arc;
 use std::time::Duration;
