@@ -176,6 +176,42 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     Ok(flu)
 }
 
+/// `flu.errno.NAME` for errno `code` (the very value scripts compare with), or an equal one
+/// when the flu module is not loaded.
+pub fn errno_value(lua: &Lua, code: i32) -> mlua::Result<Value> {
+    let from_flu = || -> mlua::Result<Value> {
+        let loaded: Table = lua.named_registry_value("_LOADED")?;
+        let flu: Table = loaded.raw_get("flu")?;
+        let errno: Table = flu.raw_get("errno")?;
+        errno.raw_get(errno::name_of(code).unwrap_or("EIO"))
+    };
+    match from_flu() {
+        Ok(v @ Value::UserData(_)) => Ok(v),
+        _ => Ok(Value::UserData(lua.create_userdata(ErrnoValue(code))?)),
+    }
+}
+
+/// The `err` of a failed module call (gett, http): `{status=, message=, errno=}`, with the
+/// module's metatable (registered under `metatable_key`) when it has one.
+pub fn error_table(
+    lua: &Lua,
+    status: Option<u16>,
+    message: &str,
+    code: i32,
+    metatable_key: &str,
+) -> mlua::Result<Table> {
+    let t = lua.create_table()?;
+    if let Some(s) = status {
+        t.raw_set("status", s)?;
+    }
+    t.raw_set("message", message)?;
+    t.raw_set("errno", errno_value(lua, code)?)?;
+    if let Ok(mt) = lua.named_registry_value::<Table>(metatable_key) {
+        t.set_metatable(Some(mt))?;
+    }
+    Ok(t)
+}
+
 /// A fresh shared request context.
 pub fn new_ctx() -> CurrentCtx {
     Rc::new(Cell::new(Ctx::default()))

@@ -52,17 +52,6 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn errno_name(self) -> &'static str {
-        match self {
-            ErrorKind::NotFound => "ENOENT",
-            ErrorKind::Refused => "EACCES",
-            ErrorKind::NoSpace => "ENOSPC",
-            ErrorKind::TimedOut => "ETIMEDOUT",
-            ErrorKind::Invalid => "EINVAL",
-            ErrorKind::Other => "EIO",
-        }
-    }
-
     pub fn errno(self) -> i32 {
         match self {
             ErrorKind::NotFound => libc::ENOENT,

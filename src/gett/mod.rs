@@ -92,34 +92,8 @@ fn to_lua(lua: &Lua, v: &Json) -> mlua::Result<Value> {
     })
 }
 
-/// `flu.errno.NAME` (the very value scripts compare with), or an equal one if the flu module
-/// is not loaded.
-fn errno_value(lua: &Lua, kind: ErrorKind) -> mlua::Result<Value> {
-    let from_flu = || -> mlua::Result<Value> {
-        let loaded: Table = lua.named_registry_value("_LOADED")?;
-        let flu: Table = loaded.raw_get("flu")?;
-        let errno: Table = flu.raw_get("errno")?;
-        errno.raw_get(kind.errno_name())
-    };
-    match from_flu() {
-        Ok(v @ Value::UserData(_)) => Ok(v),
-        _ => Ok(Value::UserData(
-            lua.create_userdata(crate::flu::ErrnoValue(kind.errno()))?,
-        )),
-    }
-}
-
 fn error_table(lua: &Lua, e: &GettError) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    if let Some(s) = e.status {
-        t.raw_set("status", s)?;
-    }
-    t.raw_set("message", e.message.as_str())?;
-    t.raw_set("errno", errno_value(lua, e.kind)?)?;
-    if let Ok(mt) = lua.named_registry_value::<Table>(ERROR_MT) {
-        t.set_metatable(Some(mt))?;
-    }
-    Ok(t)
+    crate::flu::error_table(lua, e.status, &e.message, e.kind.errno(), ERROR_MT)
 }
 
 /// `value` or `nil, err`.

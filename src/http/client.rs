@@ -58,17 +58,6 @@ pub enum Failure {
 }
 
 impl Failure {
-    pub fn errno_name(self) -> &'static str {
-        match self {
-            Failure::TimedOut => "ETIMEDOUT",
-            Failure::Refused => "ECONNREFUSED",
-            Failure::HostUnreachable => "EHOSTUNREACH",
-            Failure::NetUnreachable => "ENETUNREACH",
-            Failure::TooLarge => "EFBIG",
-            Failure::Other => "EIO",
-        }
-    }
-
     pub fn errno(self) -> i32 {
         match self {
             Failure::TimedOut => libc::ETIMEDOUT,
@@ -253,7 +242,10 @@ mod tests {
             Failure::TooLarge,
             Failure::Other,
         ] {
-            assert_eq!(crate::errno::name_of(k.errno()), Some(k.errno_name()));
+            assert!(
+                crate::errno::name_of(k.errno()).is_some(),
+                "{k:?} has an errno name"
+            );
         }
     }
 

@@ -33,7 +33,7 @@ use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
-use client::{Failure, HttpError, Request, Response};
+use client::{HttpError, Request, Response};
 
 const MODULE: &str = "flufs.http";
 const ERROR_MT: &str = "flufs.http.error";
@@ -376,34 +376,8 @@ fn answer(lua: &Lua, resp: Response) -> mlua::Result<MultiValue> {
     (resp.status, body, headers).into_lua_multi(lua)
 }
 
-/// `flu.errno.NAME` (the very value scripts compare with), or an equal one if the flu module
-/// is not loaded.
-fn errno_value(lua: &Lua, kind: Failure) -> mlua::Result<Value> {
-    let from_flu = || -> mlua::Result<Value> {
-        let loaded: Table = lua.named_registry_value("_LOADED")?;
-        let flu: Table = loaded.raw_get("flu")?;
-        let errno: Table = flu.raw_get("errno")?;
-        errno.raw_get(kind.errno_name())
-    };
-    match from_flu() {
-        Ok(v @ Value::UserData(_)) => Ok(v),
-        _ => Ok(Value::UserData(
-            lua.create_userdata(crate::flu::ErrnoValue(kind.errno()))?,
-        )),
-    }
-}
-
 fn error_table(lua: &Lua, e: &HttpError) -> mlua::Result<Table> {
-    let t = lua.create_table()?;
-    if let Some(s) = e.status {
-        t.raw_set("status", s)?;
-    }
-    t.raw_set("message", e.message.as_str())?;
-    t.raw_set("errno", errno_value(lua, e.kind)?)?;
-    if let Ok(mt) = lua.named_registry_value::<Table>(ERROR_MT) {
-        t.set_metatable(Some(mt))?;
-    }
-    Ok(t)
+    crate::flu::error_table(lua, e.status, &e.message, e.kind.errno(), ERROR_MT)
 }
 
 // --- escaping -------------------------------------------------------------------------------
@@ -615,7 +589,7 @@ mod tests {
         let e = HttpError {
             status: None,
             message: "operation timed out".into(),
-            kind: Failure::TimedOut,
+            kind: client::Failure::TimedOut,
         };
         let t = error_table(&lua, &e).unwrap();
         lua.globals().set("E", t).unwrap();
