@@ -117,6 +117,11 @@ impl Inodes {
         self.children.get(&parent)?.get(name).copied()
     }
 
+    /// The directory a node's primary name is in (the root is its own parent).
+    pub fn parent(&self, ino: u64) -> Option<u64> {
+        self.nodes.get(&ino).map(|n| n.parent)
+    }
+
     /// File type bits last seen for a node.
     pub fn kind(&self, ino: u64) -> Option<u32> {
         self.nodes.get(&ino).map(|n| n.kind)

@@ -278,7 +278,9 @@ impl Dispatch {
                         None if dot => FileType::Directory,
                         None => FileType::RegularFile,
                     };
-                    let ino = if dot {
+                    let ino = if e.name == b".." {
+                        self.inodes.parent(dir)
+                    } else if dot {
                         Some(dir)
                     } else {
                         self.inodes
@@ -295,12 +297,17 @@ impl Dispatch {
                         let st = e
                             .stat
                             .unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
+                        let ino = if e.name == b".." {
+                            self.inodes.parent(dir).unwrap_or(dir)
+                        } else {
+                            dir
+                        };
                         r.add(
-                            INodeNo(dir),
+                            INodeNo(ino),
                             off,
                             name,
                             &ttl,
-                            &st.to_attr(dir),
+                            &st.to_attr(ino),
                             Generation(0),
                         )
                     } else if let Some(st) = &e.stat {
