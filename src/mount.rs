@@ -187,6 +187,47 @@ fn lazy_unmount(mnt: &Path) {
     }
 }
 
+/// `-o auto_unmount` for a direct mount: a small watcher process holds the read end of a pipe
+/// whose write end only this process has; when this process ends in any way (even kill -9),
+/// the watcher reads end-of-file and lazily unmounts `mnt`.
+fn unmount_when_gone(mnt: &Path) -> std::io::Result<()> {
+    let target = CString::new(mnt.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()),
+        0 => unsafe {
+            // The watcher: only async-signal-safe calls from here on.
+            // Hold nothing of the daemon's (its /dev/fuse, a launcher's report pipe, stdio).
+            for fd in 0..4096 {
+                if fd != fds[0] {
+                    libc::close(fd);
+                }
+            }
+            libc::setsid();
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            let mut b = 0u8;
+            while libc::read(fds[0], (&mut b as *mut u8).cast(), 1) != 0 {
+                if *libc::__errno_location() != libc::EINTR {
+                    break;
+                }
+            }
+            libc::umount2(target.as_ptr(), libc::MNT_DETACH);
+            libc::_exit(0)
+        },
+        _ => {
+            // Keep the write end open for the life of this process (it is close-on-exec).
+            unsafe { libc::close(fds[0]) };
+            Ok(())
+        }
+    }
+}
+
 /// mount(2) a FUSE filesystem on `mnt` and return the /dev/fuse descriptor serving it.
 fn mount_direct(mnt: &Path, o: &MountOptions, t: &Target) -> std::io::Result<OwnedFd> {
     let dev = std::fs::OpenOptions::new()
@@ -290,11 +331,14 @@ pub fn serve(
 
     let kernel = Kernel::new(tx.clone(), features);
     let config = fuser_config(o, target);
-    // As root (without auto_unmount, which needs fusermount3's watcher) mount(2) directly, so
+    // As root mount(2) directly, so
     // that the type shows as fuse.SUBTYPE; otherwise let fuser go through fusermount3.
-    let direct = unsafe { libc::geteuid() } == 0 && !o.auto_unmount;
+    let direct = unsafe { libc::geteuid() } == 0;
     let session = if direct {
         mount_direct(&mnt, o, target).and_then(|fd| {
+            if o.auto_unmount {
+                unmount_when_gone(&mnt)?;
+            }
             Session::from_fd(kernel, fd, config.acl, config.clone())
                 .inspect_err(|_| lazy_unmount(&mnt))
         })
