@@ -263,7 +263,31 @@ impl Dispatch {
         reply: &mut DirReply,
     ) {
         let skip = index_from.map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
+        // Attributes in a listing taken by an earlier request may be stale by now, and the
+        // kernel would take them as fresh (a file's size could go backwards): re-read them.
+        let dir_path = if skip > 0 && matches!(reply, DirReply::Plus(_)) {
+            self.path(dir).ok()
+        } else {
+            None
+        };
         for (i, e) in entries.iter().enumerate().skip(skip) {
+            let fresh;
+            let e = match &dir_path {
+                Some(p) if e.name != b"." && e.name != b".." => {
+                    let mut child = p.clone();
+                    if child.len() > 1 {
+                        child.push(b'/');
+                    }
+                    child.extend_from_slice(&e.name);
+                    fresh = DirEnt {
+                        name: e.name.clone(),
+                        stat: self.stat(&child, None).ok(),
+                        offset: e.offset,
+                    };
+                    &fresh
+                }
+                _ => e,
+            };
             let off = if index_from.is_some() {
                 i as u64 + 1
             } else {
