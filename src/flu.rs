@@ -9,6 +9,7 @@
 //! flu.log("upload failed", "error")   -- stderr in the foreground, syslog once detached
 //! flu.mode{reg=true, rusr=true}       -- 0x8100: sets and strings to integers
 //! flu.modeset(0o40755)                -- {dir=true, rusr=true, ...}
+//! flu.sleep(0.5)                      -- suspends only the calling request
 //! flu.main({"name", mountpoint, "-o", "ro"}, fs)   -- mount, block until unmounted
 //! ```
 
@@ -113,6 +114,18 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
                 _ => crate::log::error(&msg),
             }
             Ok(())
+        })?,
+    )?;
+
+    flu.raw_set(
+        "sleep",
+        lua.create_async_function(|_, seconds: f64| async move {
+            if !seconds.is_finite() || !(0.0..=1e9).contains(&seconds) {
+                return Err(mlua::Error::runtime(
+                    "flu.sleep: seconds must be a number from 0 to 1e9",
+                ));
+            }
+            crate::runtime::sleep(std::time::Duration::from_secs_f64(seconds)).await
         })?,
     )?;
 

@@ -1,12 +1,12 @@
 //! The kernel side of the bridge: a `fuser::Filesystem` that does no work of its own. Each
 //! kernel request becomes one `Request` (the operation, its arguments and its reply object)
-//! sent to the dispatcher, the single owner of the Lua state, which answers it. Runs on
-//! fuser's session threads; holds no Lua and no filesystem state.
+//! handed to the dispatcher (a `Sink`), the single owner of the Lua state, which answers it.
+//! Runs on fuser's session threads; holds no Lua and no filesystem state.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
-use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
@@ -259,8 +259,6 @@ pub enum Op {
         flags: u64,
         reply: ReplyWrite,
     },
-    /// Not from the kernel: the session ended or a signal asked to stop.
-    Shutdown,
 }
 
 /// A request on its way to the dispatcher.
@@ -282,13 +280,18 @@ pub struct Features {
 
 /// The `fuser::Filesystem` that forwards every request.
 pub struct Kernel {
-    tx: Sender<Request>,
+    sink: Arc<dyn Sink>,
     features: Features,
 }
 
+/// Where requests go: the dispatcher, which runs each on the calling kernel thread.
+pub trait Sink: Send + Sync {
+    fn submit(&self, req: Request);
+}
+
 impl Kernel {
-    pub fn new(tx: Sender<Request>, features: Features) -> Kernel {
-        Kernel { tx, features }
+    pub fn new(sink: Arc<dyn Sink>, features: Features) -> Kernel {
+        Kernel { sink, features }
     }
 
     fn send(&self, req: &fuser::Request, op: Op) {
@@ -296,9 +299,9 @@ impl Kernel {
     }
 
     fn send_ctx(&self, ctx: Ctx, op: Op) {
-        // If the dispatcher is gone the request (and its reply) is dropped here, and fuser
-        // answers EIO for an unanswered reply.
-        let _ = self.tx.send(Request { ctx, op });
+        // The dispatcher runs it now, on this thread. Once the dispatcher is closed the
+        // request (and its reply) is dropped, and fuser answers EIO for an unanswered reply.
+        self.sink.submit(Request { ctx, op });
     }
 }
 
@@ -339,6 +342,10 @@ impl fuser::Filesystem for Kernel {
         if f.max_readahead > 0 {
             let _ = config.set_max_readahead(f.max_readahead);
         }
+        // Requests that wait (network, timers) should not hold back others: let the kernel
+        // keep many in flight.
+        let _ = config.set_max_background(256);
+        let _ = config.set_congestion_threshold(192);
         Ok(())
     }
 

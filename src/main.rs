@@ -20,6 +20,7 @@ mod mode;
 mod mount;
 mod ops;
 mod options;
+mod runtime;
 mod script;
 mod watchdog;
 

@@ -8,14 +8,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::thread;
 
 use fuser::{Config as FuserConfig, MountOption, Session, SessionACL};
 use mlua::{Lua, Table};
 
-use crate::dispatch::{self, CurrentCtx, Dispatch};
-use crate::kernel::{Ctx, Features, Kernel, Op, Request};
+use crate::dispatch::{self, CurrentCtx, Dispatch, Engine};
+use crate::kernel::{Features, Kernel};
 use crate::ops::OpName;
 use crate::options::MountOptions;
 
@@ -130,9 +129,13 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
     let mut c = FuserConfig::default();
     c.mount_options = opts;
     c.acl = acl;
-    c.n_threads = Some(o.threads.unwrap_or(1));
+    c.n_threads = Some(o.threads.unwrap_or(DEFAULT_THREADS));
     c
 }
+
+/// Kernel threads reading requests when `-o threads=N` is not given: while one runs Lua, the
+/// next can already read the following request.
+pub const DEFAULT_THREADS: usize = 2;
 
 fn mount_error(e: &std::io::Error, mnt: &Path, o: &MountOptions) -> String {
     let shown = mnt.display();
@@ -309,7 +312,7 @@ pub fn serve(
         debug: o.debug,
         op_timeout: o.op_timeout,
     };
-    let mut dispatch = Dispatch::new(lua.clone(), fs, cfg, ctx)
+    let dispatch = Dispatch::new(lua.clone(), fs, cfg, ctx)
         .map_err(|e| format!("cannot read the operations table: {e}"))?;
     let features = Features {
         posix_locks: dispatch.has(OpName::Lock),
@@ -318,7 +321,16 @@ pub fn serve(
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),
     };
-    let (tx, rx) = mpsc::channel::<Request>();
+    let engine = Engine::new(dispatch);
+    // Whatever happens from here on, the dispatcher (the Lua state) comes back to this thread
+    // and later requests get EIO.
+    struct CloseOnExit<'a>(&'a Engine);
+    impl Drop for CloseOnExit<'_> {
+        fn drop(&mut self) {
+            drop(self.0.close());
+        }
+    }
+    let _close = CloseOnExit(&engine);
 
     // Block the stop signals in this thread and in every thread started from here on; one
     // thread takes them with sigwait.
@@ -329,7 +341,7 @@ pub fn serve(
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     };
 
-    let kernel = Kernel::new(tx.clone(), features);
+    let kernel = Kernel::new(engine.clone(), features);
     let config = fuser_config(o, target);
     // As root mount(2) directly, so
     // that the type shows as fuse.SUBTYPE; otherwise let fuser go through fusermount3.
@@ -352,7 +364,10 @@ pub fn serve(
             return Err(mount_error(&e, &mnt, o));
         }
     };
-    if let Err(msg) = dispatch.init() {
+    let init = engine
+        .block_on(|d| Box::pin(async move { d.init().await }))
+        .unwrap_or(Ok(()));
+    if let Err(msg) = init {
         drop(session);
         lazy_unmount(&mnt);
         restore();
@@ -361,21 +376,18 @@ pub fn serve(
     raise_readahead(&mnt, features.max_readahead);
     ready();
 
-    let session_tx = tx.clone();
+    let session_engine = engine.clone();
     let session_thread = thread::Builder::new()
         .name("flufs-session".into())
         .spawn(move || {
             let r = session.run();
-            let _ = session_tx.send(Request {
-                ctx: Ctx::default(),
-                op: Op::Shutdown,
-            });
+            session_engine.stop();
             r
         })
         .map_err(|e| format!("cannot start the session thread: {e}"))?;
 
     let signal_mnt = mnt.clone();
-    let signal_tx = tx;
+    let signal_engine = engine.clone();
     let signal_thread = thread::Builder::new()
         .name("flufs-signals".into())
         .spawn(move || {
@@ -388,17 +400,15 @@ pub fn serve(
                     return false;
                 }
                 lazy_unmount(&signal_mnt);
-                let _ = signal_tx.send(Request {
-                    ctx: Ctx::default(),
-                    op: Op::Shutdown,
-                });
+                signal_engine.stop();
                 return true;
             }
         })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
-    dispatch.run(&rx);
-    dispatch.destroy();
+    // Resume requests whose wait is over until the mount ends, then run destroy.
+    engine.run_until_stopped();
+    engine.block_on(|d| Box::pin(async move { d.destroy().await }));
 
     let by_signal = if signal_thread.is_finished() {
         signal_thread.join().unwrap_or(false)
@@ -412,7 +422,6 @@ pub fn serve(
     if !by_signal {
         let _ = session_thread.join();
     }
-    drop(rx);
     restore();
     Ok(())
 }

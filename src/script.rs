@@ -162,8 +162,8 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
             lua.create_string(a).map_err(|e| e.to_string())?,
         ));
     }
-    let mut out = runner
-        .call::<MultiValue>(call_args)
+    // The chunk runs as a coroutine too, so that it may call gett/http (which suspend) itself.
+    let mut out = crate::runtime::block_on(runner.call_async::<MultiValue>(call_args))
         .map_err(|e| format!("script failed: {e}"))?;
     let ok = matches!(out.pop_front(), Some(Value::Boolean(true)));
     if !ok {

@@ -34,25 +34,29 @@ impl Dispatch {
     }
 
     /// getattr of a path; fgetattr when an open file's `fi` is known and the script has it.
-    pub(super) fn stat(&self, path: &[u8], fi: Option<Table>) -> Result<Stat, Fail> {
+    pub(super) async fn stat(&self, path: &[u8], fi: Option<Table>) -> Result<Stat, Fail> {
         let st = self.table()?;
         let lpath = self.lstr(path)?;
         match fi {
             Some(fi) if self.has(OpName::Fgetattr) => {
-                let out = self.call(OpName::Fgetattr, (lpath, st.clone(), fi))?;
+                let out = self.call(OpName::Fgetattr, (lpath, st.clone(), fi)).await?;
                 self.decode_stat(OpName::Fgetattr, path, out, st)
             }
             _ => {
-                let out = self.call(OpName::Getattr, (lpath, st.clone()))?;
+                let out = self.call(OpName::Getattr, (lpath, st.clone())).await?;
                 self.decode_stat(OpName::Getattr, path, out, st)
             }
         }
     }
 
     /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).
-    pub(super) fn lookup(&mut self, parent: u64, name: &[u8]) -> Result<Option<(u64, Stat)>, Fail> {
+    pub(super) async fn lookup(
+        &self,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<Option<(u64, Stat)>, Fail> {
         let path = self.child_path(parent, name)?;
-        match self.stat(&path, None) {
+        match self.stat(&path, None).await {
             Ok(st) => Ok(Some((self.remember(parent, name, &st), st))),
             Err(e) if e == Errno::ENOENT && !self.cfg.negative_ttl.is_zero() => Ok(None),
             Err(e) => Err(e),
@@ -60,52 +64,59 @@ impl Dispatch {
     }
 
     /// Attributes of a just-created `name` in `parent`, counting the kernel's reference.
-    pub(super) fn new_entry(
-        &mut self,
+    pub(super) async fn new_entry(
+        &self,
         parent: u64,
         name: &[u8],
         path: &[u8],
     ) -> Result<(u64, Stat), Fail> {
-        let st = self.stat(path, None)?;
+        let st = self.stat(path, None).await?;
         Ok((self.remember(parent, name, &st), st))
     }
 
-    pub(super) fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat, Fail> {
+    pub(super) async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat, Fail> {
         let path = self.path(ino)?;
-        self.stat(&path, self.fi_for(ino, fh))
+        self.stat(&path, self.fi_for(ino, fh)).await
     }
 
     /// SETATTR as libfuse's path API does it: chmod, chown, truncate, utimens, then getattr.
     /// The open file's `fi` (when the kernel names one, or the node was unlinked while open)
     /// is passed as an extra last argument.
-    pub(super) fn setattr(&mut self, ino: u64, set: SetAttr) -> Result<Stat, Fail> {
+    pub(super) async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Stat, Fail> {
         let (path, lpath) = self.lpath(ino)?;
         let fi = self.fi_for(ino, set.fh);
         if let Some(mode) = set.mode {
             let mode = if mode & libc::S_IFMT == 0 {
-                mode | self.inodes.kind(ino).unwrap_or(0)
+                mode | self.inodes.borrow_mut().kind(ino).unwrap_or(0)
             } else {
                 mode
             };
-            self.call_with_fi(OpName::Chmod, (lpath.clone(), self.modeset(mode)?), &fi)?;
+            self.call_with_fi(OpName::Chmod, (lpath.clone(), self.modeset(mode)?), &fi)
+                .await?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            self.call_with_fi(OpName::Chown, (lpath.clone(), set.uid, set.gid), &fi)?;
+            self.call_with_fi(OpName::Chown, (lpath.clone(), set.uid, set.gid), &fi)
+                .await?;
         }
         if let Some(size) = set.size {
             match &fi {
                 Some(fi) if self.has(OpName::Ftruncate) => {
-                    self.call_unit(OpName::Ftruncate, (lpath.clone(), size, fi.clone()))?
+                    self.call_unit(OpName::Ftruncate, (lpath.clone(), size, fi.clone()))
+                        .await?
                 }
-                _ => self.call_with_fi(OpName::Truncate, (lpath.clone(), size), &fi)?,
+                _ => {
+                    self.call_with_fi(OpName::Truncate, (lpath.clone(), size), &fi)
+                        .await?
+                }
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let a = self.time_arg(set.atime)?;
             let m = self.time_arg(set.mtime)?;
-            self.call_with_fi(OpName::Utimens, (lpath, a, m), &fi)?;
+            self.call_with_fi(OpName::Utimens, (lpath, a, m), &fi)
+                .await?;
         }
-        self.stat(&path, fi)
+        self.stat(&path, fi).await
     }
 
     /// A utimens argument: `{sec=, nsec=}`, the current time for UTIME_NOW, nil for UTIME_OMIT.

@@ -4,7 +4,8 @@
 //! (`filler(name, st, off)`), each kernel request calls readdir again from its offset and
 //! `filler` returns false once a kernel buffer's worth is collected.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -60,35 +61,42 @@ fn entry_size(name_len: usize, plus: bool) -> usize {
 
 #[derive(Default)]
 struct Sink {
-    active: bool,
     plus: bool,
     entries: Vec<DirEnt>,
     used_offsets: bool,
     bytes: usize,
 }
 
-/// The filler function and what it collects.
+/// The sinks of the readdir calls in progress (several may be suspended at once), by id.
+type Sinks = Rc<RefCell<HashMap<u64, Sink>>>;
+
+/// Makes one `filler` per readdir call and collects what it is given.
 pub(super) struct Lister {
-    sink: Rc<RefCell<Sink>>,
-    filler: Function,
+    sinks: Sinks,
+    factory: Function,
+    next: Cell<u64>,
 }
 
-/// `filler(name [, st [, offset]])`: stat tables in the common form are taken apart in Lua
-/// (see `convert::STAT_FAST`); others go to the general decoder.
+/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink): stat tables in
+/// the common form are taken apart in Lua (see `convert::STAT_FAST`); others go to the general
+/// decoder.
 const FILLER: &str = r#"
 local push, push_table, fast = ...
-local function tail(name, off, st, mode, ...)
-  if mode == nil then return push_table(name, off, st) end
-  return push(name, off, mode, ...)
-end
-return function(name, st, off)
-  if st == nil then return push(name, off) end
-  return tail(name, off, st, fast(st))
+return function(id)
+  local function tail(name, off, st, mode, ...)
+    if mode == nil then return push_table(id, name, off, st) end
+    return push(id, name, off, mode, ...)
+  end
+  return function(name, st, off)
+    if st == nil then return push(id, name, off) end
+    return tail(name, off, st, fast(st))
+  end
 end
 "#;
 
 fn add_entry(
-    sink: &Rc<RefCell<Sink>>,
+    sinks: &Sinks,
+    id: u64,
     name: mlua::LuaString,
     off: Value,
     stat: Option<Stat>,
@@ -110,10 +118,12 @@ fn add_entry(
             )));
         }
     };
-    let mut s = sink.borrow_mut();
-    if !s.active {
-        return Err(mlua::Error::runtime("filler called outside of readdir"));
-    }
+    let mut all = sinks.borrow_mut();
+    let Some(s) = all.get_mut(&id) else {
+        return Err(mlua::Error::runtime(
+            "filler called after its readdir returned",
+        ));
+    };
     if offset > 0 {
         s.used_offsets = true;
         let size = entry_size(name.len(), s.plus);
@@ -128,10 +138,14 @@ fn add_entry(
 
 impl Lister {
     pub(super) fn new(lua: &Lua, fast: Function, defaults: StatDefaults) -> mlua::Result<Lister> {
-        let sink = Rc::new(RefCell::new(Sink::default()));
-        let s = sink.clone();
+        let sinks: Sinks = Rc::new(RefCell::new(HashMap::new()));
+        let s = sinks.clone();
         let push = lua.create_function(move |_, args: MultiValue| {
             let mut it = args.into_vec().into_iter();
+            let id = match it.next() {
+                Some(Value::Integer(i)) => i as u64,
+                _ => return Err(mlua::Error::runtime("filler: internal id missing")),
+            };
             let name = match it.next() {
                 Some(Value::String(s)) => s,
                 other => {
@@ -150,30 +164,59 @@ impl Lister {
                     .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
                 Some(st)
             };
-            add_entry(&s, name, off, stat)
+            add_entry(&s, id, name, off, stat)
         })?;
-        let s = sink.clone();
+        let s = sinks.clone();
         let fast_for_table = fast.clone();
-        let push_table =
-            lua.create_function(move |_, (name, off, st): (mlua::LuaString, Value, Table)| {
+        let push_table = lua.create_function(
+            move |_, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
                 let stat = Stat::decode(&fast_for_table, &st, &defaults)
                     .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
-                add_entry(&s, name, off, Some(stat))
-            })?;
-        let filler: Function = lua
+                add_entry(&s, id, name, off, Some(stat))
+            },
+        )?;
+        let factory: Function = lua
             .load(FILLER)
             .set_name("=flufs.filler")
             .call((push, push_table, fast))?;
-        Ok(Lister { sink, filler })
+        Ok(Lister {
+            sinks,
+            factory,
+            next: Cell::new(1),
+        })
+    }
+
+    /// A new filler and the id of its sink.
+    fn open(&self, plus: bool) -> mlua::Result<(u64, Function)> {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        self.sinks.borrow_mut().insert(
+            id,
+            Sink {
+                plus,
+                ..Sink::default()
+            },
+        );
+        Ok((id, self.factory.call(id)?))
+    }
+
+    /// What filler `id` collected; the filler stops working.
+    fn close(&self, id: u64) -> Sink {
+        self.sinks.borrow_mut().remove(&id).unwrap_or_default()
     }
 }
 
 impl Dispatch {
     /// READDIR / READDIRPLUS on open directory `fh`.
-    pub(super) fn readdir(&mut self, ino: u64, fh: u64, offset: u64, reply: DirReply) {
-        let cached = offset > 0 && self.handles.get(&fh).is_some_and(|h| h.dir.is_some());
+    pub(super) async fn readdir(&self, ino: u64, fh: u64, offset: u64, reply: DirReply) {
+        let cached = offset > 0
+            && self
+                .handles
+                .borrow_mut()
+                .get(&fh)
+                .is_some_and(|h| h.dir.is_some());
         if cached {
-            return self.serve_cached(ino, fh, offset, reply);
+            return self.serve_cached(ino, fh, offset, reply).await;
         }
         let path = match self.path(ino) {
             Ok(p) => p,
@@ -182,63 +225,65 @@ impl Dispatch {
         if !self.has(OpName::Readdir) {
             return reply.error(Errno::ENOSYS);
         }
-        {
-            let mut s = self.dirs.sink.borrow_mut();
-            *s = Sink {
-                active: true,
-                plus: reply.plus(),
-                ..Sink::default()
-            };
-        }
-        let r = self.lstr(&path).and_then(|p| {
-            self.call_unit(
-                OpName::Readdir,
-                (p, self.dirs.filler.clone(), self.fi(fh), offset),
-            )
-        });
-        let (entries, used_offsets) = {
-            let mut s = self.dirs.sink.borrow_mut();
-            s.active = false;
-            (std::mem::take(&mut s.entries), s.used_offsets)
+        let (id, filler) = match self.dirs.open(reply.plus()) {
+            Ok(f) => f,
+            Err(_) => return reply.error(Errno::ENOMEM),
         };
+        let r = match self.lstr(&path) {
+            Ok(p) => {
+                self.call_unit(OpName::Readdir, (p, filler, self.fi(fh), offset))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let Sink {
+            entries,
+            used_offsets,
+            ..
+        } = self.dirs.close(id);
         if let Err(e) = r {
             return reply.error(e);
         }
-        let entries = self.complete(&path, entries);
+        let entries = self.complete(&path, entries).await;
         if used_offsets {
             // Offset mode: this call's entries answer this request only.
             let mut reply = reply;
-            self.fill(ino, &entries, None, &mut reply);
+            self.fill(ino, &entries, None, &mut reply).await;
             return reply.ok();
         }
-        match self.handles.get_mut(&fh) {
+        let unkept = match self.handles.borrow_mut().get_mut(&fh) {
             Some(h) => {
                 h.dir = Some(entries);
-                self.serve_cached(ino, fh, offset, reply)
+                None
             }
-            None => {
+            None => Some(entries),
+        };
+        match unkept {
+            None => self.serve_cached(ino, fh, offset, reply).await,
+            Some(entries) => {
                 let mut reply = reply;
-                self.fill(ino, &entries, Some(offset), &mut reply);
+                self.fill(ino, &entries, Some(offset), &mut reply).await;
                 reply.ok()
             }
         }
     }
 
-    fn serve_cached(&mut self, ino: u64, fh: u64, offset: u64, mut reply: DirReply) {
+    async fn serve_cached(&self, ino: u64, fh: u64, offset: u64, mut reply: DirReply) {
         let entries = self
             .handles
+            .borrow_mut()
             .get_mut(&fh)
             .and_then(|h| h.dir.take())
             .unwrap_or_default();
-        self.fill(ino, &entries, Some(offset), &mut reply);
-        if let Some(h) = self.handles.get_mut(&fh) {
+        self.fill(ino, &entries, Some(offset), &mut reply).await;
+        if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
             h.dir = Some(entries);
         }
         reply.ok();
     }
 
     /// Give entries without a stat one from getattr (for their type, and for READDIRPLUS).
-    fn complete(&self, dir: &[u8], mut entries: Vec<DirEnt>) -> Vec<DirEnt> {
+    async fn complete(&self, dir: &[u8], mut entries: Vec<DirEnt>) -> Vec<DirEnt> {
         for e in entries.iter_mut() {
             if e.stat.is_some() || e.name == b"." || e.name == b".." {
                 continue;
@@ -248,15 +293,15 @@ impl Dispatch {
                 p.push(b'/');
             }
             p.extend_from_slice(&e.name);
-            e.stat = self.stat(&p, None).ok();
+            e.stat = self.stat(&p, None).await.ok();
         }
         entries
     }
 
     /// Add entries to the reply until it is full. `index_from`: serve a cached listing from
     /// that position (offsets are positions); `None`: entries carry the script's offsets.
-    fn fill(
-        &mut self,
+    async fn fill(
+        &self,
         dir: u64,
         entries: &[DirEnt],
         index_from: Option<u64>,
@@ -281,7 +326,7 @@ impl Dispatch {
                     child.extend_from_slice(&e.name);
                     fresh = DirEnt {
                         name: e.name.clone(),
-                        stat: self.stat(&child, None).ok(),
+                        stat: self.stat(&child, None).await.ok(),
                         offset: e.offset,
                     };
                     &fresh
@@ -303,13 +348,15 @@ impl Dispatch {
                         None => FileType::RegularFile,
                     };
                     let ino = if e.name == b".." {
-                        self.inodes.parent(dir)
+                        self.inodes.borrow().parent(dir)
                     } else if dot {
                         Some(dir)
                     } else {
-                        self.inodes
-                            .child(dir, &e.name)
-                            .or_else(|| e.stat.and_then(|st| self.inodes.id_for(st.ino)))
+                        let known = self.inodes.borrow().child(dir, &e.name);
+                        known.or_else(|| {
+                            e.stat
+                                .and_then(|st| self.inodes.borrow_mut().id_for(st.ino))
+                        })
                     };
                     let ino = ino.unwrap_or(0xffff_ffff);
                     r.add(INodeNo(ino), off, kind, name)
@@ -322,7 +369,7 @@ impl Dispatch {
                             .stat
                             .unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
                         let ino = if e.name == b".." {
-                            self.inodes.parent(dir).unwrap_or(dir)
+                            self.inodes.borrow().parent(dir).unwrap_or(dir)
                         } else {
                             dir
                         };
@@ -335,7 +382,7 @@ impl Dispatch {
                             Generation(0),
                         )
                     } else if let Some(st) = &e.stat {
-                        let ino = self.inodes.resolve(
+                        let ino = self.inodes.borrow_mut().resolve(
                             dir,
                             &e.name,
                             st.ino,
@@ -351,9 +398,9 @@ impl Dispatch {
                             Generation(0),
                         );
                         if full {
-                            self.inodes.forget(ino, 0);
+                            self.inodes.borrow_mut().forget(ino, 0);
                         } else {
-                            self.inodes.count_lookup(ino);
+                            self.inodes.borrow_mut().count_lookup(ino);
                         }
                         full
                     } else {

@@ -42,17 +42,19 @@ impl Dispatch {
         f
     }
 
-    fn register(&mut self, ino: u64, fi: Table) -> u64 {
-        let fh = self.next_fh;
-        self.next_fh += 1;
-        self.inodes.opened(ino);
-        self.handles.insert(fh, Handle { ino, fi, dir: None });
+    fn register(&self, ino: u64, fi: Table) -> u64 {
+        let fh = self.next_fh.get();
+        self.next_fh.set(fh + 1);
+        self.inodes.borrow_mut().opened(ino);
+        self.handles
+            .borrow_mut()
+            .insert(fh, Handle { ino, fi, dir: None });
         fh
     }
 
     /// open or opendir (both optional: without them the open succeeds).
-    pub(super) fn open(
-        &mut self,
+    pub(super) async fn open(
+        &self,
         ino: u64,
         flags: i32,
         dir: bool,
@@ -61,15 +63,15 @@ impl Dispatch {
         let fi = self.new_fi(flags)?;
         let op = if dir { OpName::Opendir } else { OpName::Open };
         if self.has(op) {
-            self.call_unit(op, (lpath, fi.clone()))?;
+            self.call_unit(op, (lpath, fi.clone())).await?;
         }
         let flags = Self::fopen_flags(&fi, dir);
         Ok((self.register(ino, fi), flags))
     }
 
     /// create; without it the kernel falls back to mknod + open.
-    pub(super) fn create(
-        &mut self,
+    pub(super) async fn create(
+        &self,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -83,15 +85,16 @@ impl Dispatch {
         self.call_unit(
             OpName::Create,
             (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
-        )?;
-        let st = self.stat(&path, Some(fi.clone()))?;
+        )
+        .await?;
+        let st = self.stat(&path, Some(fi.clone())).await?;
         let ino = self.remember(parent, name, &st);
         let flags = Self::fopen_flags(&fi, false);
         let fh = self.register(ino, fi);
         Ok((ino, st, fh, flags))
     }
 
-    pub(super) fn read(
+    pub(super) async fn read(
         &self,
         ino: u64,
         fh: u64,
@@ -99,52 +102,70 @@ impl Dispatch {
         size: u32,
     ) -> Result<mlua::LuaString, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Read, (lpath, size, offset, self.fi(fh)))?;
+        let out = self
+            .call(OpName::Read, (lpath, size, offset, self.fi(fh)))
+            .await?;
         self.want_string(OpName::Read, &path, out)
     }
 
     /// write: the script returns the byte count, or nothing for "all of it".
-    pub(super) fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> Result<u32, Fail> {
+    pub(super) async fn write(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(
-            OpName::Write,
-            (lpath, self.lstr(data)?, offset, self.fi(fh)),
-        )?;
+        let out = self
+            .call(
+                OpName::Write,
+                (lpath, self.lstr(data)?, offset, self.fi(fh)),
+            )
+            .await?;
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Ok(data.len() as u32);
         }
         Ok(self.want_count(OpName::Write, &path, out, data.len() as u64)? as u32)
     }
 
-    pub(super) fn flush(&self, ino: u64, fh: u64) -> Result<(), Fail> {
+    pub(super) async fn flush(&self, ino: u64, fh: u64) -> Result<(), Fail> {
         if !self.has(OpName::Flush) {
             return Ok(());
         }
         let (_, lpath) = self.lpath(ino)?;
-        self.call_unit(OpName::Flush, (lpath, self.fi(fh)))
+        self.call_unit(OpName::Flush, (lpath, self.fi(fh))).await
     }
 
     /// release or releasedir: the handle goes whatever the script answers.
-    pub(super) fn release(&mut self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
+    pub(super) async fn release(&self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
         let r = if self.has(op) {
-            self.lpath(ino)
-                .and_then(|(_, p)| self.call_unit(op, (p, self.fi(fh))))
+            match self.lpath(ino) {
+                Ok((_, p)) => self.call_unit(op, (p, self.fi(fh))).await,
+                Err(e) => Err(e),
+            }
         } else {
             Ok(())
         };
-        if let Some(h) = self.handles.remove(&fh) {
-            self.inodes.closed(h.ino);
+        if let Some(h) = self.handles.borrow_mut().remove(&fh) {
+            self.inodes.borrow_mut().closed(h.ino);
         }
         r
     }
 
     /// fsync or fsyncdir.
-    pub(super) fn fsync(&self, op: OpName, ino: u64, fh: u64, datasync: bool) -> Result<(), Fail> {
+    pub(super) async fn fsync(
+        &self,
+        op: OpName,
+        ino: u64,
+        fh: u64,
+        datasync: bool,
+    ) -> Result<(), Fail> {
         let (_, lpath) = self.lpath(ino)?;
-        self.call_unit(op, (lpath, datasync, self.fi(fh)))
+        self.call_unit(op, (lpath, datasync, self.fi(fh))).await
     }
 
-    fn lock_call(
+    async fn lock_call(
         &self,
         ino: u64,
         fh: u64,
@@ -153,13 +174,15 @@ impl Dispatch {
     ) -> Result<(Vec<u8>, MultiValue), Fail> {
         let (path, lpath) = self.lpath(ino)?;
         let lk = lock.into_lua_table(&self.lua).map_err(|_| Errno::ENOMEM)?;
-        let out = self.call(OpName::Lock, (lpath, self.fi(fh), cmd, lk))?;
+        let out = self
+            .call(OpName::Lock, (lpath, self.fi(fh), cmd, lk))
+            .await?;
         Ok((path, out))
     }
 
     /// F_GETLK: the script returns the conflicting lock, or nothing when there is none.
-    pub(super) fn getlk(&self, ino: u64, fh: u64, lock: Lock) -> Result<Lock, Fail> {
-        let (path, out) = self.lock_call(ino, fh, "getlk", lock)?;
+    pub(super) async fn getlk(&self, ino: u64, fh: u64, lock: Lock) -> Result<Lock, Fail> {
+        let (path, out) = self.lock_call(ino, fh, "getlk", lock).await?;
         match first(out) {
             Some(Value::Table(t)) => {
                 Lock::from_lua(&t).map_err(|e| self.bad_value(OpName::Lock, &path, e))
@@ -171,18 +194,25 @@ impl Dispatch {
         }
     }
 
-    pub(super) fn setlk(&self, ino: u64, fh: u64, lock: Lock, sleep: bool) -> Result<(), Fail> {
+    pub(super) async fn setlk(
+        &self,
+        ino: u64,
+        fh: u64,
+        lock: Lock,
+        sleep: bool,
+    ) -> Result<(), Fail> {
         self.lock_call(ino, fh, if sleep { "setlkw" } else { "setlk" }, lock)
+            .await
             .map(drop)
     }
 
-    pub(super) fn bmap(&self, ino: u64, blocksize: u32, idx: u64) -> Result<u64, Fail> {
+    pub(super) async fn bmap(&self, ino: u64, blocksize: u32, idx: u64) -> Result<u64, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Bmap, (lpath, blocksize, idx))?;
+        let out = self.call(OpName::Bmap, (lpath, blocksize, idx)).await?;
         self.want_count(OpName::Bmap, &path, out, i64::MAX as u64)
     }
 
-    pub(super) fn fallocate(
+    pub(super) async fn fallocate(
         &self,
         ino: u64,
         fh: u64,
@@ -195,9 +225,16 @@ impl Dispatch {
             OpName::Fallocate,
             (lpath, mode, offset, length, self.fi(fh)),
         )
+        .await
     }
 
-    pub(super) fn lseek(&self, ino: u64, fh: u64, offset: i64, whence: i32) -> Result<i64, Fail> {
+    pub(super) async fn lseek(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: i64,
+        whence: i32,
+    ) -> Result<i64, Fail> {
         let w = match whence {
             libc::SEEK_SET => "set",
             libc::SEEK_CUR => "cur",
@@ -207,12 +244,14 @@ impl Dispatch {
             _ => return Err(Errno::EINVAL),
         };
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Lseek, (lpath, offset, w, self.fi(fh)))?;
+        let out = self
+            .call(OpName::Lseek, (lpath, offset, w, self.fi(fh)))
+            .await?;
         Ok(self.want_count(OpName::Lseek, &path, out, i64::MAX as u64)? as i64)
     }
 
     /// copy_file_range between (ino, fh, offset) pairs.
-    pub(super) fn copy_file_range(
+    pub(super) async fn copy_file_range(
         &self,
         src: (u64, u64, u64),
         dst: (u64, u64, u64),
@@ -231,7 +270,7 @@ impl Dispatch {
             len,
             flags,
         );
-        let out = self.call(OpName::CopyFileRange, args)?;
+        let out = self.call(OpName::CopyFileRange, args).await?;
         Ok(self.want_count(
             OpName::CopyFileRange,
             &pout,

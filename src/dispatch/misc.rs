@@ -19,12 +19,12 @@ pub(super) fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, Fail>
 
 impl Dispatch {
     /// statfs; without it, libfuse's defaults.
-    pub(super) fn statfs(&self, ino: u64) -> Result<Statfs, Fail> {
+    pub(super) async fn statfs(&self, ino: u64) -> Result<Statfs, Fail> {
         if !self.has(OpName::Statfs) {
             return Ok(Statfs::default());
         }
         let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
-        let out = self.call(OpName::Statfs, self.lstr(&path)?)?;
+        let out = self.call(OpName::Statfs, self.lstr(&path)?).await?;
         match first(out) {
             Some(Value::Table(t)) => {
                 Statfs::from_lua(&t).map_err(|e| self.bad_value(OpName::Statfs, &path, e))
@@ -38,7 +38,7 @@ impl Dispatch {
         }
     }
 
-    pub(super) fn setxattr(
+    pub(super) async fn setxattr(
         &self,
         ino: u64,
         name: &[u8],
@@ -57,11 +57,14 @@ impl Dispatch {
             OpName::Setxattr,
             (lpath, self.lstr(name)?, self.lstr(value)?, set),
         )
+        .await
     }
 
-    pub(super) fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
+    pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Getxattr, (lpath, self.lstr(name)?))?;
+        let out = self
+            .call(OpName::Getxattr, (lpath, self.lstr(name)?))
+            .await?;
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Err(Errno::ENODATA);
         }
@@ -72,9 +75,9 @@ impl Dispatch {
     }
 
     /// listxattr: an array of names, sent as NUL-terminated names.
-    pub(super) fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+    pub(super) async fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Listxattr, lpath)?;
+        let out = self.call(OpName::Listxattr, lpath).await?;
         let mut buf = Vec::new();
         match first(out) {
             Some(Value::Table(t)) => {
@@ -104,13 +107,14 @@ impl Dispatch {
         }
     }
 
-    pub(super) fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
+    pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
         let (_, lpath) = self.lpath(ino)?;
         self.call_unit(OpName::Removexattr, (lpath, self.lstr(name)?))
+            .await
     }
 
-    pub(super) fn access(&self, ino: u64, mask: i32) -> Result<(), Fail> {
+    pub(super) async fn access(&self, ino: u64, mask: i32) -> Result<(), Fail> {
         let (_, lpath) = self.lpath(ino)?;
-        self.call_unit(OpName::Access, (lpath, mask))
+        self.call_unit(OpName::Access, (lpath, mask)).await
     }
 }

@@ -12,15 +12,20 @@ mod dirs;
 mod files;
 mod misc;
 mod names;
+mod tasks;
 
-use std::cell::Cell;
+pub use tasks::Engine;
+
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileHandle, Generation, ReplyEmpty, ReplyEntry};
-use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Value};
+use mlua::thread::ThreadStatus;
+use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Thread, Value};
 
 use crate::convert::{self, Stat, StatDefaults, Timespec};
 use crate::errno;
@@ -43,7 +48,9 @@ pub struct Config {
     pub op_timeout: Option<Duration>,
 }
 
-/// The context of the request being served, shared with `flu.get_context`.
+/// The context of the request whose Lua code is running, shared with `flu.get_context`. The
+/// executor (`tasks`) sets it each time it resumes a request, so it is right even when
+/// requests interleave.
 pub type CurrentCtx = Rc<Cell<Ctx>>;
 
 /// Why a call did not produce a value.
@@ -63,14 +70,19 @@ pub struct Dispatch {
     trampoline: Function,
     stat_fast: Function,
     dirs: dirs::Lister,
-    inodes: Inodes,
-    handles: HashMap<u64, Handle>,
-    next_fh: u64,
+    inodes: RefCell<Inodes>,
+    handles: RefCell<HashMap<u64, Handle>>,
+    next_fh: Cell<u64>,
     cfg: Config,
     defaults: StatDefaults,
     ctx: CurrentCtx,
     watchdog: Option<Watchdog>,
+    /// Finished coroutines kept for the next calls (creating one per call costs more).
+    threads: RefCell<Vec<Thread>>,
 }
+
+/// How many finished coroutines are kept for reuse.
+const THREAD_POOL: usize = 64;
 
 /// Every operation is called through this: errors become an errno (from `flu.errno` values,
 /// errno names and numbers) or a message with a traceback.
@@ -154,11 +166,11 @@ impl Dispatch {
         }
         let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
         let trampoline: Function = lua.load(TRAMPOLINE).set_name("=flufs").call(errno_of)?;
-        let stat_fast = convert::stat_fast_fn(&lua)?;
         let watchdog = match cfg.op_timeout {
-            Some(t) => Some(Watchdog::start(&lua, t)?),
+            Some(t) => Some(Watchdog::start(t).map_err(mlua::Error::external)?),
             None => None,
         };
+        let stat_fast = convert::stat_fast_fn(&lua)?;
         let defaults = StatDefaults {
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
@@ -171,13 +183,14 @@ impl Dispatch {
             trampoline,
             stat_fast,
             dirs,
-            inodes: Inodes::new(),
-            handles: HashMap::new(),
-            next_fh: 1,
+            inodes: RefCell::new(Inodes::new()),
+            handles: RefCell::new(HashMap::new()),
+            next_fh: Cell::new(1),
             cfg,
             defaults,
             ctx,
             watchdog,
+            threads: RefCell::new(Vec::new()),
         })
     }
 
@@ -186,43 +199,37 @@ impl Dispatch {
     }
 
     /// Call the script's `init`, if any.
-    pub fn init(&mut self) -> Result<(), String> {
+    pub async fn init(&self) -> Result<(), String> {
         if self.has(OpName::Init) {
             self.call(OpName::Init, ())
+                .await
                 .map_err(|e| format!("the script's init failed: {}", errno::strerror(e.code())))?;
         }
         Ok(())
     }
 
     /// Call the script's `destroy`, if any.
-    pub fn destroy(&mut self) {
+    pub async fn destroy(&self) {
         if self.has(OpName::Destroy) {
-            let _ = self.call(OpName::Destroy, ());
+            let _ = self.call(OpName::Destroy, ()).await;
         }
     }
 
-    /// Serve requests until the channel closes or a `Shutdown` arrives.
-    pub fn run(&mut self, rx: &std::sync::mpsc::Receiver<Request>) {
-        while let Ok(req) = rx.recv() {
-            if matches!(req.op, Op::Shutdown) {
-                break;
-            }
-            self.handle(req);
-        }
+    /// The context shared with `flu.get_context`.
+    pub fn ctx(&self) -> &CurrentCtx {
+        &self.ctx
     }
 
     /// Serve one request: the only place replies are sent.
-    pub fn handle(&mut self, req: Request) {
-        self.ctx.set(req.ctx);
+    pub async fn handle(&self, req: Request) {
         let ttl = self.cfg.attr_ttl;
         match req.op {
-            Op::Shutdown => {}
             Op::Lookup {
                 parent,
                 name,
                 reply,
             } => {
-                match self.lookup(parent, name.as_bytes()) {
+                match self.lookup(parent, name.as_bytes()).await {
                     Ok(Some((ino, st))) => self.reply_entry(reply, ino, &st),
                     Ok(None) => {
                         // A negative entry, cached for negative_timeout.
@@ -235,18 +242,18 @@ impl Dispatch {
             }
             Op::Forget { nodes } => {
                 for (ino, n) in nodes {
-                    self.inodes.forget(ino, n);
+                    self.inodes.borrow_mut().forget(ino, n);
                 }
             }
-            Op::Getattr { ino, fh, reply } => match self.getattr(ino, fh) {
+            Op::Getattr { ino, fh, reply } => match self.getattr(ino, fh).await {
                 Ok(st) => reply.attr(&ttl, &st.to_attr(ino)),
                 Err(e) => reply.error(e),
             },
-            Op::Setattr { ino, set, reply } => match self.setattr(ino, set) {
+            Op::Setattr { ino, set, reply } => match self.setattr(ino, set).await {
                 Ok(st) => reply.attr(&ttl, &st.to_attr(ino)),
                 Err(e) => reply.error(e),
             },
-            Op::Readlink { ino, reply } => match self.readlink(ino) {
+            Op::Readlink { ino, reply } => match self.readlink(ino).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(e),
             },
@@ -257,7 +264,7 @@ impl Dispatch {
                 rdev,
                 reply,
             } => {
-                let r = self.mknod(parent, name.as_bytes(), mode, rdev);
+                let r = self.mknod(parent, name.as_bytes(), mode, rdev).await;
                 self.entry_result(reply, r);
             }
             Op::Mkdir {
@@ -266,26 +273,34 @@ impl Dispatch {
                 mode,
                 reply,
             } => {
-                let r = self.mkdir(parent, name.as_bytes(), mode);
+                let r = self.mkdir(parent, name.as_bytes(), mode).await;
                 self.entry_result(reply, r);
             }
             Op::Unlink {
                 parent,
                 name,
                 reply,
-            } => answer(reply, self.remove(OpName::Unlink, parent, name.as_bytes())),
+            } => answer(
+                reply,
+                self.remove(OpName::Unlink, parent, name.as_bytes()).await,
+            ),
             Op::Rmdir {
                 parent,
                 name,
                 reply,
-            } => answer(reply, self.remove(OpName::Rmdir, parent, name.as_bytes())),
+            } => answer(
+                reply,
+                self.remove(OpName::Rmdir, parent, name.as_bytes()).await,
+            ),
             Op::Symlink {
                 parent,
                 name,
                 target,
                 reply,
             } => {
-                let r = self.symlink(parent, name.as_bytes(), target.as_bytes());
+                let r = self
+                    .symlink(parent, name.as_bytes(), target.as_bytes())
+                    .await;
                 self.entry_result(reply, r);
             }
             Op::Rename {
@@ -296,13 +311,15 @@ impl Dispatch {
                 flags,
                 reply,
             } => {
-                let r = self.rename(
-                    parent,
-                    name.as_bytes(),
-                    newparent,
-                    newname.as_bytes(),
-                    flags,
-                );
+                let r = self
+                    .rename(
+                        parent,
+                        name.as_bytes(),
+                        newparent,
+                        newname.as_bytes(),
+                        flags,
+                    )
+                    .await;
                 answer(reply, r)
             }
             Op::Link {
@@ -311,10 +328,10 @@ impl Dispatch {
                 newname,
                 reply,
             } => {
-                let r = self.link(ino, newparent, newname.as_bytes());
+                let r = self.link(ino, newparent, newname.as_bytes()).await;
                 self.entry_result(reply, r);
             }
-            Op::Open { ino, flags, reply } => match self.open(ino, flags, false) {
+            Op::Open { ino, flags, reply } => match self.open(ino, flags, false).await {
                 Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
                 Err(e) => reply.error(e),
             },
@@ -324,7 +341,7 @@ impl Dispatch {
                 offset,
                 size,
                 reply,
-            } => match self.read(ino, fh, offset, size) {
+            } => match self.read(ino, fh, offset, size).await {
                 Ok(s) => {
                     let b = s.as_bytes();
                     reply.data(&b[..b.len().min(size as usize)]);
@@ -337,19 +354,21 @@ impl Dispatch {
                 offset,
                 data,
                 reply,
-            } => match self.write(ino, fh, offset, &data) {
+            } => match self.write(ino, fh, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(e),
             },
-            Op::Flush { ino, fh, reply } => answer(reply, self.flush(ino, fh)),
-            Op::Release { ino, fh, reply } => answer(reply, self.release(OpName::Release, ino, fh)),
+            Op::Flush { ino, fh, reply } => answer(reply, self.flush(ino, fh).await),
+            Op::Release { ino, fh, reply } => {
+                answer(reply, self.release(OpName::Release, ino, fh).await)
+            }
             Op::Fsync {
                 ino,
                 fh,
                 datasync,
                 reply,
-            } => answer(reply, self.fsync(OpName::Fsync, ino, fh, datasync)),
-            Op::Opendir { ino, flags, reply } => match self.open(ino, flags, true) {
+            } => answer(reply, self.fsync(OpName::Fsync, ino, fh, datasync).await),
+            Op::Opendir { ino, flags, reply } => match self.open(ino, flags, true).await {
                 Ok((fh, flags)) => reply.opened(FileHandle(fh), flags),
                 Err(e) => reply.error(e),
             },
@@ -358,23 +377,29 @@ impl Dispatch {
                 fh,
                 offset,
                 reply,
-            } => self.readdir(ino, fh, offset, dirs::DirReply::Plain(reply)),
+            } => {
+                self.readdir(ino, fh, offset, dirs::DirReply::Plain(reply))
+                    .await
+            }
             Op::Readdirplus {
                 ino,
                 fh,
                 offset,
                 reply,
-            } => self.readdir(ino, fh, offset, dirs::DirReply::Plus(reply)),
+            } => {
+                self.readdir(ino, fh, offset, dirs::DirReply::Plus(reply))
+                    .await
+            }
             Op::Releasedir { ino, fh, reply } => {
-                answer(reply, self.release(OpName::Releasedir, ino, fh))
+                answer(reply, self.release(OpName::Releasedir, ino, fh).await)
             }
             Op::Fsyncdir {
                 ino,
                 fh,
                 datasync,
                 reply,
-            } => answer(reply, self.fsync(OpName::Fsyncdir, ino, fh, datasync)),
-            Op::Statfs { ino, reply } => match self.statfs(ino) {
+            } => answer(reply, self.fsync(OpName::Fsyncdir, ino, fh, datasync).await),
+            Op::Statfs { ino, reply } => match self.statfs(ino).await {
                 Ok(s) => reply.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namemax, s.frsize,
                 ),
@@ -386,27 +411,30 @@ impl Dispatch {
                 value,
                 flags,
                 reply,
-            } => answer(reply, self.setxattr(ino, name.as_bytes(), &value, flags)),
+            } => answer(
+                reply,
+                self.setxattr(ino, name.as_bytes(), &value, flags).await,
+            ),
             Op::Getxattr {
                 ino,
                 name,
                 size,
                 reply,
-            } => misc::xattr_reply(reply, size, self.getxattr(ino, name.as_bytes())),
+            } => misc::xattr_reply(reply, size, self.getxattr(ino, name.as_bytes()).await),
             Op::Listxattr { ino, size, reply } => {
-                misc::xattr_reply(reply, size, self.listxattr(ino))
+                misc::xattr_reply(reply, size, self.listxattr(ino).await)
             }
             Op::Removexattr { ino, name, reply } => {
-                answer(reply, self.removexattr(ino, name.as_bytes()))
+                answer(reply, self.removexattr(ino, name.as_bytes()).await)
             }
-            Op::Access { ino, mask, reply } => answer(reply, self.access(ino, mask)),
+            Op::Access { ino, mask, reply } => answer(reply, self.access(ino, mask).await),
             Op::Create {
                 parent,
                 name,
                 mode,
                 flags,
                 reply,
-            } => match self.create(parent, name.as_bytes(), mode, flags) {
+            } => match self.create(parent, name.as_bytes(), mode, flags).await {
                 Ok((ino, st, fh, flags)) => reply.created(
                     &self.cfg.entry_ttl,
                     &st.to_attr(ino),
@@ -425,16 +453,19 @@ impl Dispatch {
                 pid,
                 reply,
             } => {
-                match self.getlk(
-                    ino,
-                    fh,
-                    convert::Lock {
-                        typ,
-                        start,
-                        end,
-                        pid,
-                    },
-                ) {
+                match self
+                    .getlk(
+                        ino,
+                        fh,
+                        convert::Lock {
+                            typ,
+                            start,
+                            end,
+                            pid,
+                        },
+                    )
+                    .await
+                {
                     Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
                     Err(e) => reply.error(e),
                 }
@@ -455,14 +486,14 @@ impl Dispatch {
                     end,
                     pid,
                 };
-                answer(reply, self.setlk(ino, fh, lock, sleep))
+                answer(reply, self.setlk(ino, fh, lock, sleep).await)
             }
             Op::Bmap {
                 ino,
                 blocksize,
                 idx,
                 reply,
-            } => match self.bmap(ino, blocksize, idx) {
+            } => match self.bmap(ino, blocksize, idx).await {
                 Ok(b) => reply.bmap(b),
                 Err(e) => reply.error(e),
             },
@@ -473,14 +504,14 @@ impl Dispatch {
                 length,
                 mode,
                 reply,
-            } => answer(reply, self.fallocate(ino, fh, offset, length, mode)),
+            } => answer(reply, self.fallocate(ino, fh, offset, length, mode).await),
             Op::Lseek {
                 ino,
                 fh,
                 offset,
                 whence,
                 reply,
-            } => match self.lseek(ino, fh, offset, whence) {
+            } => match self.lseek(ino, fh, offset, whence).await {
                 Ok(o) => reply.offset(o),
                 Err(e) => reply.error(e),
             },
@@ -495,12 +526,14 @@ impl Dispatch {
                 flags,
                 reply,
             } => {
-                let r = self.copy_file_range(
-                    (ino_in, fh_in, off_in),
-                    (ino_out, fh_out, off_out),
-                    len,
-                    flags,
-                );
+                let r = self
+                    .copy_file_range(
+                        (ino_in, fh_in, off_in),
+                        (ino_out, fh_out, off_out),
+                        len,
+                        flags,
+                    )
+                    .await;
                 match r {
                     Ok(n) => reply.written(n),
                     Err(e) => reply.error(e),
@@ -509,8 +542,47 @@ impl Dispatch {
         }
     }
 
+    /// Run the trampoline with `argv` in a coroutine of its own, which suspends when the script
+    /// waits (network, timers) and lets other requests run meanwhile. Returns the outcome and
+    /// whether `--op-timeout` interrupted it.
+    async fn run_coroutine(&self, argv: MultiValue) -> (mlua::Result<MultiValue>, bool) {
+        let pooled = self.threads.borrow_mut().pop();
+        let thread = match pooled {
+            Some(t) => t,
+            None => match self.lua.create_thread(self.trampoline.clone()) {
+                Ok(t) => t,
+                Err(e) => return (Err(e), false),
+            },
+        };
+        let state = thread.to_pointer();
+        let mut fut = match thread.clone().into_async::<MultiValue>(argv) {
+            Ok(f) => std::pin::pin!(f),
+            Err(e) => return (Err(e), false),
+        };
+        let mut interrupted = false;
+        let outcome = std::future::poll_fn(|cx| match &self.watchdog {
+            Some(w) => {
+                w.arm(state);
+                let r = fut.as_mut().poll(cx);
+                interrupted |= w.disarm();
+                r
+            }
+            None => fut.as_mut().poll(cx),
+        })
+        .await;
+        // Keep the coroutine for another call once it is back to its initial state.
+        let mut pool = self.threads.borrow_mut();
+        if pool.len() < THREAD_POOL
+            && thread.status() == ThreadStatus::Finished
+            && thread.reset(self.trampoline.clone()).is_ok()
+        {
+            pool.push(thread);
+        }
+        (outcome, interrupted)
+    }
+
     /// Call operation `op` through the error-catching trampoline.
-    fn call(&self, op: OpName, args: impl IntoLuaMulti) -> Result<MultiValue, Fail> {
+    async fn call(&self, op: OpName, args: impl IntoLuaMulti) -> Result<MultiValue, Fail> {
         let Some(f) = self.ops.get(op) else {
             return Err(Errno::ENOSYS);
         };
@@ -524,11 +596,9 @@ impl Dispatch {
         };
         let trace_args = start.map(|_| argv.iter().map(show).collect::<Vec<_>>().join(", "));
         argv.push_front(Value::Function(f.clone()));
-        if let Some(w) = &self.watchdog {
-            w.arm();
-        }
-        let outcome = self.trampoline.call::<MultiValue>(argv);
-        let interrupted = self.watchdog.as_ref().is_some_and(Watchdog::disarm);
+        let outcome = self.run_coroutine(argv).await;
+        let interrupted = outcome.1;
+        let outcome = outcome.0;
         let result = match outcome {
             Ok(mut out) => match out.pop_front() {
                 Some(Value::Boolean(true)) => Ok(out),
@@ -574,7 +644,7 @@ impl Dispatch {
 
     /// Call `op` with `fi` appended when there is one (Flu's chmod, chown, truncate and
     /// utimens have no `fi`; flufs passes it as an extra last argument when it has one).
-    fn call_with_fi(
+    async fn call_with_fi(
         &self,
         op: OpName,
         args: impl IntoLuaMulti,
@@ -584,12 +654,12 @@ impl Dispatch {
         if let Some(fi) = fi {
             argv.push_back(Value::Table(fi.clone()));
         }
-        self.call_unit(op, argv)
+        self.call_unit(op, argv).await
     }
 
     /// Call `op` and ignore what it returns.
-    fn call_unit(&self, op: OpName, args: impl IntoLuaMulti) -> Result<(), Fail> {
-        self.call(op, args).map(drop)
+    async fn call_unit(&self, op: OpName, args: impl IntoLuaMulti) -> Result<(), Fail> {
+        self.call(op, args).await.map(drop)
     }
 
     /// Log that `op` returned something of the wrong shape; the request gets EIO.
@@ -648,7 +718,7 @@ impl Dispatch {
     }
 
     fn path(&self, ino: u64) -> Result<Vec<u8>, Fail> {
-        self.inodes.path(ino).ok_or(Errno::ESTALE)
+        self.inodes.borrow_mut().path(ino).ok_or(Errno::ESTALE)
     }
 
     /// The path of `ino` as a Lua string.
@@ -662,11 +732,14 @@ impl Dispatch {
         if name.len() > 255 {
             return Err(Errno::ENAMETOOLONG);
         }
-        self.inodes.child_path(parent, name).ok_or(Errno::ESTALE)
+        self.inodes
+            .borrow_mut()
+            .child_path(parent, name)
+            .ok_or(Errno::ESTALE)
     }
 
     fn fi(&self, fh: u64) -> Option<Table> {
-        self.handles.get(&fh).map(|h| h.fi.clone())
+        self.handles.borrow_mut().get(&fh).map(|h| h.fi.clone())
     }
 
     /// The `fi` of handle `fh`, or, for a node no name refers to any more (unlinked while
@@ -675,9 +748,10 @@ impl Dispatch {
         if let Some(fi) = fh.and_then(|fh| self.fi(fh)) {
             return Some(fi);
         }
-        if self.inodes.is_removed(ino) {
+        if self.inodes.borrow_mut().is_removed(ino) {
             return self
                 .handles
+                .borrow_mut()
                 .values()
                 .find(|h| h.ino == ino)
                 .map(|h| h.fi.clone());
@@ -690,8 +764,9 @@ impl Dispatch {
     }
 
     /// Record a lookup of `name` in `parent` with attributes `st`; returns the node id.
-    fn remember(&mut self, parent: u64, name: &[u8], st: &Stat) -> u64 {
+    fn remember(&self, parent: u64, name: &[u8], st: &Stat) -> u64 {
         self.inodes
+            .borrow_mut()
             .lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink)
     }
 

@@ -7,8 +7,8 @@ use super::{Dispatch, Fail};
 use crate::ops::OpName;
 
 impl Dispatch {
-    pub(super) fn mknod(
-        &mut self,
+    pub(super) async fn mknod(
+        &self,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -18,12 +18,13 @@ impl Dispatch {
         self.call_unit(
             OpName::Mknod,
             (self.lstr(&path)?, self.modeset(mode)?, rdev),
-        )?;
-        self.new_entry(parent, name, &path)
+        )
+        .await?;
+        self.new_entry(parent, name, &path).await
     }
 
-    pub(super) fn mkdir(
-        &mut self,
+    pub(super) async fn mkdir(
+        &self,
         parent: u64,
         name: &[u8],
         mode: u32,
@@ -31,46 +32,49 @@ impl Dispatch {
         let path = self.child_path(parent, name)?;
         // Flu's mkdir set has no `dir` key.
         let set = self.modeset(mode & !libc::S_IFMT)?;
-        self.call_unit(OpName::Mkdir, (self.lstr(&path)?, set))?;
-        self.new_entry(parent, name, &path)
+        self.call_unit(OpName::Mkdir, (self.lstr(&path)?, set))
+            .await?;
+        self.new_entry(parent, name, &path).await
     }
 
-    pub(super) fn symlink(
-        &mut self,
+    pub(super) async fn symlink(
+        &self,
         parent: u64,
         name: &[u8],
         target: &[u8],
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let path = self.child_path(parent, name)?;
-        self.call_unit(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))?;
-        self.new_entry(parent, name, &path)
+        self.call_unit(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))
+            .await?;
+        self.new_entry(parent, name, &path).await
     }
 
     /// A hard link: the new name is the same node as `ino`, whatever the script's ino says.
-    pub(super) fn link(
-        &mut self,
+    pub(super) async fn link(
+        &self,
         ino: u64,
         newparent: u64,
         newname: &[u8],
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let from = self.path(ino)?;
         let to = self.child_path(newparent, newname)?;
-        self.call_unit(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))?;
-        let st = self.stat(&to, None)?;
-        self.inodes.link(ino, newparent, newname);
+        self.call_unit(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))
+            .await?;
+        let st = self.stat(&to, None).await?;
+        self.inodes.borrow_mut().link(ino, newparent, newname);
         Ok((ino, st))
     }
 
     /// unlink or rmdir.
-    pub(super) fn remove(&mut self, op: OpName, parent: u64, name: &[u8]) -> Result<(), Fail> {
+    pub(super) async fn remove(&self, op: OpName, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let path = self.child_path(parent, name)?;
-        self.call_unit(op, self.lstr(&path)?)?;
-        self.inodes.unlink(parent, name);
+        self.call_unit(op, self.lstr(&path)?).await?;
+        self.inodes.borrow_mut().unlink(parent, name);
         Ok(())
     }
 
-    pub(super) fn rename(
-        &mut self,
+    pub(super) async fn rename(
+        &self,
         parent: u64,
         name: &[u8],
         newparent: u64,
@@ -89,18 +93,23 @@ impl Dispatch {
         if flags & libc::RENAME_EXCHANGE != 0 {
             let _ = set.raw_set("exchange", true);
         }
-        self.call_unit(OpName::Rename, (self.lstr(&from)?, self.lstr(&to)?, set))?;
+        self.call_unit(OpName::Rename, (self.lstr(&from)?, self.lstr(&to)?, set))
+            .await?;
         if flags & libc::RENAME_EXCHANGE != 0 {
-            self.inodes.exchange(parent, name, newparent, newname);
+            self.inodes
+                .borrow_mut()
+                .exchange(parent, name, newparent, newname);
         } else {
-            self.inodes.rename(parent, name, newparent, newname);
+            self.inodes
+                .borrow_mut()
+                .rename(parent, name, newparent, newname);
         }
         Ok(())
     }
 
-    pub(super) fn readlink(&self, ino: u64) -> Result<Vec<u8>, Fail> {
+    pub(super) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self.call(OpName::Readlink, (lpath, 4096))?;
+        let out = self.call(OpName::Readlink, (lpath, 4096)).await?;
         Ok(self
             .want_string(OpName::Readlink, &path, out)?
             .as_bytes()

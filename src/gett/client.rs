@@ -275,8 +275,6 @@ pub fn request(
     body: Option<(Body, &str)>,
     timeout: Duration,
 ) -> Result<Answer> {
-    // Waiting on the network is not runaway Lua: stop the --op-timeout clock meanwhile.
-    let _paused = crate::watchdog::pause();
     let mut rb = client.request(method, url).timeout(timeout);
     if let Some((data, ctype)) = body {
         if !ctype.is_empty() {
@@ -325,7 +323,6 @@ pub fn content_range_start(v: &str) -> Option<u64> {
 /// GET a blob (following redirects) with an optional byte range. A server that ignores the
 /// range (200) is read and sliced here; a range past the end (416) gives no bytes.
 pub fn download(client: &Client, url: Url, range: Range, timeout: Duration) -> Result<Vec<u8>> {
-    let _paused = crate::watchdog::pause();
     let mut rb = client.get(url).timeout(timeout);
     if let Some(h) = range.header() {
         rb = rb.header(reqwest::header::RANGE, h);

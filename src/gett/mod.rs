@@ -261,23 +261,50 @@ fn login(lua: &Lua, opts: Value) -> mlua::Result<MultiValue> {
 /// A logged-in session as Lua sees it (`s:user()`, ...).
 struct LuaSession(Arc<Session>);
 
-/// Register a method taking the positional arguments after self.
-fn method<M, F>(methods: &mut M, name: &'static str, f: F)
+/// What a session call produces, before it becomes Lua values.
+enum Out {
+    Json(Json),
+    Done,
+    Bytes(Vec<u8>),
+}
+
+/// The HTTP part of a call: plain Rust, run on the blocking pool.
+type Job = Box<dyn FnOnce(&Session) -> Result<Out, GettError> + Send>;
+
+/// Register a method: `prepare` checks the positional arguments after self (on the Lua thread)
+/// and returns the HTTP work, which runs on a worker thread while only the calling request's
+/// coroutine waits.
+fn method<M, F>(methods: &mut M, name: &'static str, prepare: F)
 where
     M: UserDataMethods<LuaSession>,
-    F: Fn(&Lua, &Session, &Args) -> mlua::Result<MultiValue> + 'static,
+    F: Fn(&Args) -> mlua::Result<Job> + 'static,
 {
-    methods.add_method(name, move |lua, this, args: MultiValue| {
+    methods.add_async_method(name, move |lua, this, args: MultiValue| {
+        let session = this.0.clone();
         let values: Vec<Value> = args.into_iter().collect();
-        f(
-            lua,
-            &this.0,
-            &Args {
-                func: name,
-                values: &values,
-            },
-        )
+        let job = prepare(&Args {
+            func: name,
+            values: &values,
+        });
+        async move {
+            let job = job?;
+            let r = crate::runtime::blocking(name, move || job(&session)).await?;
+            match r {
+                Ok(Out::Json(v)) => ret_json(&lua, Ok(v)),
+                Ok(Out::Done) => ret(&lua, Ok(true)),
+                Ok(Out::Bytes(b)) => lua.create_string(b)?.into_lua_multi(&lua),
+                Err(e) => ret::<()>(&lua, Err(e)),
+            }
+        }
     });
+}
+
+fn json(f: impl FnOnce(&Session) -> Result<Json, GettError> + Send + 'static) -> mlua::Result<Job> {
+    Ok(Box::new(move |s| f(s).map(Out::Json)))
+}
+
+fn done(f: impl FnOnce(&Session) -> Result<(), GettError> + Send + 'static) -> mlua::Result<Job> {
+    Ok(Box::new(move |s| f(s).map(|()| Out::Done)))
 }
 
 impl UserData for LuaSession {
@@ -285,69 +312,64 @@ impl UserData for LuaSession {
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
             Ok(format!("gett session ({})", this.0.api_display()))
         });
-        method(methods, "user", |lua, s, _| ret_json(lua, s.user()));
-        method(methods, "shares", |lua, s, _| ret_json(lua, s.shares()));
-        method(methods, "share", |lua, s, a| {
+        method(methods, "user", |_| json(|s| s.user()));
+        method(methods, "shares", |_| json(|s| s.shares()));
+        method(methods, "share", |a| {
             let name = a.name(0)?;
-            ret_json(lua, s.share(&name))
+            json(move |s| s.share(&name))
         });
-        method(methods, "create_share", |lua, s, a| {
-            let r = match a.text(0, true)? {
-                None => s.create_share(None),
-                Some(Ok(t)) => s.create_share(Some(&t)),
-                Some(Err(e)) => Err(e),
-            };
-            ret_json(lua, r)
+        method(methods, "create_share", |a| match a.text(0, true)? {
+            None => json(|s| s.create_share(None)),
+            Some(Ok(t)) => json(move |s| s.create_share(Some(&t))),
+            Some(Err(e)) => json(move |_| Err(e)),
         });
-        method(methods, "update_share", |lua, s, a| {
+        method(methods, "update_share", |a| {
             let name = a.name(0)?;
-            let r = match a.text(1, true)? {
-                None => s.update_share(&name, None),
-                Some(Ok(t)) => s.update_share(&name, Some(&t)),
-                Some(Err(e)) => Err(e),
-            };
-            ret_json(lua, r)
+            match a.text(1, true)? {
+                None => json(move |s| s.update_share(&name, None)),
+                Some(Ok(t)) => json(move |s| s.update_share(&name, Some(&t))),
+                Some(Err(e)) => json(move |_| Err(e)),
+            }
         });
-        method(methods, "destroy_share", |lua, s, a| {
+        method(methods, "destroy_share", |a| {
             let name = a.name(0)?;
-            ret(lua, s.destroy_share(&name).map(|()| true))
+            done(move |s| s.destroy_share(&name))
         });
-        method(methods, "file", |lua, s, a| {
+        method(methods, "file", |a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);
-            ret_json(lua, s.file(&share, &id))
+            json(move |s| s.file(&share, &id))
         });
-        method(methods, "create_file", |lua, s, a| {
+        method(methods, "create_file", |a| {
             let share = a.name(0)?;
-            let r = match a.text(1, false)? {
-                Some(Ok(name)) => s.create_file(&share, &name),
-                Some(Err(e)) => Err(e),
-                None => return Err(bad_arg("create_file", 2, "string", a.get(1))),
-            };
-            ret_json(lua, r)
+            match a.text(1, false)? {
+                Some(Ok(name)) => json(move |s| s.create_file(&share, &name)),
+                Some(Err(e)) => json(move |_| Err(e)),
+                None => Err(bad_arg("create_file", 2, "string", a.get(1))),
+            }
         });
-        method(methods, "upload", |lua, s, a| {
+        method(methods, "upload", |a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);
             let data = match a.get(2) {
                 Value::String(d) => Arc::<[u8]>::from(&*d.as_bytes()),
                 v => return Err(bad_arg("upload", 3, "string", v)),
             };
-            ret(lua, s.upload(&share, &id, data).map(|()| true))
+            done(move |s| s.upload(&share, &id, data))
         });
-        method(methods, "download", |lua, s, a| {
+        method(methods, "download", |a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);
             let offset = a.count(2)?.unwrap_or(0);
             let length = a.count(3)?;
-            match s.download(&share, &id, Range { offset, length }) {
-                Ok(bytes) => lua.create_string(bytes)?.into_lua_multi(lua),
-                Err(e) => ret::<()>(lua, Err(e)),
-            }
+            Ok(Box::new(move |s: &Session| {
+                s.download(&share, &id, Range { offset, length })
+                    .map(Out::Bytes)
+            }))
         });
-        method(methods, "destroy_file", |lua, s, a| {
+        method(methods, "destroy_file", |a| {
             let (share, id) = (a.name(0)?, a.fileid(1)?);
-            ret(lua, s.destroy_file(&share, &id).map(|()| true))
+            done(move |s| s.destroy_file(&share, &id))
         });
-        method(methods, "refreshtoken", |lua, s, _| {
-            s.refresh_token().into_lua_multi(lua)
+        methods.add_method("refreshtoken", |lua, s, ()| {
+            s.0.refresh_token().into_lua_multi(lua)
         });
     }
 }

@@ -1,7 +1,7 @@
 //! The HTTP side of the `http` Lua module, free of Lua: a `Request` of plain values in, a
 //! `Response` or an `HttpError` out. Everything here is `Send` so `perform` can run on a
 //! worker thread while the calling Lua coroutine is suspended (issue 6). It does not touch the
-//! `--op-timeout` watchdog: the caller decides how waiting is accounted (`super` pauses it).
+//! `--op-timeout` watchdog: the caller runs it on a worker thread (`super`).
 //!
 //! Requests go through the one process-wide reqwest client that `gett` uses (connection reuse,
 //! rustls, a 10 s connect limit, up to 10 redirects followed, proxies from the environment).

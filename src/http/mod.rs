@@ -41,31 +41,28 @@ const ERROR_MT: &str = "flufs.http.error";
 /// Make `require "http"` return the module.
 pub fn register(lua: &Lua) -> mlua::Result<()> {
     let m = lua.create_table()?;
-    m.raw_set("request", lua.create_function(request)?)?;
     m.raw_set(
-        "get",
-        lua.create_function(|lua, args: MultiValue| {
-            shorthand(lua, "get", Method::GET, false, args)
+        "request",
+        lua.create_async_function(|lua, arg: Value| {
+            let req = request(&lua, arg);
+            run(lua, req)
         })?,
     )?;
-    m.raw_set(
-        "post",
-        lua.create_function(|lua, args: MultiValue| {
-            shorthand(lua, "post", Method::POST, true, args)
-        })?,
-    )?;
-    m.raw_set(
-        "put",
-        lua.create_function(|lua, args: MultiValue| {
-            shorthand(lua, "put", Method::PUT, true, args)
-        })?,
-    )?;
-    m.raw_set(
-        "delete",
-        lua.create_function(|lua, args: MultiValue| {
-            shorthand(lua, "delete", Method::DELETE, false, args)
-        })?,
-    )?;
+    let shorthands = [
+        ("get", Method::GET, false),
+        ("post", Method::POST, true),
+        ("put", Method::PUT, true),
+        ("delete", Method::DELETE, false),
+    ];
+    for (name, method, with_body) in shorthands {
+        m.raw_set(
+            name,
+            lua.create_async_function(move |lua, args: MultiValue| {
+                let req = shorthand(&lua, name, method.clone(), with_body, args);
+                run(lua, req)
+            })?,
+        )?;
+    }
     m.raw_set("escape", lua.create_function(escape)?)?;
     m.raw_set("unescape", lua.create_function(unescape)?)?;
     m.raw_set("timeout", client::DEFAULT_TIMEOUT.as_secs())?;
@@ -243,7 +240,7 @@ fn body(func: &str, v: &Value) -> mlua::Result<Option<Vec<u8>>> {
 const FIELDS: [&str; 5] = ["method", "url", "headers", "body", "timeout"];
 
 /// `http.request{method=, url=, headers=, body=, timeout=}` (or `http.request(url)`: a GET).
-fn request(lua: &Lua, arg: Value) -> mlua::Result<MultiValue> {
+fn request(lua: &Lua, arg: Value) -> mlua::Result<Request> {
     const F: &str = "request";
     let req = match &arg {
         Value::String(_) => Request {
@@ -308,7 +305,7 @@ fn request(lua: &Lua, arg: Value) -> mlua::Result<MultiValue> {
         }
         v => return Err(bad_arg(F, 1, "table or string", v)),
     };
-    run(lua, req)
+    Ok(req)
 }
 
 /// `http.get(url [, headers])`, `http.post(url, body [, headers])`, ...
@@ -318,7 +315,7 @@ fn shorthand(
     method: Method,
     with_body: bool,
     args: MultiValue,
-) -> mlua::Result<MultiValue> {
+) -> mlua::Result<Request> {
     let args: Vec<Value> = args.into_iter().collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or(Value::Nil);
     let url_v = arg(0);
@@ -341,20 +338,19 @@ fn shorthand(
         body: body(func, &body_v)?,
         timeout: default_timeout(lua, func)?,
     };
-    run(lua, req)
+    Ok(req)
 }
 
 // --- results --------------------------------------------------------------------------------
 
-/// Perform the request; the time spent waiting does not count towards `--op-timeout`.
-fn run(lua: &Lua, req: Request) -> mlua::Result<MultiValue> {
-    let result = {
-        let _paused = crate::watchdog::pause();
-        client::perform(req)
-    };
+/// Perform the request on a worker thread: only the calling request's coroutine waits, and
+/// the wait does not count towards `--op-timeout`.
+async fn run(lua: Lua, req: mlua::Result<Request>) -> mlua::Result<MultiValue> {
+    let req = req?;
+    let result = crate::runtime::blocking("http", move || client::perform(req)).await?;
     match result {
-        Ok(resp) => answer(lua, resp),
-        Err(e) => (Value::Nil, error_table(lua, &e)?).into_lua_multi(lua),
+        Ok(resp) => answer(&lua, resp),
+        Err(e) => (Value::Nil, error_table(&lua, &e)?).into_lua_multi(&lua),
     }
 }
 

@@ -1,0 +1,248 @@
+//! The executor: the requests in flight, each a future over the one dispatcher, run by
+//! whichever thread holds the dispatcher's lock. A kernel thread that reads a request takes the
+//! lock and runs it at once (no hand-over to another thread, no second wake-up); most requests
+//! finish there. One that waits (a `gett`/`http` call, `flu.sleep`) is kept as a pending task;
+//! when what it waits for is done, its waker queues it, and the next holder of the lock (the
+//! kernel thread done with its own request, or the mount's main thread, which waits for
+//! exactly this) resumes it. Only one thread ever runs Lua at a time: scripts need no locks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+use super::Dispatch;
+use crate::kernel::{Ctx, Request, Sink};
+use crate::log;
+
+type Job = Pin<Box<dyn Future<Output = ()>>>;
+
+struct Task {
+    fut: Job,
+    ctx: Ctx,
+    waker: Waker,
+}
+
+/// Everything that touches Lua: the dispatcher and the suspended requests.
+pub struct Owned {
+    dispatch: Rc<Dispatch>,
+    tasks: HashMap<u64, Task>,
+    next: u64,
+}
+
+// SAFETY: `Owned` holds the Lua state and values of it (through `Rc`s and mlua handles that are
+// not thread-safe). It is only ever reached through `Engine::owned`'s mutex, so one thread at a
+// time uses it, with the mutex ordering every use after the previous one; nothing of it is
+// shared with anything outside (wakers carry only a task id). `Engine::close` hands it back to
+// the thread that made it, which drops it there.
+unsafe impl Send for Owned {}
+
+/// The task id of the future `Engine::block_on` runs.
+const BLOCK_ON: u64 = u64::MAX;
+
+/// Tasks whose wait is over, and the stop flag, with which the main thread sleeps.
+#[derive(Default)]
+struct Ready {
+    ids: Mutex<Vec<u64>>,
+    any: AtomicBool,
+    /// The future of `Engine::block_on` was woken (kept apart from `ids`: a kernel thread that
+    /// resumes ready tasks must not take its wake-up).
+    block_on: AtomicBool,
+    stop: AtomicBool,
+    cv: Condvar,
+}
+
+impl Ready {
+    fn ids(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.ids.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, id: u64) {
+        let mut g = self.ids();
+        if id == BLOCK_ON {
+            self.block_on.store(true, Ordering::Release);
+        } else {
+            g.push(id);
+            self.any.store(true, Ordering::Release);
+        }
+        self.cv.notify_all();
+    }
+
+    fn take(&self) -> Vec<u64> {
+        if !self.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut g = self.ids();
+        self.any.store(false, Ordering::Release);
+        std::mem::take(&mut *g)
+    }
+
+    /// Sleep until a task is ready or the engine stops (or, with `for_block_on`, the future
+    /// of `block_on` is woken).
+    fn wait(&self, for_block_on: bool) {
+        let mut g = self.ids();
+        while g.is_empty()
+            && !self.stop.load(Ordering::Acquire)
+            && !(for_block_on && self.block_on.load(Ordering::Acquire))
+        {
+            g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+struct TaskWaker {
+    id: u64,
+    ready: Arc<Ready>,
+}
+
+impl Wake for TaskWaker {
+    fn wake(self: Arc<Self>) {
+        self.ready.push(self.id);
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.push(self.id);
+    }
+}
+
+fn waker(id: u64, ready: &Arc<Ready>) -> Waker {
+    Waker::from(Arc::new(TaskWaker {
+        id,
+        ready: ready.clone(),
+    }))
+}
+
+/// Poll `fut` once; a panic in flufs's own code fails this request only.
+fn poll_guarded(fut: &mut Job, waker: &Waker) -> bool {
+    let mut cx = Context::from_waker(waker);
+    match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(())) => true,
+        Ok(Poll::Pending) => false,
+        Err(_) => {
+            log::error("internal error while serving a request (the request gets EIO)");
+            true
+        }
+    }
+}
+
+impl Owned {
+    fn start(&mut self, req: Request, ready: &Arc<Ready>) {
+        let id = self.next;
+        self.next += 1;
+        let ctx = req.ctx;
+        let d = self.dispatch.clone();
+        let mut fut: Job = Box::pin(async move { d.handle(req).await });
+        let waker = waker(id, ready);
+        self.dispatch.ctx().set(ctx);
+        if !poll_guarded(&mut fut, &waker) {
+            self.tasks.insert(id, Task { fut, ctx, waker });
+        }
+    }
+
+    /// Resume every task whose wait is over.
+    fn drain(&mut self, ready: &Ready) {
+        loop {
+            let ids = ready.take();
+            if ids.is_empty() {
+                return;
+            }
+            for id in ids {
+                let Some(t) = self.tasks.get_mut(&id) else {
+                    continue;
+                };
+                self.dispatch.ctx().set(t.ctx);
+                let waker = t.waker.clone();
+                if poll_guarded(&mut t.fut, &waker) {
+                    self.tasks.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// The dispatcher, shared by the kernel threads and the mount's main thread.
+pub struct Engine {
+    owned: Mutex<Option<Owned>>,
+    ready: Arc<Ready>,
+}
+
+impl Engine {
+    pub fn new(dispatch: Dispatch) -> Arc<Engine> {
+        Arc::new(Engine {
+            owned: Mutex::new(Some(Owned {
+                dispatch: Rc::new(dispatch),
+                tasks: HashMap::new(),
+                next: 1,
+            })),
+            ready: Arc::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<Owned>> {
+        self.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Run `make`'s future (the script's init or destroy) to completion on this thread,
+    /// serving other requests while it waits. `None` once the engine is closed.
+    pub fn block_on<T>(
+        &self,
+        make: impl FnOnce(Rc<Dispatch>) -> Pin<Box<dyn Future<Output = T>>>,
+    ) -> Option<T> {
+        let waker = waker(BLOCK_ON, &self.ready);
+        let mut cx = Context::from_waker(&waker);
+        let mut g = self.lock();
+        let mut fut = make(g.as_ref()?.dispatch.clone());
+        loop {
+            let o = g.as_mut()?;
+            o.dispatch.ctx().set(Ctx::default());
+            self.ready.block_on.store(false, Ordering::Release);
+            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return Some(v);
+            }
+            o.drain(&self.ready);
+            drop(g);
+            self.ready.wait(true);
+            g = self.lock();
+        }
+    }
+
+    /// Serve ready tasks on this thread until `stop` is called.
+    pub fn run_until_stopped(&self) {
+        loop {
+            self.ready.wait(false);
+            if self.ready.stop.load(Ordering::Acquire) {
+                return;
+            }
+            if let Some(o) = self.lock().as_mut() {
+                o.drain(&self.ready);
+            }
+        }
+    }
+
+    /// End `run_until_stopped` (from any thread).
+    pub fn stop(&self) {
+        self.ready.stop.store(true, Ordering::Release);
+        let _g = self.ready.ids();
+        self.ready.cv.notify_all();
+    }
+
+    /// Take the dispatcher and its pending requests out; requests from now on get EIO.
+    /// The caller drops what it gets on the thread that made the dispatcher.
+    pub fn close(&self) -> Option<Owned> {
+        self.lock().take()
+    }
+}
+
+impl Sink for Engine {
+    fn submit(&self, req: Request) {
+        let mut g = self.lock();
+        // Closed: dropping the request drops its reply, which fuser answers with EIO.
+        let Some(o) = g.as_mut() else { return };
+        o.start(req, &self.ready);
+        o.drain(&self.ready);
+    }
+}
