@@ -1,6 +1,8 @@
 //! Real-mount tests of lua/gett.lua against the local Ge.tt-compatible server
 //! (tests/gett_server.py): listing, reading (whole, partial, ranged, cached), writing (cp,
-//! overwrite, append, editor-style saves), rename, rm, mkdir, rmdir, df, failed uploads.
+//! overwrite, append, editor-style saves), rename, rm, mkdir, rmdir, df, failed uploads, and
+//! concurrency against a delayed server (parallel downloads overlap; listings are served while
+//! an upload is in progress).
 //!
 //! Every test starts its own server (killed on drop) and mounts gett.lua with the credentials
 //! in the daemon's environment only. Without python3 the tests are skipped, except in CI.
@@ -175,6 +177,21 @@ impl Server {
 
     fn clear_log(&self) {
         self.json("POST", "/_admin/log/clear", "");
+    }
+
+    /// The server's counters (`/_admin/stats`): downloads, uploads, max_in_flight, ...
+    fn stats(&self) -> Value {
+        self.json("GET", "/_admin/stats", "")
+    }
+
+    /// Hold the requests whose path starts with `prefix` (and of `method`, if given) for
+    /// `seconds` before serving them.
+    fn delay(&self, prefix: &str, method: Option<&str>, seconds: f64) {
+        let mut f = serde_json::json!({"path_prefix": prefix, "delay": seconds});
+        if let Some(m) = method {
+            f["method"] = m.into();
+        }
+        self.json("POST", "/_admin/fault", &f.to_string());
     }
 }
 
@@ -841,4 +858,162 @@ fn only_the_mounting_user_may_change_the_account() {
     assert_ne!(code, 0);
     assert!(err.contains("Permission denied"), "{err}");
     assert!(names(&m.path("Empty")).is_empty());
+}
+
+#[test]
+fn parallel_reads_of_different_files_take_about_one_server_delay() {
+    let Some((srv, m)) = setup(&["--seed"], "5") else {
+        return;
+    };
+    const N: usize = 6;
+    const DELAY: f64 = 1.5;
+    let tmp = TempDir::new("gett-src");
+    let files: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|i| {
+            (
+                format!("f{i}.bin"),
+                pattern(50_000 + i * 1000, 100 + i as u64),
+            )
+        })
+        .collect();
+    for (name, data) in &files {
+        let src = local_file(&tmp, name, data);
+        ok(&format!(
+            "cp {} {}",
+            q(&src),
+            q(&m.path(&format!("Empty/{name}")))
+        ));
+    }
+    drop(m);
+    // a new mount has nothing cached: every read downloads, and every download waits DELAY
+    srv.delay("/1/blobs/", None, DELAY);
+    let m = srv.mount("5");
+    assert_eq!(names(&m.path("Empty")).len(), N);
+    let downloads_before = srv.stats()["downloads"].as_u64().unwrap();
+    let start = Instant::now();
+    let readers: Vec<_> = files
+        .iter()
+        .map(|(name, _)| {
+            let p = m.path(&format!("Empty/{name}"));
+            std::thread::spawn(move || std::fs::read(p))
+        })
+        .collect();
+    for (r, (name, data)) in readers.into_iter().zip(&files) {
+        let got = r
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("read {name}: {e}"));
+        assert!(got == *data, "{name}: wrong data ({} bytes)", got.len());
+    }
+    let took = start.elapsed();
+    let stats = srv.stats();
+    eprintln!("{N} parallel reads, each download delayed {DELAY} s: {took:?}; server: {stats}");
+    assert_eq!(
+        stats["downloads"].as_u64().unwrap() - downloads_before,
+        N as u64,
+        "one download per file"
+    );
+    assert!(took >= Duration::from_secs_f64(DELAY), "{took:?}");
+    assert!(
+        took < Duration::from_secs_f64(2.0 * DELAY),
+        "the downloads did not overlap: {took:?} for {N} files of {DELAY} s each"
+    );
+    assert!(
+        stats["max_in_flight"].as_u64().unwrap() >= N as u64,
+        "the server never saw the {N} downloads at once: {stats}"
+    );
+}
+
+#[test]
+fn listings_are_served_while_a_slow_upload_is_in_progress() {
+    // refresh=0: every listing asks the server, so each one below is a request of its own
+    // running while the upload waits
+    let Some((srv, m)) = setup(&["--seed"], "0") else {
+        return;
+    };
+    const DELAY: f64 = 3.0;
+    let tmp = TempDir::new("gett-src");
+    let data = pattern(4 * 1024 * 1024 + 17, 9);
+    let src = local_file(&tmp, "big.bin", &data);
+    srv.delay("/1/upload/", Some("PUT"), DELAY);
+    let dst = m.path("Empty/big.bin");
+    let cp = {
+        let cmd = format!("cp {} {}", q(&src), q(&dst));
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            (common::sh(&cmd), t.elapsed())
+        })
+    };
+    // the server marks the file `uploading` from the moment the PUT arrives until it is stored
+    let uploading = || {
+        srv.shares().iter().any(|s| {
+            s["files"].as_array().is_some_and(|fs| {
+                fs.iter()
+                    .any(|f| f["filename"] == "big.bin" && f["readystate"] == "uploading")
+            })
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !uploading() {
+        assert!(
+            Instant::now() < deadline && !cp.is_finished(),
+            "the upload never started; log: {}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    srv.clear_log();
+    let limit = Duration::from_millis(500);
+    let mut seen = Vec::new();
+    for dir in ["", "Documents", "Empty"] {
+        let p = m.path(dir);
+        let t = Instant::now();
+        let listed = names(&p);
+        let took = t.elapsed();
+        seen.push((dir, took));
+        assert!(took < limit, "ls of /{dir} took {took:?} during the upload");
+        if dir.is_empty() {
+            assert!(
+                listed.contains("Documents") && listed.contains("Empty"),
+                "{listed:?}"
+            );
+        }
+        if dir == "Documents" {
+            assert!(listed.contains("report.txt"), "{listed:?}");
+        }
+    }
+    let t = Instant::now();
+    assert_eq!(
+        read(&m.path("Holiday photos/notes.txt")),
+        b"Sun, sand and sea.\n"
+    );
+    seen.push(("read notes.txt", t.elapsed()));
+    assert!(
+        t.elapsed() < limit,
+        "a read took {:?} during the upload",
+        t.elapsed()
+    );
+    assert!(
+        !cp.is_finished(),
+        "the upload ended before the listings were measured"
+    );
+    let listings = srv
+        .log()
+        .iter()
+        .filter(|(meth, path, _)| meth == "GET" && path == "/1/shares")
+        .count();
+    assert!(
+        listings >= 3,
+        "each ls asked the server (refresh=0): {listings}"
+    );
+
+    let ((code, out, err), took) = cp.join().unwrap();
+    eprintln!("during a {DELAY} s upload: {seen:?}; cp took {took:?}");
+    assert_eq!(code, 0, "cp: {out}{err}");
+    assert!(took >= Duration::from_secs_f64(DELAY), "{took:?}");
+    let m2 = srv.mount("5");
+    assert!(
+        read(&m2.path("Empty/big.bin")) == data,
+        "uploaded data differs"
+    );
 }

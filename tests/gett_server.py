@@ -12,6 +12,12 @@ killed (or until stdin closes, with --exit-on-stdin-eof).
 Test hooks under /_admin/ (no authentication): fault injection (errors, delays, dropped
 connections), token expiry, quota changes, a request log and counters. See --help and
 /tmp/flufs/gett-notes.md.
+
+Delays for concurrency tests: a fault with `delay` and no `status` holds matching requests that
+long and then serves them normally, e.g. POST /_admin/fault {"path_prefix": "/1/blobs/",
+"delay": 1.5} (downloads, after /blob's redirect) or {"path_prefix": "/1/upload/", "method":
+"PUT", "delay": 3} (uploads; the file reads `uploading` meanwhile). /_admin/stats has
+`in_flight` and `max_in_flight`: API requests being served now, and the most at once so far.
 """
 
 import argparse
@@ -102,6 +108,8 @@ class State:
             "auth_failures": 0,
             "uploads": 0,
             "downloads": 0,
+            "in_flight": 0,  # API requests (not /_admin/) being served now
+            "max_in_flight": 0,  # the most at once so far
         }
 
     # --- helpers -----------------------------------------------------------------------------
@@ -297,6 +305,12 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "gett-test/1"
     state = None  # set in main
 
+    def setup(self):
+        super().setup()
+        # Headers and body go out in two writes: without this, Nagle's algorithm holds the body
+        # until the client's delayed ACK of the headers (~40 ms per request).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, fmt, *a):
         if self.state.args.verbose:
             sys.stderr.write("gett-server: " + (fmt % a) + "\n")
@@ -366,6 +380,11 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path
         query = parse_qs(url.query, keep_blank_values=True)
         raw = b""
+        counted = not path.startswith("/_admin/")
+        if counted:
+            with st.lock:
+                st.stats["in_flight"] += 1
+                st.stats["max_in_flight"] = max(st.stats["max_in_flight"], st.stats["in_flight"])
         uploading = self.mark_uploading(path, query)
         try:
             try:
@@ -389,6 +408,9 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         finally:
+            if counted:
+                with st.lock:
+                    st.stats["in_flight"] -= 1
             if uploading is not None:
                 f, before = uploading
                 with st.lock:
@@ -749,7 +771,8 @@ def main():
         "Test hooks (no auth): POST /_admin/fault {path_prefix, method, status, error, delay, "
         "count, drop, echo}, POST /_admin/reset, POST /_admin/expire {access, refresh}, "
         "POST /_admin/quota {limit}, GET /_admin/log, POST /_admin/log/clear, "
-        "GET /_admin/stats, GET /_admin/tokens. `gett_server.py --call URL [JSON]` sends one "
+        "GET /_admin/stats (counters, in_flight, max_in_flight), GET /_admin/tokens. A fault with "
+        "a delay and no status only delays the requests it matches. `gett_server.py --call URL [JSON]` sends one "
         "request (POST with JSON, else GET) and prints the answer.",
     )
     ap.add_argument("--host", default="127.0.0.1")
