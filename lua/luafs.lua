@@ -35,9 +35,14 @@ local fmode, now, get_context = flu.mode, flu.now, flu.get_context
 local sub, find, match, rep, byte = string.sub, string.find, string.match, string.rep, string.byte
 local concat = table.concat
 local type, next, pairs, error, tonumber = type, next, pairs, error, tonumber
+local gmatch = string.gmatch
+local ostime = os.time
 
 local S_IFMT, S_IFDIR, S_IFREG, S_IFLNK = 0xF000, 0x4000, 0x8000, 0xA000
 local S_ISUID, S_ISGID, S_IXGRP = 0x800, 0x400, 0x8
+local S_SETID = S_ISUID | S_ISGID
+local CAP_FSETID_BIT = 0x10 -- 1 << CAP_FSETID (4)
+local DAY = 86400
 local PERM = 0xFFF -- 07777
 local NAME_MAX = 255
 local DIR_SIZE = 4096
@@ -92,6 +97,25 @@ local function touch_mc(node, s, ns)
 	t.sec = s; t.nsec = ns
 	t = node.ctime
 	t.sec = s; t.nsec = ns
+end
+
+-- An access (read, readdir, readlink) under the relatime rule, as tmpfs does with the default
+-- relatime mount (relatime_need_update in Linux's fs/inode.c): atime is set to now when it is
+-- not newer than mtime or ctime, or is at least a day old. The kernel marks FUSE inodes
+-- S_NOATIME and leaves atime to the file system. Runs on every read: comparisons first, and
+-- the clock is read (os.time: seconds, no allocation) only when atime is newer than both.
+-- Only accesses that reach luafs count: data the kernel serves from its page cache (within
+-- one open, or with keep_cache) and symlink targets it caches (FUSE_CACHE_SYMLINKS) do not.
+local function access(node)
+	local a, t = node.atime, node.mtime
+	local as = a.sec
+	if as > t.sec or (as == t.sec and a.nsec > t.nsec) then
+		t = node.ctime
+		if (as > t.sec or (as == t.sec and a.nsec > t.nsec)) and ostime() - as < DAY then
+			return
+		end
+	end
+	a.sec, a.nsec = now()
 end
 
 -- The uid and gid of the daemon, for the root directory.
@@ -189,6 +213,66 @@ local function owner(dir, mode)
 	local gid = c.gid or 0
 	if dir.mode & S_ISGID ~= 0 then gid = dir.gid end
 	return c.uid or 0, gid, mode
+end
+
+-- The caller's /proc/<pid>/status (FUSE passes the thread id, whose credentials these are).
+local function caller_status(pid)
+	if not pid or pid <= 0 then return nil end
+	local f = io.open("/proc/" .. pid .. "/status")
+	if not f then return nil end
+	local s = f:read("a")
+	f:close()
+	return s
+end
+
+-- capable(CAP_FSETID) for the caller; without /proc, root counts as privileged.
+local function capable_fsetid(status, uid)
+	local cap = status and match(status, "\nCapEff:%s*%x*(%x%x)\n")
+	if cap then return tonumber(cap, 16) & CAP_FSETID_BIT ~= 0 end
+	return uid == 0
+end
+
+-- in_group_p: gid is the caller's (fs)gid or one of its supplementary groups.
+local function in_group(status, cgid, gid)
+	if cgid == gid then return true end
+	local groups = status and match(status, "\nGroups:([^\n]*)")
+	if groups then
+		for g in gmatch(groups, "%d+") do
+			if tonumber(g) == gid then return true end
+		end
+	end
+	return false
+end
+
+-- Drop set-user-ID / set-group-ID as Linux does on write and truncate of a regular file
+-- (setattr_should_drop_suidgid) or on chown of a non-directory (chown_common), for the
+-- calling process; call only when node.mode has S_ISUID or S_ISGID (a cheap test first).
+--   write, truncate: nothing if the caller has CAP_FSETID; else S_ISUID, and S_ISGID when
+--                    group-execute is set or the caller is not in the file's group.
+--   chown:           S_ISUID always; S_ISGID when group-execute is set or the caller is
+--                    neither in the file's (old) group nor has CAP_FSETID.
+-- Under FUSE the kernel does part of this itself (a chmod before the write: S_ISUID, and
+-- S_ISGID only together with group-execute, fuse_setattr) and leaves the rest, setgid
+-- without group-execute written by a non-member, to the file system. The kernel learns of a
+-- mode changed here only when it next fetches the attributes: stat(2) does at once (the write
+-- invalidated mtime and size), a statx asking for the mode alone may see the old mode until
+-- attr_timeout runs out.
+local function drop_setid(node, chown)
+	local mode = node.mode
+	local kill = mode & S_ISUID
+	local sgid = mode & S_ISGID ~= 0
+	if chown and not sgid then
+		node.mode = mode & ~kill
+		return
+	end
+	local c = get_context(ctx) or ctx
+	local status = caller_status(c.pid)
+	local cap = capable_fsetid(status, c.uid)
+	if cap and not chown then return end
+	if sgid and (mode & S_IXGRP ~= 0 or not (cap or in_group(status, c.gid, node.gid))) then
+		kill = kill | S_ISGID
+	end
+	node.mode = mode & ~kill
 end
 
 -- A new entry name -> node in dir.
@@ -559,6 +643,7 @@ function fs.readlink(path)
 	local node = lookup(path)
 	local target = node.target
 	if not target then error(EINVAL) end
+	access(node)
 	return target
 end
 
@@ -739,15 +824,11 @@ end
 
 function fs.chown(path, uid, gid, fi)
 	local node = fi and fi.fh or lookup(path)
+	-- like Linux: chown of a non-directory drops set-user-ID, and set-group-ID when it means
+	-- "setgid executable" or the caller may not keep it (decided on the old group)
+	if node.mode & S_SETID ~= 0 and not node.entries then drop_setid(node, true) end
 	if uid and uid ~= -1 and uid ~= 0xFFFFFFFF then node.uid = uid end
 	if gid and gid ~= -1 and gid ~= 0xFFFFFFFF then node.gid = gid end
-	if not node.entries then
-		-- like Linux: chown of a non-directory drops set-user-ID, and set-group-ID
-		-- when it means "setgid executable" (group execute set)
-		local m = node.mode & ~S_ISUID
-		if m & S_IXGRP ~= 0 then m = m & ~S_ISGID end
-		node.mode = m
-	end
 	local s, ns = now()
 	touch_c(node, s, ns)
 end
@@ -757,6 +838,7 @@ end
 -- cannot be told apart from truncate(2) to the same size (which tmpfs would not count).
 function fs.truncate(path, size, fi)
 	local node = file_node(fi, path)
+	if node.mode & S_SETID ~= 0 then drop_setid(node) end
 	set_size(node, size)
 	local s, ns = now()
 	touch_mc(node, s, ns)
@@ -764,6 +846,7 @@ end
 
 function fs.ftruncate(path, size, fi)
 	local node = file_node(fi, path)
+	if node.mode & S_SETID ~= 0 then drop_setid(node) end
 	set_size(node, size)
 	local s, ns = now()
 	touch_mc(node, s, ns)
@@ -781,6 +864,7 @@ local function open_node(node, fi)
 	if node.data then
 		local flags = fi.flags
 		if flags and flags.trunc then
+			if node.mode & S_SETID ~= 0 then drop_setid(node) end
 			set_size(node, 0)
 			local s, ns = now()
 			touch_mc(node, s, ns)
@@ -814,13 +898,16 @@ function fs.create(path, modeset, fi)
 end
 
 function fs.read(path, size, offset, fi)
-	return read_data(file_node(fi, path), size, offset)
+	local node = file_node(fi, path)
+	if size > 0 then access(node) end
+	return read_data(node, size, offset)
 end
 
 function fs.write(path, buf, offset, fi)
 	local node = file_node(fi, path)
 	local n = #buf
 	if n > 0 then
+		if node.mode & S_SETID ~= 0 then drop_setid(node) end
 		write_data(node, buf, offset, n)
 		local s, ns = now()
 		touch_mc(node, s, ns)
@@ -870,6 +957,7 @@ function fs.readdir(path, filler, fi)
 	local dir = fi and fi.fh or lookup(path)
 	local ents = dir.entries
 	if not ents then error(ENOTDIR) end
+	access(dir)
 	local st = dirent_st
 	filler(".", fill_stat(st, dir))
 	filler("..", fill_stat(st, dir.parent or dir))

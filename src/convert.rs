@@ -59,6 +59,28 @@ impl Timespec {
         }
     }
 
+    /// A time from a SETATTR request as fuser 0.18 decodes it (`TimeOrNow::SpecificTime`).
+    ///
+    /// The kernel sends seconds and nanoseconds with `0 <= nsec < 1e9`, so -1.75 s is
+    /// `(-2, 250_000_000)`. fuser 0.18 (src/time.rs, `system_time_from_time`) builds the
+    /// `SystemTime` of a negative `sec` as `UNIX_EPOCH - Duration::new(-sec, nsec)`, i.e. it
+    /// subtracts the nanoseconds instead of adding them: -2.25 s, and
+    /// [`Timespec::from_system`] would then give `(-3, 750_000_000)`. Undo that: before the
+    /// epoch the distance to it is exactly `(-sec, nsec)`. Times at or after the epoch are
+    /// decoded correctly by fuser and are taken as they are.
+    ///
+    /// Tied to fuser's behaviour: recheck on a fuser upgrade (the POSIX suite's "times before
+    /// 1970" check in tests/posix/mod.rs fails if this goes wrong).
+    pub fn from_fuser_setattr(t: SystemTime) -> Timespec {
+        match UNIX_EPOCH.duration_since(t) {
+            Ok(d) if !d.is_zero() => Timespec {
+                sec: 0i64.checked_sub_unsigned(d.as_secs()).unwrap_or(i64::MIN),
+                nsec: d.subsec_nanos(),
+            },
+            _ => Timespec::from_system(t),
+        }
+    }
+
     pub fn to_system(self) -> SystemTime {
         if self.sec >= 0 {
             UNIX_EPOCH + Duration::new(self.sec.unsigned_abs(), self.nsec)
@@ -803,6 +825,51 @@ mod tests {
             Timespec { sec: -5, nsec: 250 },
         ] {
             assert_eq!(Timespec::from_system(ts.to_system()), ts);
+        }
+    }
+
+    /// fuser 0.18's `system_time_from_time` (private): what a SETATTR time becomes.
+    fn fuser_setattr_time(sec: i64, nsec: u32) -> SystemTime {
+        if sec >= 0 {
+            UNIX_EPOCH + Duration::new(sec as u64, nsec)
+        } else {
+            UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec)
+        }
+    }
+
+    #[test]
+    fn setattr_times_before_the_epoch() {
+        for (sec, nsec) in [
+            (-2, 250_000_000),            // 1969-12-31 23:59:58.25
+            (-1, 999_999_999),            // 1 ns before the epoch
+            (-86_400, 500),               // one day before, plus 500 ns
+            (-1, 0),                      // whole seconds were always right
+            (-1_000_000_000_000, 1),      // far in the past
+            (0, 0),                       // the epoch
+            (0, 1),                       // just after
+            (1_700_000_000, 123_456_789), // the usual case
+        ] {
+            let want = Timespec { sec, nsec };
+            assert_eq!(
+                Timespec::from_fuser_setattr(fuser_setattr_time(sec, nsec)),
+                want,
+                "({sec}, {nsec})"
+            );
+        }
+        // The bug worked around: the plain conversion is off by one second.
+        assert_eq!(
+            Timespec::from_system(fuser_setattr_time(-2, 250_000_000)),
+            Timespec {
+                sec: -3,
+                nsec: 750_000_000
+            }
+        );
+        // The ends of the range.
+        for (sec, nsec) in [(i64::MIN, 0), (i64::MIN + 1, 999_999_999)] {
+            assert_eq!(
+                Timespec::from_fuser_setattr(UNIX_EPOCH - Duration::new(sec.unsigned_abs(), nsec)),
+                Timespec { sec, nsec },
+            );
         }
     }
 

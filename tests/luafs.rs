@@ -1326,6 +1326,57 @@ fn chown_of_a_file_clears_setuid() {
     );
 }
 
+/// The part of Linux's "drop setuid/setgid on write" rules that FUSE leaves to luafs, which
+/// decides from the writer's /proc status: set-group-ID without group-execute stays when the
+/// writer is in the file's group (here only through a supplementary group) and goes
+/// otherwise; without CAP_FSETID even root's write drops the bits (tmpfs does the same).
+#[test]
+fn write_drops_setid_bits_by_the_writers_groups_and_capabilities() {
+    if !common::fuse_available() {
+        return;
+    }
+    if !is_root() {
+        eprintln!("not root: skipping (needs a second user and chown)");
+        return;
+    }
+    require_tool("setpriv");
+    let m = Mount::new(
+        &shipped("luafs.lua"),
+        &["-o", "allow_other,default_permissions"],
+    );
+    let nobody = "--reuid=65534 --regid=65534";
+    let no_fsetid = "--inh-caps=-fsetid --bounding-set=-fsetid --clear-groups";
+    let cases = [
+        ("member", 0o2767, format!("{nobody} --groups=100"), 0o2767),
+        (
+            "stranger",
+            0o2767,
+            format!("{nobody} --clear-groups"),
+            0o767,
+        ),
+        ("root_suid", 0o4777, no_fsetid.to_string(), 0o777),
+        ("root_sgid", 0o2767, no_fsetid.to_string(), 0o767),
+    ];
+    for (name, mode, how, want) in &cases {
+        let p = m.path(name);
+        fs::write(&p, b"data").unwrap();
+        std::os::unix::fs::chown(&p, None, Some(100)).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(*mode)).unwrap();
+        let (code, _, err) = sh(&format!(
+            "setpriv {how} sh -c 'printf x >> \"{}\"'",
+            p.display()
+        ));
+        assert_eq!(code, 0, "{name}: {err}");
+        let md = fs::metadata(&p).unwrap();
+        assert_eq!(md.len(), 5, "{name}: the write happened");
+        assert_eq!(
+            format!("{:o}", md.mode() & 0o7777),
+            format!("{want:o}"),
+            "{name}: mode {mode:o} after a write with setpriv {how}"
+        );
+    }
+}
+
 #[test]
 fn open_file_keeps_working_after_its_parent_directory_is_renamed() {
     if !common::fuse_available() {

@@ -124,7 +124,7 @@ impl Dispatch {
         let ts = match t {
             None => return Ok(Value::Nil),
             Some(TimeOrNow::Now) => Timespec::now(),
-            Some(TimeOrNow::SpecificTime(s)) => Timespec::from_system(s),
+            Some(TimeOrNow::SpecificTime(s)) => Timespec::from_fuser_setattr(s),
         };
         ts.into_lua_table(&self.lua)
             .map(Value::Table)
