@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mlua::{Function, Lua, MultiValue, Table, Value};
+use mlua::{IntoLua, Lua, Table, Value};
 
 use crate::mode;
 
@@ -394,26 +394,89 @@ impl Stat {
     }
 
     /// Decode a stat table: the common form (integer mode and fields, integer or `{sec=,nsec=}`
-    /// times, Flu names, no metatable) through `fast` (see `STAT_FAST`), anything else through
+    /// times, Flu names, no metatable) straight off the stack (`read_plain`), anything else through
     /// `from_lua`.
-    pub fn decode(fast: &Function, t: &Table, d: &StatDefaults) -> Conv<Stat> {
-        match fast.call::<MultiValue>(t) {
-            Ok(v) if !matches!(v.front(), None | Some(Value::Nil)) => {
-                Stat::from_fast(&v.into_vec(), d)
-            }
-            _ => Stat::from_lua(t, d),
+    pub fn decode(lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        match Stat::read_plain(lua, t) {
+            Some(v) => Stat::from_ints(&v, d),
+            None => Stat::from_lua(t, d),
         }
     }
 
-    /// Build a stat from the values `STAT_FAST` returns: mode, ino, nlink, uid, gid, rdev,
-    /// size, blocks, blksize (integers or nil), then sec, nsec for access, modification and
-    /// change (sec is `false` when the time is absent).
-    pub fn from_fast(v: &[Value], d: &StatDefaults) -> Conv<Stat> {
-        fn int(v: Option<&Value>) -> Option<i64> {
-            match v {
-                Some(Value::Integer(i)) => Some(*i),
-                _ => None,
+    /// Read a stat table in the common form (no metatable, integer fields, times as integers
+    /// or `{sec=, nsec=}` tables without metatables) straight off the Lua stack: no Lua call
+    /// and no intermediate values. `None` when the table is in any other form.
+    fn read_plain(lua: &Lua, t: &Table) -> Option<[Option<i64>; 15]> {
+        use mlua::ffi;
+        const INTS: [&std::ffi::CStr; 9] = [
+            c"mode", c"ino", c"nlink", c"uid", c"gid", c"rdev", c"size", c"blocks", c"blksize",
+        ];
+        const TIMES: [&std::ffi::CStr; 3] = [c"access", c"modification", c"change"];
+        lua.exec_raw_lua(|raw| unsafe {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, 4) == 0 {
+                return None;
             }
+            let top = ffi::lua_gettop(state);
+            t.clone().push_into_stack(raw).ok()?;
+            let out = (|| {
+                if ffi::lua_getmetatable(state, -1) != 0 {
+                    return None;
+                }
+                let mut v = [None; 15];
+                // Raw reads only: a table without metatable has no metamethods to run.
+                let int = |name: &std::ffi::CStr| -> Result<Option<i64>, ()> {
+                    ffi::lua_pushstring(state, name.as_ptr());
+                    let r = match ffi::lua_rawget(state, -2) {
+                        ffi::LUA_TNIL => Ok(None),
+                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
+                            Ok(Some(ffi::lua_tointeger(state, -1)))
+                        }
+                        _ => Err(()),
+                    };
+                    ffi::lua_pop(state, 1);
+                    r
+                };
+                for (i, name) in INTS.iter().enumerate() {
+                    v[i] = int(name).ok()?;
+                }
+                v[0]?;
+                for (i, name) in TIMES.iter().enumerate() {
+                    ffi::lua_pushstring(state, name.as_ptr());
+                    let (sec, nsec) = match ffi::lua_rawget(state, -2) {
+                        ffi::LUA_TNIL => (None, None),
+                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
+                            (Some(ffi::lua_tointeger(state, -1)), Some(0))
+                        }
+                        ffi::LUA_TTABLE if ffi::lua_getmetatable(state, -1) == 0 => {
+                            let sec = int(c"sec");
+                            let nsec = int(c"nsec");
+                            match (sec, nsec) {
+                                (Ok(Some(s)), Ok(n)) => (Some(s), Some(n.unwrap_or(0))),
+                                _ => (None, Some(-1)),
+                            }
+                        }
+                        _ => (None, Some(-1)),
+                    };
+                    ffi::lua_pop(state, 1);
+                    if nsec == Some(-1) {
+                        return None;
+                    }
+                    v[9 + 2 * i] = sec;
+                    v[10 + 2 * i] = nsec;
+                }
+                Some(v)
+            })();
+            ffi::lua_settop(state, top);
+            out
+        })
+    }
+
+    /// Build a stat from its 15 fields, absent ones `None`: mode, ino, nlink, uid, gid, rdev,
+    /// size, blocks, blksize, then sec and nsec of access, modification and change.
+    fn from_ints(v: &[Option<i64>; 15], d: &StatDefaults) -> Conv<Stat> {
+        fn int(v: Option<&Option<i64>>) -> Option<i64> {
+            v.copied().flatten()
         }
         let u32_field = |i: usize, name: &str, default: u32| -> Conv<u32> {
             match int(v.get(i)) {
@@ -527,46 +590,6 @@ impl Stat {
             flags: 0,
         }
     }
-}
-
-/// Takes the common form of a stat table apart inside Lua, where reading fields by constant
-/// names is cheap; returns nothing (so the general decoder runs) for any other form.
-pub const STAT_FAST: &str = r#"
-local mtype, type, getmetatable = math.type, type, getmetatable
-local function time(v)
-  if v == nil then return false, 0 end
-  if mtype(v) == "integer" then return v, 0 end
-  if type(v) == "table" and getmetatable(v) == nil then
-    local s, n = v.sec, v.nsec
-    if mtype(s) == "integer" then
-      if n == nil then return s, 0 end
-      if mtype(n) == "integer" then return s, n end
-    end
-  end
-  return nil
-end
-local function int(v) return v == nil or mtype(v) == "integer" end
-return function(t)
-  if getmetatable(t) ~= nil then return nil end
-  local mode = t.mode
-  if mtype(mode) ~= "integer" then return nil end
-  local ino, nlink, uid, gid, rdev = t.ino, t.nlink, t.uid, t.gid, t.rdev
-  local size, blocks, blksize = t.size, t.blocks, t.blksize
-  if not (int(ino) and int(nlink) and int(uid) and int(gid) and int(rdev) and int(size)
-          and int(blocks) and int(blksize)) then return nil end
-  local as, an = time(t.access)
-  if as == nil then return nil end
-  local ms, mn = time(t.modification)
-  if ms == nil then return nil end
-  local cs, cn = time(t.change)
-  if cs == nil then return nil end
-  return mode, ino, nlink, uid, gid, rdev, size, blocks, blksize, as, an, ms, mn, cs, cn
-end
-"#;
-
-/// The compiled `STAT_FAST` function.
-pub fn stat_fast_fn(lua: &Lua) -> mlua::Result<Function> {
-    lua.load(STAT_FAST).set_name("=flufs.stat").eval()
 }
 
 /// The fuser file type of a mode (a mode without type bits counts as a regular file).

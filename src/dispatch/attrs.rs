@@ -29,7 +29,7 @@ impl Dispatch {
                 ));
             }
         };
-        Stat::decode(&self.stat_fast, &table, &self.defaults)
+        Stat::decode(&self.lua, &table, &self.defaults)
             .map_err(|e| self.bad_value(op, path, e))
     }
 

@@ -77,19 +77,14 @@ pub(super) struct Lister {
     next: Cell<u64>,
 }
 
-/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink): stat tables in
-/// the common form are taken apart in Lua (see `convert::STAT_FAST`); others go to the general
-/// decoder.
+/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink); stat tables
+/// are read by `Stat::decode` in Rust.
 const FILLER: &str = r#"
-local push, push_table, fast = ...
+local push, push_table = ...
 return function(id)
-  local function tail(name, off, st, mode, ...)
-    if mode == nil then return push_table(id, name, off, st) end
-    return push(id, name, off, mode, ...)
-  end
   return function(name, st, off)
     if st == nil then return push(id, name, off) end
-    return tail(name, off, st, fast(st))
+    return push_table(id, name, off, st)
   end
 end
 "#;
@@ -137,7 +132,7 @@ fn add_entry(
 }
 
 impl Lister {
-    pub(super) fn new(lua: &Lua, fast: Function, defaults: StatDefaults) -> mlua::Result<Lister> {
+    pub(super) fn new(lua: &Lua, defaults: StatDefaults) -> mlua::Result<Lister> {
         let sinks: Sinks = Rc::new(RefCell::new(HashMap::new()));
         let s = sinks.clone();
         let push = lua.create_function(move |_, args: MultiValue| {
@@ -156,21 +151,12 @@ impl Lister {
                 }
             };
             let off = it.next().unwrap_or(Value::Nil);
-            let rest: Vec<Value> = it.collect();
-            let stat = if rest.is_empty() {
-                None
-            } else {
-                let st = Stat::from_fast(&rest, &defaults)
-                    .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
-                Some(st)
-            };
-            add_entry(&s, id, name, off, stat)
+            add_entry(&s, id, name, off, None)
         })?;
         let s = sinks.clone();
-        let fast_for_table = fast.clone();
         let push_table = lua.create_function(
-            move |_, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
-                let stat = Stat::decode(&fast_for_table, &st, &defaults)
+            move |lua, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
+                let stat = Stat::decode(lua, &st, &defaults)
                     .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
                 add_entry(&s, id, name, off, Some(stat))
             },
@@ -178,7 +164,7 @@ impl Lister {
         let factory: Function = lua
             .load(FILLER)
             .set_name("=flufs.filler")
-            .call((push, push_table, fast))?;
+            .call((push, push_table))?;
         Ok(Lister {
             sinks,
             factory,

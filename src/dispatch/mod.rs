@@ -68,7 +68,6 @@ pub struct Dispatch {
     lua: Lua,
     ops: Ops,
     trampoline: Function,
-    stat_fast: Function,
     dirs: dirs::Lister,
     inodes: RefCell<Inodes>,
     handles: RefCell<HashMap<u64, Handle>>,
@@ -170,18 +169,16 @@ impl Dispatch {
             Some(t) => Some(Watchdog::start(t).map_err(mlua::Error::external)?),
             None => None,
         };
-        let stat_fast = convert::stat_fast_fn(&lua)?;
         let defaults = StatDefaults {
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
             time: Timespec::now(),
         };
-        let dirs = dirs::Lister::new(&lua, stat_fast.clone(), defaults)?;
+        let dirs = dirs::Lister::new(&lua, defaults)?;
         Ok(Dispatch {
             lua,
             ops,
             trampoline,
-            stat_fast,
             dirs,
             inodes: RefCell::new(Inodes::new()),
             handles: RefCell::new(HashMap::new()),
@@ -779,5 +776,70 @@ impl Dispatch {
             Ok((ino, st)) => self.reply_entry(reply, ino, &st),
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod perf_probe {
+    use super::*;
+
+    /// Not a test: per-call costs of the hot path (`cargo test --release perf_probe --
+    /// --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn costs() {
+        let lua = unsafe { Lua::unsafe_new_with(mlua::StdLib::ALL, mlua::LuaOptions::default()) };
+        let fs: Table = lua
+            .load(
+                r#"local F = {mode = 33188, nlink = 1, size = 4096, ino = 2}
+                return { getattr = function(path) return F end }"#,
+            )
+            .eval()
+            .unwrap();
+        let cfg = Config {
+            attr_ttl: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(1),
+            negative_ttl: Duration::ZERO,
+            direct_io: false,
+            kernel_cache: false,
+            debug: false,
+            op_timeout: Some(Duration::from_secs(10)),
+        };
+        let d = Dispatch::new(lua.clone(), &fs, cfg, Rc::new(Cell::new(Ctx::default()))).unwrap();
+        let n = 200_000;
+        let time = |name: &str, f: &mut dyn FnMut()| {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            println!("{name}: {:.0} ns", t.elapsed().as_nanos() as f64 / n as f64);
+        };
+        time("stat (full)", &mut || {
+            crate::runtime::block_on(d.stat(b"/s/f1", None)).unwrap();
+        });
+        time("call getattr", &mut || {
+            crate::runtime::block_on(d.call(OpName::Getattr, "/s/f1")).unwrap();
+        });
+        let argv = || {
+            let mut a = "/s/f1".into_lua_multi(&d.lua).unwrap();
+            a.push_front(Value::Function(d.ops.get(OpName::Getattr).unwrap().clone()));
+            a
+        };
+        time("run_coroutine", &mut || {
+            crate::runtime::block_on(d.run_coroutine(argv())).0.unwrap();
+        });
+        time("trampoline.call (sync)", &mut || {
+            d.trampoline.call::<MultiValue>(argv()).unwrap();
+        });
+        let t = d.table().unwrap();
+        t.raw_set("mode", 33188).unwrap();
+        t.raw_set("nlink", 1).unwrap();
+        time("Stat::decode", &mut || {
+            Stat::decode(&d.lua, &t, &d.defaults).unwrap();
+        });
+        time("create table + string", &mut || {
+            let _ = d.table().unwrap();
+            let _ = d.lstr(b"/s/f1").unwrap();
+        });
     }
 }
