@@ -7,8 +7,10 @@
 -- Everything lives in Lua tables and is gone at unmount.
 --
 -- Inodes are tables:
---   mode (integer, type bits included), ino, nlink, uid, gid, rdev, size,
---   atime/mtime/ctime ({sec=, nsec=}), xattrs (name -> string, created on first use),
+--   mode (integer, type bits included), ino, nlink, uid, gid, rdev, size, blocks, blksize,
+--   access/modification/change ({sec=, nsec=}): the fields of a stat table, so a node is
+--   its own stat table (getattr and readdir pass nodes as they are);
+--   xattrs (name -> string, created on first use),
 --   regular files: data (chunk index -> string), nalloc (chunks present), opens (open count)
 --   directories:   entries (name -> inode), parent (inode)
 --   symlinks:      target (string)
@@ -71,7 +73,9 @@ local function new_node(mode, uid, gid)
 	local s, ns = now()
 	return {
 		mode = mode, ino = last_ino, nlink = 1, uid = uid, gid = gid, rdev = 0, size = 0,
-		atime = { sec = s, nsec = ns }, mtime = { sec = s, nsec = ns }, ctime = { sec = s, nsec = ns },
+		blocks = 0, blksize = 4096,
+		access = { sec = s, nsec = ns }, modification = { sec = s, nsec = ns },
+		change = { sec = s, nsec = ns },
 		xattrs = nil,
 		data = nil, nalloc = 0, opens = 0,
 		entries = nil, parent = nil,
@@ -88,14 +92,14 @@ local function fblocks(node)
 end
 
 local function touch_c(node, s, ns)
-	local t = node.ctime
+	local t = node.change
 	t.sec = s; t.nsec = ns
 end
 
 local function touch_mc(node, s, ns)
-	local t = node.mtime
+	local t = node.modification
 	t.sec = s; t.nsec = ns
-	t = node.ctime
+	t = node.change
 	t.sec = s; t.nsec = ns
 end
 
@@ -107,10 +111,10 @@ end
 -- Only accesses that reach luafs count: data the kernel serves from its page cache (within
 -- one open, or with keep_cache) and symlink targets it caches (FUSE_CACHE_SYMLINKS) do not.
 local function access(node)
-	local a, t = node.atime, node.mtime
+	local a, t = node.access, node.modification
 	local as = a.sec
 	if as > t.sec or (as == t.sec and a.nsec > t.nsec) then
-		t = node.ctime
+		t = node.change
 		if (as > t.sec or (as == t.sec and a.nsec > t.nsec)) and ostime() - as < DAY then
 			return
 		end
@@ -151,6 +155,7 @@ local function maybe_free(node)
 			node.data = {}
 			node.nalloc = 0
 			node.size = 0
+			node.blocks = 0
 		end
 	end
 end
@@ -471,7 +476,9 @@ local function write_data(node, buf, offset, n)
 	end
 	local e = offset + n
 	if e > node.size then node.size = e end
-	used = used + fblocks(node) - before
+	local after = fblocks(node)
+	used = used + after - before
+	node.blocks = after
 end
 
 -- Zero [offset, offset+len) inside the file without changing its size.
@@ -510,7 +517,9 @@ local function zero_range(node, offset, len)
 		idx = idx + 1
 		o = 0
 	end
-	used = used + fblocks(node) - before
+	local after = fblocks(node)
+	used = used + after - before
+	node.blocks = after
 end
 
 local function set_size(node, newsize)
@@ -559,32 +568,20 @@ local function set_size(node, newsize)
 		end
 	end
 	node.size = newsize
-	used = used + fblocks(node) - before
+	local after = fblocks(node)
+	used = used + after - before
+	node.blocks = after
 end
 
 -------------------------------------------------------------------------------
 -- Attributes
 -------------------------------------------------------------------------------
 
+-- A node is its own stat table: its mode, ino, nlink, uid, gid, rdev, size, blocks, blksize,
+-- access, modification and change fields are the ones getattr returns (the host reads only
+-- those), so getattr and readdir hand nodes over without copying.
 local function stat(node)
-	local blocks = 0
-	if node.data then blocks = fblocks(node) end
-	return {
-		mode = node.mode, ino = node.ino, nlink = node.nlink, uid = node.uid, gid = node.gid,
-		rdev = node.rdev, size = node.size, blocks = blocks, blksize = 4096,
-		access = node.atime, modification = node.mtime, change = node.ctime,
-	}
-end
-
--- readdir passes one reused table per entry: the host converts it inside filler.
-local dirent_st = stat(root)
-local function fill_stat(t, node)
-	local blocks = 0
-	if node.data then blocks = fblocks(node) end
-	t.mode = node.mode; t.ino = node.ino; t.nlink = node.nlink; t.uid = node.uid; t.gid = node.gid
-	t.rdev = node.rdev; t.size = node.size; t.blocks = blocks
-	t.access = node.atime; t.modification = node.mtime; t.change = node.ctime
-	return t
+	return node
 end
 
 local function set_time(t, v)
@@ -854,8 +851,8 @@ end
 
 function fs.utimens(path, atime, mtime, fi)
 	local node = fi and fi.fh or lookup(path)
-	if atime then set_time(node.atime, atime) end
-	if mtime then set_time(node.mtime, mtime) end
+	if atime then set_time(node.access, atime) end
+	if mtime then set_time(node.modification, mtime) end
 	local s, ns = now()
 	touch_c(node, s, ns)
 end
@@ -958,11 +955,10 @@ function fs.readdir(path, filler, fi)
 	local ents = dir.entries
 	if not ents then error(ENOTDIR) end
 	access(dir)
-	local st = dirent_st
-	filler(".", fill_stat(st, dir))
-	filler("..", fill_stat(st, dir.parent or dir))
+	filler(".", dir)
+	filler("..", dir.parent or dir)
 	for name, child in next, ents do
-		filler(name, fill_stat(st, child))
+		filler(name, child)
 	end
 end
 

@@ -393,88 +393,9 @@ impl Stat {
         }
     }
 
-    /// Decode a stat table: the common form (integer mode and fields, integer or `{sec=,nsec=}`
-    /// times, Flu names, no metatable) straight off the stack (`read_plain`), anything else through
-    /// `from_lua`.
-    pub fn decode(lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
-        match Stat::read_plain(lua, t) {
-            Some(v) => Stat::from_ints(&v, d),
-            None => Stat::from_lua(t, d),
-        }
-    }
-
-    /// Read a stat table in the common form (no metatable, integer fields, times as integers
-    /// or `{sec=, nsec=}` tables without metatables) straight off the Lua stack: no Lua call
-    /// and no intermediate values. `None` when the table is in any other form.
-    fn read_plain(lua: &Lua, t: &Table) -> Option<[Option<i64>; 15]> {
-        use mlua::ffi;
-        const INTS: [&std::ffi::CStr; 9] = [
-            c"mode", c"ino", c"nlink", c"uid", c"gid", c"rdev", c"size", c"blocks", c"blksize",
-        ];
-        const TIMES: [&std::ffi::CStr; 3] = [c"access", c"modification", c"change"];
-        lua.exec_raw_lua(|raw| unsafe {
-            let state = raw.state();
-            if ffi::lua_checkstack(state, 4) == 0 {
-                return None;
-            }
-            let top = ffi::lua_gettop(state);
-            t.clone().push_into_stack(raw).ok()?;
-            let out = (|| {
-                if ffi::lua_getmetatable(state, -1) != 0 {
-                    return None;
-                }
-                let mut v = [None; 15];
-                // Raw reads only: a table without metatable has no metamethods to run.
-                let int = |name: &std::ffi::CStr| -> Result<Option<i64>, ()> {
-                    ffi::lua_pushstring(state, name.as_ptr());
-                    let r = match ffi::lua_rawget(state, -2) {
-                        ffi::LUA_TNIL => Ok(None),
-                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
-                            Ok(Some(ffi::lua_tointeger(state, -1)))
-                        }
-                        _ => Err(()),
-                    };
-                    ffi::lua_pop(state, 1);
-                    r
-                };
-                for (i, name) in INTS.iter().enumerate() {
-                    v[i] = int(name).ok()?;
-                }
-                v[0]?;
-                for (i, name) in TIMES.iter().enumerate() {
-                    ffi::lua_pushstring(state, name.as_ptr());
-                    let (sec, nsec) = match ffi::lua_rawget(state, -2) {
-                        ffi::LUA_TNIL => (None, None),
-                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
-                            (Some(ffi::lua_tointeger(state, -1)), Some(0))
-                        }
-                        ffi::LUA_TTABLE if ffi::lua_getmetatable(state, -1) == 0 => {
-                            let sec = int(c"sec");
-                            let nsec = int(c"nsec");
-                            match (sec, nsec) {
-                                (Ok(Some(s)), Ok(n)) => (Some(s), Some(n.unwrap_or(0))),
-                                _ => (None, Some(-1)),
-                            }
-                        }
-                        _ => (None, Some(-1)),
-                    };
-                    ffi::lua_pop(state, 1);
-                    if nsec == Some(-1) {
-                        return None;
-                    }
-                    v[9 + 2 * i] = sec;
-                    v[10 + 2 * i] = nsec;
-                }
-                Some(v)
-            })();
-            ffi::lua_settop(state, top);
-            out
-        })
-    }
-
     /// Build a stat from its 15 fields, absent ones `None`: mode, ino, nlink, uid, gid, rdev,
     /// size, blocks, blksize, then sec and nsec of access, modification and change.
-    fn from_ints(v: &[Option<i64>; 15], d: &StatDefaults) -> Conv<Stat> {
+    pub fn from_ints(v: &[Option<i64>; 15], d: &StatDefaults) -> Conv<Stat> {
         fn int(v: Option<&Option<i64>>) -> Option<i64> {
             v.copied().flatten()
         }
@@ -589,6 +510,114 @@ impl Stat {
             blksize: self.blksize,
             flags: 0,
         }
+    }
+}
+
+/// Decodes stat tables. The common form (integer mode and fields, integer or `{sec=,nsec=}`
+/// times, Flu names, no metatables) is read straight off the Lua stack with raw gets, keyed by
+/// strings made once (no Lua call, no intermediate values); anything else goes through
+/// `Stat::from_lua`.
+#[derive(Clone)]
+pub struct StatReader {
+    /// The field names, in `Stat::from_ints` order, then "sec" and "nsec".
+    keys: Table,
+}
+
+/// Fields of the common form: 9 integers, 3 times.
+const STAT_KEYS: [&str; 14] = [
+    "mode",
+    "ino",
+    "nlink",
+    "uid",
+    "gid",
+    "rdev",
+    "size",
+    "blocks",
+    "blksize",
+    "access",
+    "modification",
+    "change",
+    "sec",
+    "nsec",
+];
+
+impl StatReader {
+    pub fn new(lua: &Lua) -> mlua::Result<StatReader> {
+        Ok(StatReader {
+            keys: lua.create_sequence_from(STAT_KEYS)?,
+        })
+    }
+
+    pub fn decode(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        match self.read_plain(lua, t) {
+            Some(v) => Stat::from_ints(&v, d),
+            None => Stat::from_lua(t, d),
+        }
+    }
+
+    /// The 15 fields of a table in the common form; `None` for any other form.
+    fn read_plain(&self, lua: &Lua, t: &Table) -> Option<[Option<i64>; 15]> {
+        use mlua::ffi;
+        lua.exec_raw_lua(|raw| unsafe {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, 6) == 0 {
+                return None;
+            }
+            let top = ffi::lua_gettop(state);
+            self.keys.clone().push_into_stack(raw).ok()?;
+            t.clone().push_into_stack(raw).ok()?;
+            let (keys, tbl) = (top + 1, top + 2);
+            // The integer at key number `k` of the table at `at` (None: absent; Err: other type).
+            let int = |at: i32, k: i64| -> Result<Option<i64>, ()> {
+                let h = ffi::lua_gettop(state);
+                ffi::lua_rawgeti(state, keys, k);
+                let r = match ffi::lua_rawget(state, at) {
+                    ffi::LUA_TNIL => Ok(None),
+                    ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
+                        Ok(Some(ffi::lua_tointeger(state, -1)))
+                    }
+                    _ => Err(()),
+                };
+                ffi::lua_settop(state, h);
+                r
+            };
+            let out = (|| {
+                // Raw reads only: a table without metatable has no metamethods to run.
+                if ffi::lua_getmetatable(state, tbl) != 0 {
+                    return None;
+                }
+                let mut v = [None; 15];
+                for (i, slot) in v.iter_mut().take(9).enumerate() {
+                    *slot = int(tbl, i as i64 + 1).ok()?;
+                }
+                v[0]?;
+                for i in 0..3 {
+                    ffi::lua_rawgeti(state, keys, 10 + i as i64);
+                    let (sec, nsec) = match ffi::lua_rawget(state, tbl) {
+                        ffi::LUA_TNIL => (None, None),
+                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
+                            (Some(ffi::lua_tointeger(state, -1)), Some(0))
+                        }
+                        ffi::LUA_TTABLE if ffi::lua_getmetatable(state, -1) == 0 => {
+                            let time = tbl + 1;
+                            let sec = int(time, 13);
+                            let nsec = int(time, 14);
+                            match (sec, nsec) {
+                                (Ok(Some(s)), Ok(n)) => (Some(s), Some(n.unwrap_or(0))),
+                                _ => return None,
+                            }
+                        }
+                        _ => return None,
+                    };
+                    ffi::lua_settop(state, tbl);
+                    v[9 + 2 * i] = sec;
+                    v[10 + 2 * i] = nsec;
+                }
+                Some(v)
+            })();
+            ffi::lua_settop(state, top);
+            out
+        })
     }
 }
 

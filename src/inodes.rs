@@ -4,7 +4,8 @@
 //! Hard links (paths whose stat carries the same `ino` with `nlink > 1`) share one node.
 //! Knows nothing about Lua.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 
 pub const ROOT: u64 = 1;
 

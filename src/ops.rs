@@ -68,7 +68,20 @@ impl OpName {
 /// The script's functions, looked up once.
 pub struct Ops {
     funcs: Vec<Option<Function>>,
+    /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
+    params: Vec<usize>,
 }
+
+/// The number of declared parameters of a Lua function, or nil when it takes any number.
+const PARAMS: &str = r#"
+local getinfo = debug and debug.getinfo
+return function(f)
+  if not getinfo then return nil end
+  local ok, i = pcall(getinfo, f, "u")
+  if not ok or i.isvararg or i.what == "C" then return nil end
+  return i.nparams
+end
+"#;
 
 impl Ops {
     /// Resolve every known name in `fs` (honouring `__index`). Returns the table and warnings
@@ -104,7 +117,22 @@ impl Ops {
                 "'{k}' is not a filesystem operation and will never be called{hint}"
             ));
         }
-        Ok((Ops { funcs }, warnings))
+        let params_of: Option<Function> = fs
+            .weak_lua()
+            .try_upgrade()
+            .and_then(|lua| lua.load(PARAMS).set_name("=flufs.params").eval().ok());
+        let params = funcs
+            .iter()
+            .map(|f| match (f, &params_of) {
+                (Some(f), Some(p)) => p
+                    .call::<Option<usize>>(f)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(usize::MAX),
+                _ => usize::MAX,
+            })
+            .collect();
+        Ok((Ops { funcs, params }, warnings))
     }
 
     pub fn get(&self, op: OpName) -> Option<&Function> {
@@ -113,6 +141,12 @@ impl Ops {
 
     pub fn has(&self, op: OpName) -> bool {
         self.get(op).is_some()
+    }
+
+    /// Whether `op` can see an argument in position `n` (1-based): a function that declares
+    /// fewer parameters (and no `...`) never reads it, so it need not be built.
+    pub fn reads_arg(&self, op: OpName, n: usize) -> bool {
+        self.params.get(op as usize).is_none_or(|&p| p >= n)
     }
 }
 

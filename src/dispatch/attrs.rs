@@ -16,12 +16,15 @@ impl Dispatch {
         op: OpName,
         path: &[u8],
         out: MultiValue,
-        st: Table,
+        st: Option<Table>,
     ) -> Result<Stat, Fail> {
-        let table = match first(out) {
-            Some(Value::Table(t)) => t,
-            None | Some(Value::Nil) => st,
-            other => {
+        let table = match (first(out), st) {
+            (Some(Value::Table(t)), _) => t,
+            (None | Some(Value::Nil), Some(st)) => st,
+            (None | Some(Value::Nil), None) => {
+                return Err(self.bad_value(op, path, "expected a stat table, got nothing"));
+            }
+            (other, _) => {
                 return Err(self.bad_value(
                     op,
                     path,
@@ -29,24 +32,28 @@ impl Dispatch {
                 ));
             }
         };
-        Stat::decode(&self.lua, &table, &self.defaults)
+        self.stat_reader.decode(&self.lua, &table, &self.defaults)
             .map_err(|e| self.bad_value(op, path, e))
     }
 
     /// getattr of a path; fgetattr when an open file's `fi` is known and the script has it.
     pub(super) async fn stat(&self, path: &[u8], fi: Option<Table>) -> Result<Stat, Fail> {
-        let st = self.table()?;
+        let op = match fi {
+            Some(_) if self.has(OpName::Fgetattr) => OpName::Fgetattr,
+            _ => OpName::Getattr,
+        };
+        // Flu's `st` to fill, unless the function declares no parameter for it.
+        let st = if self.ops.reads_arg(op, 2) {
+            Some(self.table()?)
+        } else {
+            None
+        };
         let lpath = self.lstr(path)?;
-        match fi {
-            Some(fi) if self.has(OpName::Fgetattr) => {
-                let out = self.call(OpName::Fgetattr, (lpath, st.clone(), fi)).await?;
-                self.decode_stat(OpName::Fgetattr, path, out, st)
-            }
-            _ => {
-                let out = self.call(OpName::Getattr, (lpath, st.clone())).await?;
-                self.decode_stat(OpName::Getattr, path, out, st)
-            }
-        }
+        let out = match op {
+            OpName::Fgetattr => self.call(op, (lpath, st.clone(), fi)).await?,
+            _ => self.call(op, (lpath, st.clone())).await?,
+        };
+        self.decode_stat(op, path, out, st)
     }
 
     /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).

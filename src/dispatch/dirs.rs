@@ -5,7 +5,8 @@
 //! `filler` returns false once a kernel buffer's worth is collected.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use fuser::{Errno, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectory
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::Dispatch;
-use crate::convert::{self, Stat, StatDefaults};
+use crate::convert::{self, Stat, StatDefaults, StatReader};
 use crate::ops::OpName;
 
 /// One collected entry.
@@ -78,7 +79,7 @@ pub(super) struct Lister {
 }
 
 /// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink); stat tables
-/// are read by `Stat::decode` in Rust.
+/// are read by `StatReader` in Rust.
 const FILLER: &str = r#"
 local push, push_table = ...
 return function(id)
@@ -132,7 +133,7 @@ fn add_entry(
 }
 
 impl Lister {
-    pub(super) fn new(lua: &Lua, defaults: StatDefaults) -> mlua::Result<Lister> {
+    pub(super) fn new(lua: &Lua, reader: StatReader, defaults: StatDefaults) -> mlua::Result<Lister> {
         let sinks: Sinks = Rc::new(RefCell::new(HashMap::new()));
         let s = sinks.clone();
         let push = lua.create_function(move |_, args: MultiValue| {
@@ -156,7 +157,8 @@ impl Lister {
         let s = sinks.clone();
         let push_table = lua.create_function(
             move |lua, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
-                let stat = Stat::decode(lua, &st, &defaults)
+                let stat = reader
+                    .decode(lua, &st, &defaults)
                     .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
                 add_entry(&s, id, name, off, Some(stat))
             },

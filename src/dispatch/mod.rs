@@ -17,7 +17,8 @@ mod tasks;
 pub use tasks::Engine;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -69,6 +70,7 @@ pub struct Dispatch {
     ops: Ops,
     trampoline: Function,
     dirs: dirs::Lister,
+    stat_reader: convert::StatReader,
     inodes: RefCell<Inodes>,
     handles: RefCell<HashMap<u64, Handle>>,
     next_fh: Cell<u64>,
@@ -174,12 +176,14 @@ impl Dispatch {
             gid: unsafe { libc::getgid() },
             time: Timespec::now(),
         };
-        let dirs = dirs::Lister::new(&lua, defaults)?;
+        let stat_reader = convert::StatReader::new(&lua)?;
+        let dirs = dirs::Lister::new(&lua, stat_reader.clone(), defaults)?;
         Ok(Dispatch {
             lua,
             ops,
             trampoline,
             dirs,
+            stat_reader,
             inodes: RefCell::new(Inodes::new()),
             handles: RefCell::new(HashMap::new()),
             next_fh: Cell::new(1),
@@ -835,7 +839,7 @@ mod perf_probe {
         t.raw_set("mode", 33188).unwrap();
         t.raw_set("nlink", 1).unwrap();
         time("Stat::decode", &mut || {
-            Stat::decode(&d.lua, &t, &d.defaults).unwrap();
+            d.stat_reader.decode(&d.lua, &t, &d.defaults).unwrap();
         });
         time("create table + string", &mut || {
             let _ = d.table().unwrap();

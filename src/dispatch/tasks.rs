@@ -6,7 +6,8 @@
 //! kernel thread done with its own request, or the mount's main thread, which waits for
 //! exactly this) resumes it. Only one thread ever runs Lua at a time: scripts need no locks.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
+use foldhash::HashMapExt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
