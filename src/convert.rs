@@ -549,14 +549,28 @@ impl StatReader {
     }
 
     pub fn decode(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
-        match self.read_plain(lua, t) {
+        match self.read_plain(lua, t, 9) {
             Some(v) => Stat::from_ints(&v, d),
             None => Stat::from_lua(t, d),
         }
     }
 
-    /// The 15 fields of a table in the common form; `None` for any other form.
-    fn read_plain(&self, lua: &Lua, t: &Table) -> Option<[Option<i64>; 15]> {
+    /// Only the mode and the script's ino (what a plain READDIR entry needs): two reads in
+    /// the common form.
+    pub fn mode_ino(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<(u32, u64)> {
+        if let Some(v) = self.read_plain(lua, t, 2)
+            && let Some(mode) = v[0].and_then(|m| u32::try_from(m).ok())
+            && mode <= 0o177777
+        {
+            let ino = v[1].and_then(|i| u64::try_from(i).ok()).unwrap_or(0);
+            return Ok((mode, ino));
+        }
+        self.decode(lua, t, d).map(|st| (st.mode, st.ino))
+    }
+
+    /// The first `ints` integer fields and, when all 9 are asked for, the times of a table
+    /// in the common form (15 fields, absent ones `None`); `None` for any other form.
+    fn read_plain(&self, lua: &Lua, t: &Table, ints: usize) -> Option<[Option<i64>; 15]> {
         use mlua::ffi;
         lua.exec_raw_lua(|raw| unsafe {
             let state = raw.state();
@@ -587,11 +601,12 @@ impl StatReader {
                     return None;
                 }
                 let mut v = [None; 15];
-                for (i, slot) in v.iter_mut().take(9).enumerate() {
+                for (i, slot) in v.iter_mut().take(ints.min(9)).enumerate() {
                     *slot = int(tbl, i as i64 + 1).ok()?;
                 }
                 v[0]?;
-                for i in 0..3 {
+                let times = if ints >= 9 { 3 } else { 0 };
+                for i in 0..times {
                     ffi::lua_rawgeti(state, keys, 10 + i as i64);
                     let (sec, nsec) = match ffi::lua_rawget(state, tbl) {
                         ffi::LUA_TNIL => (None, None),

@@ -15,13 +15,16 @@ use fuser::{Errno, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectory
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::Dispatch;
-use crate::convert::{self, Stat, StatDefaults, StatReader};
+use crate::convert::{self, Stat};
 use crate::ops::OpName;
 
 /// One collected entry.
 pub(super) struct DirEnt {
     pub name: Vec<u8>,
     pub stat: Option<Stat>,
+    /// The stat table the script gave, read only when the entry is sent (a plain READDIR
+    /// needs just its mode and ino).
+    pub table: Option<Table>,
     /// The script's offset (offset mode) or 0.
     pub offset: u64,
 }
@@ -95,7 +98,7 @@ fn add_entry(
     id: u64,
     name: mlua::LuaString,
     off: Value,
-    stat: Option<Stat>,
+    table: Option<Table>,
 ) -> mlua::Result<bool> {
     let name = name.as_bytes().to_vec();
     if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name.len() > 255 {
@@ -128,12 +131,17 @@ fn add_entry(
         }
         s.bytes += size;
     }
-    s.entries.push(DirEnt { name, stat, offset });
+    s.entries.push(DirEnt {
+        name,
+        stat: None,
+        table,
+        offset,
+    });
     Ok(true)
 }
 
 impl Lister {
-    pub(super) fn new(lua: &Lua, reader: StatReader, defaults: StatDefaults) -> mlua::Result<Lister> {
+    pub(super) fn new(lua: &Lua) -> mlua::Result<Lister> {
         let sinks: Sinks = Rc::new(RefCell::new(HashMap::new()));
         let s = sinks.clone();
         let push = lua.create_function(move |_, args: MultiValue| {
@@ -156,11 +164,8 @@ impl Lister {
         })?;
         let s = sinks.clone();
         let push_table = lua.create_function(
-            move |lua, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
-                let stat = reader
-                    .decode(lua, &st, &defaults)
-                    .map_err(|e| mlua::Error::runtime(format!("filler: {e}")))?;
-                add_entry(&s, id, name, off, Some(stat))
+            move |_, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
+                add_entry(&s, id, name, off, Some(st))
             },
         )?;
         let factory: Function = lua
@@ -270,10 +275,44 @@ impl Dispatch {
         reply.ok();
     }
 
+    /// The attributes of an entry from the table its filler call gave.
+    fn entry_stat(&self, dir: u64, name: &[u8], t: &Table) -> Option<Stat> {
+        match self.stat_reader.decode(&self.lua, t, &self.defaults) {
+            Ok(st) => Some(st),
+            Err(e) => {
+                self.bad_entry(dir, name, e);
+                None
+            }
+        }
+    }
+
+    /// The mode and script ino of an entry from the table its filler call gave.
+    fn entry_mode_ino(&self, dir: u64, name: &[u8], t: &Table) -> Option<(u32, u64)> {
+        match self
+            .stat_reader
+            .mode_ino(&self.lua, t, &self.defaults)
+        {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.bad_entry(dir, name, e);
+                None
+            }
+        }
+    }
+
+    fn bad_entry(&self, dir: u64, name: &[u8], e: impl std::fmt::Display) {
+        let mut p = self.path(dir).unwrap_or_default();
+        if p.len() > 1 {
+            p.push(b'/');
+        }
+        p.extend_from_slice(name);
+        let _ = self.bad_value(OpName::Readdir, &p, format!("filler: {e}"));
+    }
+
     /// Give entries without a stat one from getattr (for their type, and for READDIRPLUS).
     async fn complete(&self, dir: &[u8], mut entries: Vec<DirEnt>) -> Vec<DirEnt> {
         for e in entries.iter_mut() {
-            if e.stat.is_some() || e.name == b"." || e.name == b".." {
+            if e.stat.is_some() || e.table.is_some() || e.name == b"." || e.name == b".." {
                 continue;
             }
             let mut p = dir.to_vec();
@@ -315,6 +354,7 @@ impl Dispatch {
                     fresh = DirEnt {
                         name: e.name.clone(),
                         stat: self.stat(&child, None).await.ok(),
+                        table: None,
                         offset: e.offset,
                     };
                     &fresh
@@ -330,8 +370,13 @@ impl Dispatch {
             let dot = e.name == b"." || e.name == b"..";
             let full = match reply {
                 DirReply::Plain(r) => {
-                    let kind = match &e.stat {
-                        Some(st) => convert::file_type(st.mode),
+                    let mode_ino = match (&e.stat, &e.table) {
+                        (Some(st), _) => Some((st.mode, st.ino)),
+                        (None, Some(t)) => self.entry_mode_ino(dir, &e.name, t),
+                        (None, None) => None,
+                    };
+                    let kind = match mode_ino {
+                        Some((mode, _)) => convert::file_type(mode),
                         None if dot => FileType::Directory,
                         None => FileType::RegularFile,
                     };
@@ -342,8 +387,7 @@ impl Dispatch {
                     } else {
                         let known = self.inodes.borrow().child(dir, &e.name);
                         known.or_else(|| {
-                            e.stat
-                                .and_then(|st| self.inodes.borrow_mut().id_for(st.ino))
+                            mode_ino.and_then(|(_, ino)| self.inodes.borrow_mut().id_for(ino))
                         })
                     };
                     let ino = ino.unwrap_or(0xffff_ffff);
@@ -351,11 +395,14 @@ impl Dispatch {
                 }
                 DirReply::Plus(r) => {
                     let ttl = self.cfg.entry_ttl;
+                    let stat = match (&e.stat, &e.table) {
+                        (Some(st), _) => Some(*st),
+                        (None, Some(t)) => self.entry_stat(dir, &e.name, t),
+                        (None, None) => None,
+                    };
                     if dot {
                         // The kernel does not look up "." and "..": no reference is counted.
-                        let st = e
-                            .stat
-                            .unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
+                        let st = stat.unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
                         let ino = if e.name == b".." {
                             self.inodes.borrow().parent(dir).unwrap_or(dir)
                         } else {
@@ -369,7 +416,7 @@ impl Dispatch {
                             &st.to_attr(ino),
                             Generation(0),
                         )
-                    } else if let Some(st) = &e.stat {
+                    } else if let Some(st) = &stat {
                         let ino = self.inodes.borrow_mut().resolve(
                             dir,
                             &e.name,

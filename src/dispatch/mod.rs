@@ -177,7 +177,7 @@ impl Dispatch {
             time: Timespec::now(),
         };
         let stat_reader = convert::StatReader::new(&lua)?;
-        let dirs = dirs::Lister::new(&lua, stat_reader.clone(), defaults)?;
+        let dirs = dirs::Lister::new(&lua)?;
         Ok(Dispatch {
             lua,
             ops,
