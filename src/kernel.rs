@@ -7,6 +7,8 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
+
+use crate::replies;
 use std::time::SystemTime;
 
 use fuser::{
@@ -44,7 +46,7 @@ pub enum Op {
     Lookup {
         parent: u64,
         name: OsString,
-        reply: ReplyEntry,
+        reply: replies::ReplyEntry,
     },
     Forget {
         nodes: Vec<(u64, u64)>,
@@ -52,45 +54,45 @@ pub enum Op {
     Getattr {
         ino: u64,
         fh: Option<u64>,
-        reply: ReplyAttr,
+        reply: replies::ReplyAttr,
     },
     Setattr {
         ino: u64,
         set: SetAttr,
-        reply: ReplyAttr,
+        reply: replies::ReplyAttr,
     },
     Readlink {
         ino: u64,
-        reply: ReplyData,
+        reply: replies::ReplyData,
     },
     Mknod {
         parent: u64,
         name: OsString,
         mode: u32,
         rdev: u32,
-        reply: ReplyEntry,
+        reply: replies::ReplyEntry,
     },
     Mkdir {
         parent: u64,
         name: OsString,
         mode: u32,
-        reply: ReplyEntry,
+        reply: replies::ReplyEntry,
     },
     Unlink {
         parent: u64,
         name: OsString,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Rmdir {
         parent: u64,
         name: OsString,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Symlink {
         parent: u64,
         name: OsString,
         target: OsString,
-        reply: ReplyEntry,
+        reply: replies::ReplyEntry,
     },
     Rename {
         parent: u64,
@@ -98,115 +100,115 @@ pub enum Op {
         newparent: u64,
         newname: OsString,
         flags: u32,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Link {
         ino: u64,
         newparent: u64,
         newname: OsString,
-        reply: ReplyEntry,
+        reply: replies::ReplyEntry,
     },
     Open {
         ino: u64,
         flags: i32,
-        reply: ReplyOpen,
+        reply: replies::ReplyOpen,
     },
     Read {
         ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-        reply: ReplyData,
+        reply: replies::ReplyData,
     },
     Write {
         ino: u64,
         fh: u64,
         offset: u64,
         data: Vec<u8>,
-        reply: ReplyWrite,
+        reply: replies::ReplyWrite,
     },
     Flush {
         ino: u64,
         fh: u64,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Release {
         ino: u64,
         fh: u64,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Fsync {
         ino: u64,
         fh: u64,
         datasync: bool,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Opendir {
         ino: u64,
         flags: i32,
-        reply: ReplyOpen,
+        reply: replies::ReplyOpen,
     },
     Readdirplus {
         ino: u64,
         fh: u64,
         offset: u64,
-        reply: ReplyDirectoryPlus,
+        reply: replies::ReplyDirectoryPlus,
     },
     Readdir {
         ino: u64,
         fh: u64,
         offset: u64,
-        reply: ReplyDirectory,
+        reply: replies::ReplyDirectory,
     },
     Releasedir {
         ino: u64,
         fh: u64,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Fsyncdir {
         ino: u64,
         fh: u64,
         datasync: bool,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Statfs {
         ino: u64,
-        reply: ReplyStatfs,
+        reply: replies::ReplyStatfs,
     },
     Setxattr {
         ino: u64,
         name: OsString,
         value: Vec<u8>,
         flags: i32,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Getxattr {
         ino: u64,
         name: OsString,
         size: u32,
-        reply: ReplyXattr,
+        reply: replies::ReplyXattr,
     },
     Listxattr {
         ino: u64,
         size: u32,
-        reply: ReplyXattr,
+        reply: replies::ReplyXattr,
     },
     Removexattr {
         ino: u64,
         name: OsString,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Access {
         ino: u64,
         mask: i32,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Create {
         parent: u64,
         name: OsString,
         mode: u32,
         flags: i32,
-        reply: ReplyCreate,
+        reply: replies::ReplyCreate,
     },
     Getlk {
         ino: u64,
@@ -215,7 +217,7 @@ pub enum Op {
         end: u64,
         typ: i32,
         pid: u32,
-        reply: ReplyLock,
+        reply: replies::ReplyLock,
     },
     Setlk {
         ino: u64,
@@ -225,13 +227,13 @@ pub enum Op {
         typ: i32,
         pid: u32,
         sleep: bool,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Bmap {
         ino: u64,
         blocksize: u32,
         idx: u64,
-        reply: ReplyBmap,
+        reply: replies::ReplyBmap,
     },
     Fallocate {
         ino: u64,
@@ -239,14 +241,14 @@ pub enum Op {
         offset: u64,
         length: u64,
         mode: i32,
-        reply: ReplyEmpty,
+        reply: replies::ReplyEmpty,
     },
     Lseek {
         ino: u64,
         fh: u64,
         offset: i64,
         whence: i32,
-        reply: ReplyLseek,
+        reply: replies::ReplyLseek,
     },
     CopyFileRange {
         ino_in: u64,
@@ -257,7 +259,7 @@ pub enum Op {
         off_out: u64,
         len: u64,
         flags: u64,
-        reply: ReplyWrite,
+        reply: replies::ReplyWrite,
     },
 }
 
@@ -355,7 +357,7 @@ impl fuser::Filesystem for Kernel {
             Op::Lookup {
                 parent: parent.0,
                 name: os(name),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -381,7 +383,7 @@ impl fuser::Filesystem for Kernel {
             Op::Getattr {
                 ino: ino.0,
                 fh: fh.map(|f| f.0),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -418,13 +420,16 @@ impl fuser::Filesystem for Kernel {
             Op::Setattr {
                 ino: ino.0,
                 set,
-                reply,
+                reply: reply.into(),
             },
         );
     }
 
     fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
-        self.send(req, Op::Readlink { ino: ino.0, reply });
+        self.send(req, Op::Readlink {
+                ino: ino.0,
+                reply: reply.into(),
+            });
     }
 
     fn mknod(
@@ -442,7 +447,7 @@ impl fuser::Filesystem for Kernel {
             name: os(name),
             mode,
             rdev,
-            reply,
+            reply: reply.into(),
         };
         self.send_ctx(ctx_of(req, Some(umask)), op);
     }
@@ -460,7 +465,7 @@ impl fuser::Filesystem for Kernel {
             parent: parent.0,
             name: os(name),
             mode,
-            reply,
+            reply: reply.into(),
         };
         self.send_ctx(ctx_of(req, Some(umask)), op);
     }
@@ -471,7 +476,7 @@ impl fuser::Filesystem for Kernel {
             Op::Unlink {
                 parent: parent.0,
                 name: os(name),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -482,7 +487,7 @@ impl fuser::Filesystem for Kernel {
             Op::Rmdir {
                 parent: parent.0,
                 name: os(name),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -499,7 +504,7 @@ impl fuser::Filesystem for Kernel {
             parent: parent.0,
             name: os(link_name),
             target: target.as_os_str().to_os_string(),
-            reply,
+            reply: reply.into(),
         };
         self.send(req, op);
     }
@@ -520,7 +525,7 @@ impl fuser::Filesystem for Kernel {
             newparent: newparent.0,
             newname: os(newname),
             flags: flags.bits(),
-            reply,
+            reply: reply.into(),
         };
         self.send(req, op);
     }
@@ -539,7 +544,7 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 newparent: newparent.0,
                 newname: os(newname),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -550,7 +555,7 @@ impl fuser::Filesystem for Kernel {
             Op::Open {
                 ino: ino.0,
                 flags: flags.0,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -573,7 +578,7 @@ impl fuser::Filesystem for Kernel {
                 fh: fh.0,
                 offset,
                 size,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -597,7 +602,7 @@ impl fuser::Filesystem for Kernel {
                 fh: fh.0,
                 offset,
                 data: data.to_vec(),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -615,7 +620,7 @@ impl fuser::Filesystem for Kernel {
             Op::Flush {
                 ino: ino.0,
                 fh: fh.0,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -635,7 +640,7 @@ impl fuser::Filesystem for Kernel {
             Op::Release {
                 ino: ino.0,
                 fh: fh.0,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -654,7 +659,7 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 fh: fh.0,
                 datasync,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -665,7 +670,7 @@ impl fuser::Filesystem for Kernel {
             Op::Opendir {
                 ino: ino.0,
                 flags: flags.0,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -684,7 +689,7 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 fh: fh.0,
                 offset,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -701,7 +706,7 @@ impl fuser::Filesystem for Kernel {
             ino: ino.0,
             fh: fh.0,
             offset,
-            reply,
+            reply: reply.into(),
         };
         self.send(req, op);
     }
@@ -719,7 +724,7 @@ impl fuser::Filesystem for Kernel {
             Op::Releasedir {
                 ino: ino.0,
                 fh: fh.0,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -738,13 +743,16 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 fh: fh.0,
                 datasync,
-                reply,
+                reply: reply.into(),
             },
         );
     }
 
     fn statfs(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.send(req, Op::Statfs { ino: ino.0, reply });
+        self.send(req, Op::Statfs {
+                ino: ino.0,
+                reply: reply.into(),
+            });
     }
 
     fn setxattr(
@@ -764,7 +772,7 @@ impl fuser::Filesystem for Kernel {
                 name: os(name),
                 value: value.to_vec(),
                 flags,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -783,7 +791,7 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 name: os(name),
                 size,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -794,7 +802,7 @@ impl fuser::Filesystem for Kernel {
             Op::Listxattr {
                 ino: ino.0,
                 size,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -805,7 +813,7 @@ impl fuser::Filesystem for Kernel {
             Op::Removexattr {
                 ino: ino.0,
                 name: os(name),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -816,7 +824,7 @@ impl fuser::Filesystem for Kernel {
             Op::Access {
                 ino: ino.0,
                 mask: mask.bits(),
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -836,7 +844,7 @@ impl fuser::Filesystem for Kernel {
             name: os(name),
             mode,
             flags,
-            reply,
+            reply: reply.into(),
         };
         self.send_ctx(ctx_of(req, Some(umask)), op);
     }
@@ -862,7 +870,7 @@ impl fuser::Filesystem for Kernel {
                 end,
                 typ,
                 pid,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -890,7 +898,7 @@ impl fuser::Filesystem for Kernel {
                 typ,
                 pid,
                 sleep,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -902,7 +910,7 @@ impl fuser::Filesystem for Kernel {
                 ino: ino.0,
                 blocksize,
                 idx,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -925,7 +933,7 @@ impl fuser::Filesystem for Kernel {
                 offset,
                 length,
                 mode,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -946,7 +954,7 @@ impl fuser::Filesystem for Kernel {
                 fh: fh.0,
                 offset,
                 whence,
-                reply,
+                reply: reply.into(),
             },
         );
     }
@@ -973,7 +981,7 @@ impl fuser::Filesystem for Kernel {
             off_out: offset_out,
             len,
             flags: flags.bits(),
-            reply,
+            reply: reply.into(),
         };
         self.send(req, op);
     }

@@ -20,6 +20,7 @@ mod mode;
 mod mount;
 mod ops;
 mod options;
+mod replies;
 mod runtime;
 mod script;
 mod watchdog;

@@ -11,7 +11,9 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 
-use fuser::{Errno, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus};
+use fuser::{Errno, FileType, Generation, INodeNo};
+
+use crate::replies::{ReplyDirectory, ReplyDirectoryPlus};
 use mlua::{Function, Lua, MultiValue, Table, Value};
 
 use super::Dispatch;

@@ -1,6 +1,8 @@
 //! statfs, extended attributes and access.
 
-use fuser::{Errno, ReplyXattr};
+use fuser::Errno;
+
+use crate::replies::ReplyXattr;
 use mlua::Value;
 
 use super::{Dispatch, Fail, first, type_or_value};

@@ -24,7 +24,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fuser::{Errno, FileHandle, Generation, ReplyEmpty, ReplyEntry};
+use fuser::{Errno, FileHandle, Generation};
+
+use crate::replies::{ReplyEmpty, ReplyEntry};
 use mlua::thread::ThreadStatus;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Thread, Value};
 

@@ -19,6 +19,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use super::Dispatch;
 use crate::kernel::{Ctx, Request, Sink};
 use crate::log;
+use crate::replies;
 
 type Job = Pin<Box<dyn Future<Output = ()>>>;
 
@@ -195,19 +196,29 @@ impl Engine {
     ) -> Option<T> {
         let waker = waker(BLOCK_ON, &self.ready);
         let mut cx = Context::from_waker(&waker);
-        let mut g = self.lock();
-        let mut fut = make(g.as_ref()?.dispatch.clone());
+        let mut fut = {
+            let g = self.lock();
+            make(g.as_ref()?.dispatch.clone())
+        };
         loop {
-            let o = g.as_mut()?;
-            o.dispatch.ctx().set(Ctx::default());
-            self.ready.block_on.store(false, Ordering::Release);
-            if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                return Some(v);
+            {
+                // Replies go out after the lock is released (see `replies`).
+                let _out = replies::hold();
+                let mut g = self.lock();
+                let Some(o) = g.as_mut() else {
+                    // Closed: the future's Lua values go with the lock held.
+                    drop(fut);
+                    return None;
+                };
+                o.dispatch.ctx().set(Ctx::default());
+                self.ready.block_on.store(false, Ordering::Release);
+                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                    drop(fut);
+                    return Some(v);
+                }
+                o.drain(&self.ready);
             }
-            o.drain(&self.ready);
-            drop(g);
             self.ready.wait(true);
-            g = self.lock();
         }
     }
 
@@ -218,6 +229,7 @@ impl Engine {
             if self.ready.stop.load(Ordering::Acquire) {
                 return;
             }
+            let _out = replies::hold();
             if let Some(o) = self.lock().as_mut() {
                 o.drain(&self.ready);
             }
@@ -240,6 +252,8 @@ impl Engine {
 
 impl Sink for Engine {
     fn submit(&self, req: Request) {
+        // Declared first, dropped last: replies go out after the lock is released.
+        let _out = replies::hold();
         let mut g = self.lock();
         // Closed: dropping the request drops its reply, which fuser answers with EIO.
         let Some(o) = g.as_mut() else { return };
