@@ -426,10 +426,13 @@ impl fuser::Filesystem for Kernel {
     }
 
     fn readlink(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyData) {
-        self.send(req, Op::Readlink {
+        self.send(
+            req,
+            Op::Readlink {
                 ino: ino.0,
                 reply: reply.into(),
-            });
+            },
+        );
     }
 
     fn mknod(
@@ -749,10 +752,13 @@ impl fuser::Filesystem for Kernel {
     }
 
     fn statfs(&self, req: &fuser::Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.send(req, Op::Statfs {
+        self.send(
+            req,
+            Op::Statfs {
                 ino: ino.0,
                 reply: reply.into(),
-            });
+            },
+        );
     }
 
     fn setxattr(

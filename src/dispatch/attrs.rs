@@ -32,7 +32,8 @@ impl Dispatch {
                 ));
             }
         };
-        self.stat_reader.decode(&self.lua, &table, &self.defaults)
+        self.stat_reader
+            .decode(&self.lua, &table, &self.defaults)
             .map_err(|e| self.bad_value(op, path, e))
     }
 

@@ -4,9 +4,9 @@
 //! (`filler(name, st, off)`), each kernel request calls readdir again from its offset and
 //! `filler` returns false once a kernel buffer's worth is collected.
 
-use std::cell::{Cell, RefCell};
 use foldhash::HashMap;
 use foldhash::HashMapExt;
+use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -290,10 +290,7 @@ impl Dispatch {
 
     /// The mode and script ino of an entry from the table its filler call gave.
     fn entry_mode_ino(&self, dir: u64, name: &[u8], t: &Table) -> Option<(u32, u64)> {
-        match self
-            .stat_reader
-            .mode_ino(&self.lua, t, &self.defaults)
-        {
+        match self.stat_reader.mode_ino(&self.lua, t, &self.defaults) {
             Ok(v) => Some(v),
             Err(e) => {
                 self.bad_entry(dir, name, e);

@@ -16,9 +16,9 @@ mod tasks;
 
 pub use tasks::Engine;
 
-use std::cell::{Cell, RefCell};
 use foldhash::HashMap;
 use foldhash::HashMapExt;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
