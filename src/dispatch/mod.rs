@@ -90,9 +90,11 @@ const THREAD_POOL: usize = 64;
 /// Every operation is called through this: errors become an errno (from `flu.errno` values,
 /// errno names and numbers) or a message with a traceback.
 const TRAMPOLINE: &str = r#"
-local xpcall, traceback, tostring, errno_of = xpcall, debug.traceback, tostring, ...
+local xpcall, traceback, tostring, errno_of, codes = xpcall, debug.traceback, tostring, ...
 local function handler(e)
-  local code = errno_of(e)
+  local code = codes[e]
+  if code then return code end
+  code = errno_of(e)
   if code then return code end
   local msg = tostring(e)
   if msg:find("stack traceback:", 1, true) then return msg end
@@ -114,6 +116,27 @@ fn lua_errno(v: &Value) -> Option<i32> {
         },
         _ => None,
     }
+}
+
+/// The errno values scripts raise most, looked up in Lua without a call into Rust: each
+/// `flu.errno.X` value, each errno name and each errno number, to its code.
+fn errno_codes(lua: &Lua) -> mlua::Result<Table> {
+    let codes = lua.create_table()?;
+    let values: Option<Table> = lua
+        .named_registry_value::<Table>("_LOADED")
+        .and_then(|l| l.raw_get::<Table>("flu"))
+        .and_then(|f| f.raw_get::<Table>("errno"))
+        .ok();
+    for &(name, code) in errno::ERRNOS {
+        codes.raw_set(name, code)?;
+        codes.raw_set(code, code)?;
+        if let Some(v) = values.as_ref().and_then(|t| t.raw_get::<Value>(name).ok())
+            && !v.is_nil()
+        {
+            codes.raw_set(v, code)?;
+        }
+    }
+    Ok(codes)
 }
 
 /// A Lua value for a trace or log line.
@@ -168,7 +191,10 @@ impl Dispatch {
             log::warn(&w);
         }
         let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
-        let trampoline: Function = lua.load(TRAMPOLINE).set_name("=flufs").call(errno_of)?;
+        let trampoline: Function = lua
+            .load(TRAMPOLINE)
+            .set_name("=flufs")
+            .call((errno_of, errno_codes(&lua)?))?;
         let watchdog = match cfg.op_timeout {
             Some(t) => Some(Watchdog::start(t).map_err(mlua::Error::external)?),
             None => None,
@@ -798,7 +824,9 @@ mod perf_probe {
         let fs: Table = lua
             .load(
                 r#"local F = {mode = 33188, nlink = 1, size = 4096, ino = 2}
-                return { getattr = function(path) return F end }"#,
+                local E = flu and flu.errno
+                return { getattr = function(path) return F end,
+                         getxattr = function(path, name) error("ENODATA", 0) end }"#,
             )
             .eval()
             .unwrap();
@@ -831,6 +859,10 @@ mod perf_probe {
             a.push_front(Value::Function(d.ops.get(OpName::Getattr).unwrap().clone()));
             a
         };
+        time("call getxattr raising ENODATA", &mut || {
+            let r = crate::runtime::block_on(d.call(OpName::Getxattr, ("/s/f1", "user.x")));
+            assert!(r.is_err());
+        });
         time("run_coroutine", &mut || {
             crate::runtime::block_on(d.run_coroutine(argv())).0.unwrap();
         });
