@@ -906,6 +906,14 @@ mod perf_probe {
         };
         let d = Dispatch::new(lua.clone(), &fs, cfg, Rc::new(Cell::new(Ctx::default()))).unwrap();
         let n = 200_000;
+        println!(
+            "handle future: {} bytes, stat future: {} bytes",
+            std::mem::size_of_val(&d.handle(crate::kernel::Request {
+                ctx: Ctx::default(),
+                op: crate::kernel::Op::Forget { nodes: vec![] },
+            })),
+            std::mem::size_of_val(&d.stat(b"/", None))
+        );
         let time = |name: &str, f: &mut dyn FnMut()| {
             let t = Instant::now();
             for _ in 0..n {
