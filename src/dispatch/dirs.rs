@@ -220,6 +220,7 @@ impl Dispatch {
         if !self.has(OpName::Readdir) {
             return reply.error(Errno::ENOSYS);
         }
+        let stamp = self.changes.get();
         let (id, filler) = match self.dirs.open(reply.plus()) {
             Ok(f) => f,
             Err(_) => return reply.error(Errno::ENOMEM),
@@ -243,12 +244,13 @@ impl Dispatch {
         if used_offsets {
             // Offset mode: this call's entries answer this request only.
             let mut reply = reply;
-            self.fill(ino, &entries, None, &mut reply).await;
+            self.fill(ino, &entries, None, &mut reply, false).await;
             return reply.ok();
         }
         let unkept = match self.handles.borrow_mut().get_mut(&fh) {
             Some(h) => {
                 h.dir = Some(entries);
+                h.dir_stamp = stamp;
                 None
             }
             None => Some(entries),
@@ -257,20 +259,25 @@ impl Dispatch {
             None => self.serve_cached(ino, fh, offset, reply).await,
             Some(entries) => {
                 let mut reply = reply;
-                self.fill(ino, &entries, Some(offset), &mut reply).await;
+                self.fill(ino, &entries, Some(offset), &mut reply, false)
+                    .await;
                 reply.ok()
             }
         }
     }
 
     async fn serve_cached(&self, ino: u64, fh: u64, offset: u64, mut reply: DirReply) {
-        let entries = self
+        let (entries, stamp) = self
             .handles
             .borrow_mut()
             .get_mut(&fh)
-            .and_then(|h| h.dir.take())
+            .and_then(|h| Some((h.dir.take()?, h.dir_stamp)))
             .unwrap_or_default();
-        self.fill(ino, &entries, Some(offset), &mut reply).await;
+        // Requests that may have changed attributes since the listing was taken make its
+        // attributes suspect.
+        let stale = stamp != self.changes.get();
+        self.fill(ino, &entries, Some(offset), &mut reply, stale)
+            .await;
         if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
             h.dir = Some(entries);
         }
@@ -326,17 +333,19 @@ impl Dispatch {
 
     /// Add entries to the reply until it is full. `index_from`: serve a cached listing from
     /// that position (offsets are positions); `None`: entries carry the script's offsets.
+    /// `stale`: the listing was taken before requests that may have changed attributes.
     async fn fill(
         &self,
         dir: u64,
         entries: &[DirEnt],
         index_from: Option<u64>,
         reply: &mut DirReply,
+        stale: bool,
     ) {
         let skip = index_from.map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
         // Attributes in a listing taken by an earlier request may be stale by now, and the
         // kernel would take them as fresh (a file's size could go backwards): re-read them.
-        let dir_path = if skip > 0 && matches!(reply, DirReply::Plus(_)) {
+        let dir_path = if stale && skip > 0 && matches!(reply, DirReply::Plus(_)) {
             self.path(dir).ok()
         } else {
             None

@@ -46,9 +46,15 @@ impl Dispatch {
         let fh = self.next_fh.get();
         self.next_fh.set(fh + 1);
         self.inodes.borrow_mut().opened(ino);
-        self.handles
-            .borrow_mut()
-            .insert(fh, Handle { ino, fi, dir: None });
+        self.handles.borrow_mut().insert(
+            fh,
+            Handle {
+                ino,
+                fi,
+                dir: None,
+                dir_stamp: 0,
+            },
+        );
         fh
     }
 

@@ -65,6 +65,8 @@ struct Handle {
     fi: Table,
     /// Directory listing captured at offset 0 (for scripts that do not use offsets).
     dir: Option<Vec<dirs::DirEnt>>,
+    /// `Dispatch::changes` when the listing was taken.
+    dir_stamp: u64,
 }
 
 pub struct Dispatch {
@@ -81,6 +83,9 @@ pub struct Dispatch {
     defaults: StatDefaults,
     ctx: CurrentCtx,
     watchdog: Option<Watchdog>,
+    /// Counts requests that may change attributes, at their start and at their end: a cached
+    /// directory listing taken when it had another value may hold stale attributes.
+    changes: Cell<u64>,
     /// Finished coroutines kept for the next calls (creating one per call costs more).
     threads: RefCell<Vec<Thread>>,
 }
@@ -170,6 +175,28 @@ fn lua_errno(v: &Value) -> Option<i32> {
         },
         _ => None,
     }
+}
+
+/// Whether `op` may change attributes a directory listing carries (sizes, times, links, modes;
+/// reads and flushes too: atime, and scripts that upload on flush).
+fn may_change_attributes(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Lookup { .. }
+            | Op::Forget { .. }
+            | Op::Getattr { .. }
+            | Op::Opendir { .. }
+            | Op::Readdir { .. }
+            | Op::Readdirplus { .. }
+            | Op::Releasedir { .. }
+            | Op::Statfs { .. }
+            | Op::Getxattr { .. }
+            | Op::Listxattr { .. }
+            | Op::Access { .. }
+            | Op::Getlk { .. }
+            | Op::Lseek { .. }
+            | Op::Bmap { .. }
+    )
 }
 
 /// The errno values scripts raise most, looked up in Lua without a call into Rust: each
@@ -276,6 +303,7 @@ impl Dispatch {
             ctx,
             watchdog,
             threads: RefCell::new(Vec::new()),
+            changes: Cell::new(0),
         })
     }
 
@@ -307,6 +335,17 @@ impl Dispatch {
 
     /// Serve one request: the only place replies are sent.
     pub async fn handle(&self, req: Request) {
+        let changes = may_change_attributes(&req.op);
+        if changes {
+            self.changes.set(self.changes.get() + 1);
+        }
+        self.serve(req).await;
+        if changes {
+            self.changes.set(self.changes.get() + 1);
+        }
+    }
+
+    async fn serve(&self, req: Request) {
         let ttl = self.cfg.attr_ttl;
         match req.op {
             Op::Lookup {
