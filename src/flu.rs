@@ -225,6 +225,30 @@ pub fn error_table(
     Ok(t)
 }
 
+/// Register the metatable of a module's error tables under `metatable_key`: `tostring(err)`
+/// gives "MODULE: STATUS: MESSAGE" (or "MODULE: MESSAGE" without a status).
+pub fn register_error_metatable(
+    lua: &Lua,
+    module: &'static str,
+    metatable_key: &str,
+) -> mlua::Result<()> {
+    let mt = lua.create_table()?;
+    mt.raw_set(
+        "__tostring",
+        lua.create_function(move |lua, e: Table| {
+            let status: Option<i64> = e.raw_get("status")?;
+            let message: Option<mlua::LuaString> = e.raw_get("message")?;
+            let message = message.map(|m| m.to_string_lossy()).unwrap_or_default();
+            let text = match status {
+                Some(s) => format!("{module}: {s}: {message}"),
+                None => format!("{module}: {message}"),
+            };
+            lua.create_string(text)
+        })?,
+    )?;
+    lua.set_named_registry_value(metatable_key, mt)
+}
+
 /// A fresh shared request context.
 pub fn new_ctx() -> CurrentCtx {
     Rc::new(Cell::new(Ctx::default()))

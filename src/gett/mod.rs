@@ -41,21 +41,7 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
     m.raw_set("null", Value::NULL)?;
     m.raw_set("default_api", DEFAULT_API)?;
 
-    let mt = lua.create_table()?;
-    mt.raw_set(
-        "__tostring",
-        lua.create_function(|lua, e: Table| {
-            let status: Option<i64> = e.raw_get("status")?;
-            let message: Option<mlua::LuaString> = e.raw_get("message")?;
-            let message = message.map(|m| m.to_string_lossy()).unwrap_or_default();
-            let text = match status {
-                Some(s) => format!("gett: {s}: {message}"),
-                None => format!("gett: {message}"),
-            };
-            lua.create_string(text)
-        })?,
-    )?;
-    lua.set_named_registry_value(ERROR_MT, mt)?;
+    crate::flu::register_error_metatable(lua, "gett", ERROR_MT)?;
 
     lua.register_module("gett", m)
 }
