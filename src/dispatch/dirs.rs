@@ -378,22 +378,33 @@ impl Dispatch {
             let dot = e.name == b"." || e.name == b"..";
             let full = match reply {
                 DirReply::Plain(r) => {
+                    // A name the kernel already holds: its node id and type are known here,
+                    // and the script's table need not be read (it may be anywhere in memory).
+                    let known = if dot {
+                        None
+                    } else {
+                        self.inodes.borrow().child(dir, &e.name)
+                    };
+                    let known_kind = known
+                        .and_then(|id| self.inodes.borrow().kind(id))
+                        .filter(|k| *k != 0);
                     let mode_ino = match (&e.stat, &e.table) {
                         (Some(st), _) => Some((st.mode, st.ino)),
+                        (None, _) if known_kind.is_some() => None,
                         (None, Some(t)) => self.entry_mode_ino(dir, &e.name, t),
                         (None, None) => None,
                     };
-                    let kind = match mode_ino {
-                        Some((mode, _)) => convert::file_type(mode),
-                        None if dot => FileType::Directory,
-                        None => FileType::RegularFile,
+                    let kind = match (mode_ino, known_kind) {
+                        (Some((mode, _)), _) => convert::file_type(mode),
+                        (None, Some(k)) => convert::file_type(k),
+                        (None, None) if dot => FileType::Directory,
+                        (None, None) => FileType::RegularFile,
                     };
                     let ino = if e.name == b".." {
                         self.inodes.borrow().parent(dir)
                     } else if dot {
                         Some(dir)
                     } else {
-                        let known = self.inodes.borrow().child(dir, &e.name);
                         known.or_else(|| {
                             mode_ino.and_then(|(_, ino)| self.inodes.borrow_mut().id_for(ino))
                         })
