@@ -636,6 +636,24 @@ impl StatReader {
     }
 }
 
+/// The type name Lua's own messages use (`type(v)`).
+pub fn lua_type(v: &Value) -> &'static str {
+    match v {
+        Value::Integer(_) | Value::Number(_) => "number",
+        Value::LightUserData(_) => "userdata",
+        v => v.type_name(),
+    }
+}
+
+/// A module function's argument error in Lua's own words:
+/// "bad argument #2 to 'get' (table or nil expected, got string)".
+pub fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
+    mlua::Error::runtime(format!(
+        "bad argument #{pos} to '{func}' ({want} expected, got {})",
+        lua_type(got)
+    ))
+}
+
 /// The fuser file type of a mode (a mode without type bits counts as a regular file).
 pub fn file_type(mode: u32) -> fuser::FileType {
     use fuser::FileType::*;

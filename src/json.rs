@@ -33,6 +33,7 @@
 //! - **errors**: `decode` of text that is not JSON returns `nil, message` (`json: expected
 //!   value at line 1 column 1`); misuse (a non-string to decode, a function, a cycle, NaN) raises.
 
+use crate::convert::{bad_arg, lua_type};
 use std::ffi::c_void;
 
 use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
@@ -70,22 +71,6 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
         lua.create_function(|lua, t: Value| mark(lua, t, "object", OBJECT_MT))?,
     )?;
     lua.register_module("json", m)
-}
-
-/// The type name Lua's own messages use (`type(v)`).
-fn lua_type(v: &Value) -> &'static str {
-    match v {
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::LightUserData(_) => "userdata",
-        v => v.type_name(),
-    }
-}
-
-fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
-    mlua::Error::runtime(format!(
-        "bad argument #{pos} to '{func}' ({want} expected, got {})",
-        lua_type(got)
-    ))
 }
 
 /// `json.array(t)` / `json.object(t)`: set the marker metatable (a new table when `t` is nil).

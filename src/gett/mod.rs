@@ -22,6 +22,7 @@
 
 pub(crate) mod client;
 
+use crate::convert::{bad_arg, lua_type};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,22 +99,6 @@ fn ret_json(lua: &Lua, r: Result<Json, GettError>) -> mlua::Result<MultiValue> {
 }
 
 // --- arguments ------------------------------------------------------------------------------
-
-/// The type name Lua's own messages use (`type(v)`).
-fn lua_type(v: &Value) -> &'static str {
-    match v {
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::LightUserData(_) => "userdata",
-        v => v.type_name(),
-    }
-}
-
-fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
-    mlua::Error::runtime(format!(
-        "bad argument #{pos} to '{func}' ({want} expected, got {})",
-        lua_type(got)
-    ))
-}
 
 /// The positional arguments of a method call (after self).
 struct Args<'a> {

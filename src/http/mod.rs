@@ -27,6 +27,7 @@
 
 pub mod client;
 
+use crate::convert::{bad_arg, lua_type};
 use std::time::Duration;
 
 use mlua::{IntoLuaMulti, Lua, MultiValue, Table, Value};
@@ -74,22 +75,6 @@ pub fn register(lua: &Lua) -> mlua::Result<()> {
 }
 
 // --- arguments ------------------------------------------------------------------------------
-
-/// The type name Lua's own messages use (`type(v)`).
-fn lua_type(v: &Value) -> &'static str {
-    match v {
-        Value::Integer(_) | Value::Number(_) => "number",
-        Value::LightUserData(_) => "userdata",
-        v => v.type_name(),
-    }
-}
-
-fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {
-    mlua::Error::runtime(format!(
-        "bad argument #{pos} to '{func}' ({want} expected, got {})",
-        lua_type(got)
-    ))
-}
 
 fn misuse(func: &str, msg: impl std::fmt::Display) -> mlua::Error {
     mlua::Error::runtime(format!("http.{func}: {msg}"))
