@@ -338,20 +338,7 @@ impl Stat {
             Ok(())
         };
         if t.has_metatable() {
-            for key in [
-                "mode",
-                "ino",
-                "nlink",
-                "uid",
-                "gid",
-                "rdev",
-                "size",
-                "blocks",
-                "blksize",
-                "access",
-                "modification",
-                "change",
-            ] {
+            for &key in &STAT_KEYS[..12] {
                 let v: Value = t.get(key).map_err(|e| BadValue(e.to_string()))?;
                 apply(key.as_bytes(), &v)?;
             }
@@ -523,7 +510,7 @@ pub struct StatReader {
     keys: Table,
 }
 
-/// Fields of the common form: 9 integers, 3 times.
+/// The fields of a stat table: 9 integers, 3 times, then the keys of a time table.
 const STAT_KEYS: [&str; 14] = [
     "mode",
     "ino",
