@@ -38,30 +38,10 @@ local ENOTEMPTY, EINVAL, EPERM, EBUSY = errno.ENOTEMPTY, errno.EINVAL, errno.EPE
 local ENAMETOOLONG, ENODATA, EOPNOTSUPP = errno.ENAMETOOLONG, errno.ENODATA, errno.EOPNOTSUPP
 local EACCES = errno.EACCES
 
-local flu_mode, now, get_context = flu.mode, flu.now, flu.get_context
+local fmode, now, get_context = flu.mode, flu.now, flu.get_context
 local sub, find, match, rep, byte = string.sub, string.find, string.match, string.rep, string.byte
 local concat = table.concat
 local type, next, pairs, error, tonumber = type, next, pairs, error, tonumber
-
--- The host passes modes as sets ({reg=true, rusr=true, ...}); adding their bits up here saves
--- a call into the host per create/mkdir/chmod. Anything unusual goes to flu.mode.
-local MODE_BITS = {
-	blk = 0x6000, chr = 0x2000, fifo = 0x1000, reg = 0x8000, dir = 0x4000, lnk = 0xA000,
-	sock = 0xC000, rusr = 256, wusr = 128, xusr = 64, rgrp = 32, wgrp = 16, xgrp = 8,
-	roth = 4, woth = 2, xoth = 1, suid = 0x800, sgid = 0x400, svtx = 0x200,
-}
-local function fmode(m)
-	if type(m) == "table" then
-		local r = 0
-		for k, v in next, m do
-			local b = MODE_BITS[k]
-			if not b or v ~= true then return flu_mode(m) end
-			r = r | b
-		end
-		return r
-	end
-	return flu_mode(m)
-end
 local gmatch = string.gmatch
 local ostime = os.time
 

@@ -5,14 +5,14 @@ use fuser::{Errno, FopenFlags};
 use mlua::{MultiValue, Table, Value};
 
 use super::{Dispatch, Fail, Handle, first};
-use crate::convert::{Lock, Stat};
+use crate::convert::{self, Lock, Stat};
 use crate::ops::OpName;
 
 impl Dispatch {
     /// A new `fi` table for an open with `flags`, with the mount's defaults.
     fn new_fi(&self, flags: i32) -> Result<Table, Fail> {
         let fi = self.table()?;
-        let set = self.flagset(flags)?;
+        let set = convert::open_flags_to_lua(&self.lua, flags).map_err(|_| Errno::ENOMEM)?;
         let _ = fi.raw_set("flags", set);
         let _ = fi.raw_set("direct_io", self.cfg.direct_io);
         let _ = fi.raw_set("keep_cache", self.cfg.kernel_cache);

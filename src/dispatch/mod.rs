@@ -75,7 +75,6 @@ pub struct Dispatch {
     trampoline: Function,
     dirs: dirs::Lister,
     stat_reader: convert::StatReader,
-    sets: Sets,
     inodes: RefCell<Inodes>,
     handles: RefCell<HashMap<u64, Handle>>,
     next_fh: Cell<u64>,
@@ -88,59 +87,6 @@ pub struct Dispatch {
     changes: Cell<u64>,
     /// Finished coroutines kept for the next calls (creating one per call costs more).
     threads: RefCell<Vec<Thread>>,
-}
-
-/// Mode sets and open-flag sets, made once per distinct value and copied for each call
-/// (scripts may change the set they get): copying reuses the key strings instead of making
-/// them again.
-struct Sets {
-    copy: Function,
-    modes: RefCell<HashMap<u32, Table>>,
-    flags: RefCell<HashMap<i32, Table>>,
-}
-
-/// Distinct values remembered per kind; past it sets are made afresh.
-const SETS_KEPT: usize = 256;
-
-const COPY_SET: &str = r#"
-local next = next
-return function(t)
-  local c = {}
-  for k, v in next, t do c[k] = v end
-  return c
-end
-"#;
-
-impl Sets {
-    fn new(lua: &Lua) -> mlua::Result<Sets> {
-        Ok(Sets {
-            copy: lua.load(COPY_SET).set_name("=flufs.sets").eval()?,
-            modes: RefCell::default(),
-            flags: RefCell::default(),
-        })
-    }
-
-    fn get<K: std::hash::Hash + Eq + Copy>(
-        &self,
-        cache: &RefCell<HashMap<K, Table>>,
-        key: K,
-        make: impl FnOnce() -> mlua::Result<Table>,
-    ) -> Result<Table, Fail> {
-        let known = cache.borrow().get(&key).cloned();
-        let template = match known {
-            Some(t) => t,
-            None => {
-                let t = make().map_err(|_| Errno::ENOMEM)?;
-                let mut c = cache.borrow_mut();
-                if c.len() >= SETS_KEPT {
-                    return Ok(t);
-                }
-                c.insert(key, t.clone());
-                t
-            }
-        };
-        self.copy.call(template).map_err(|_| Errno::ENOMEM)
-    }
 }
 
 /// How many finished coroutines are kept for reuse.
@@ -286,7 +232,6 @@ impl Dispatch {
             time: Timespec::now(),
         };
         let stat_reader = convert::StatReader::new(&lua)?;
-        let sets = Sets::new(&lua)?;
         let dirs = dirs::Lister::new(&lua)?;
         Ok(Dispatch {
             lua,
@@ -294,7 +239,6 @@ impl Dispatch {
             trampoline,
             dirs,
             stat_reader,
-            sets,
             inodes: RefCell::new(Inodes::new()),
             handles: RefCell::new(HashMap::new()),
             next_fh: Cell::new(1),
@@ -884,16 +828,7 @@ impl Dispatch {
     }
 
     fn modeset(&self, mode: u32) -> Result<Table, Fail> {
-        self.sets.get(&self.sets.modes, mode, || {
-            convert::mode_to_lua(&self.lua, mode)
-        })
-    }
-
-    /// Open flags as a set (see `Sets`).
-    fn flagset(&self, flags: i32) -> Result<Table, Fail> {
-        self.sets.get(&self.sets.flags, flags, || {
-            convert::open_flags_to_lua(&self.lua, flags)
-        })
+        convert::mode_to_lua(&self.lua, mode).map_err(|_| Errno::ENOMEM)
     }
 
     /// Record a lookup of `name` in `parent` with attributes `st`; returns the node id.
