@@ -9,14 +9,13 @@
 //! `cargo test --test differential diff_seed_1`.
 mod common;
 
-use common::{Mount, shipped};
+use common::{Mount, RefDir, Rng, cpath, last_errno, shipped};
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const NAMES: [&str; 5] = ["a", "b", "c", "d", "e"];
 const XATTR_NAMES: [&str; 3] = ["user.a", "user.b", "user.c"];
@@ -24,31 +23,6 @@ const TREE_EVERY: usize = 200;
 
 // ---------------------------------------------------------------------------------------------
 // PRNG
-
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-        &v[self.below(v.len() as u64) as usize]
-    }
-}
 
 fn data_from_seed(seed: u64, len: usize) -> Vec<u8> {
     let mut r = Rng::new(seed);
@@ -166,14 +140,6 @@ type Outcome = Result<String, i32>;
 fn err(e: std::io::Error) -> i32 {
     e.raw_os_error()
         .unwrap_or_else(|| panic!("error without errno: {e}"))
-}
-
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
 fn kind_of(ft: fs::FileType) -> &'static str {
@@ -842,27 +808,6 @@ fn reference_paths(root: &Path) -> Existing {
 // driver
 
 /// Reference directory on tmpfs when available; removed on drop.
-struct RefDir(PathBuf);
-impl RefDir {
-    fn new(seed: u64) -> RefDir {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let p = base.join(format!("flufs-diff-ref-{}-{seed}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        RefDir(p)
-    }
-}
-impl Drop for RefDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn user_xattrs_supported(dir: &Path) -> bool {
     let probe = dir.join(".xattr-probe");
     fs::write(&probe, b"").unwrap();
@@ -883,7 +828,7 @@ fn ops_per_seed() -> usize {
 
 fn run_seed(seed: u64, opts: &[&str]) {
     let n_ops = ops_per_seed();
-    let reference = RefDir::new(seed);
+    let reference = RefDir::new(&format!("diff-ref-{seed}"));
     let xattrs = user_xattrs_supported(&reference.0);
     if !xattrs {
         eprintln!("seed {seed}: reference fs has no user xattrs; xattr ops disabled");

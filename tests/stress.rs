@@ -14,12 +14,12 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{Mount, shipped};
+use common::{Mount, RefDir, Rng, cpath, last_errno, shipped};
 
 fn luafs() -> Mount {
     Mount::new(&shipped("luafs.lua"), &[])
@@ -27,27 +27,6 @@ fn luafs() -> Mount {
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-struct Rng(u64);
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// Deterministic pseudo-random bytes for block `seed`.
 fn fill(seed: u64, buf: &mut [u8]) {
@@ -83,10 +62,6 @@ fn checksum(data: &[u8]) -> u64 {
     h
 }
 
-fn cpath(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
 fn statvfs(p: &Path) -> libc::statvfs {
     let mut v: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(cpath(p).as_ptr(), &mut v) }, 0);
@@ -96,10 +71,6 @@ fn statvfs(p: &Path) -> libc::statvfs {
 fn errno_of(e: std::io::Error) -> i32 {
     e.raw_os_error()
         .unwrap_or_else(|| panic!("error without errno: {e}"))
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
 fn names(dir: &Path) -> Vec<OsString> {
@@ -1052,27 +1023,6 @@ fn snapshot(root: &Path, skip: &dyn Fn(&str) -> bool) -> BTreeMap<String, String
 }
 
 /// A reference directory on tmpfs (/dev/shm), removed on drop.
-struct RefDir(PathBuf);
-impl RefDir {
-    fn new(tag: &str) -> RefDir {
-        let base = if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            std::env::temp_dir()
-        };
-        let p = base.join(format!("flufs-stress-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
-        RefDir(p)
-    }
-}
-impl Drop for RefDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn record(w: usize, i: usize) -> Vec<u8> {
     let mut r = format!("worker {w} op {i:08}").into_bytes();
     r.resize(RECORD - 1, b'.');
@@ -1129,7 +1079,7 @@ fn concurrent_workers_on_one_mount_match_a_reference() {
     }
     let n_ops = ops_per_worker();
     let m = luafs();
-    let reference = RefDir::new("concurrent");
+    let reference = RefDir::new("stress-concurrent");
     let mnt = m.mnt.clone();
     for root in [&mnt, &reference.0] {
         fs::create_dir(root.join("shared")).unwrap();
