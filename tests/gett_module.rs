@@ -12,7 +12,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Mount, TempDir, fixture, flufs_bin, fuse_available, repo};
 
@@ -181,18 +181,7 @@ fn run_chunk(server: &Server, chunk: &str) -> Run {
         .stderr(stderr)
         .spawn()
         .expect("spawn flufs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let code = common::wait_or_kill(&mut child, Duration::from_secs(120));
     let mut stderr = String::new();
     if let Ok(mut f) = std::fs::File::open(&stderr_path) {
         let _ = f.read_to_string(&mut stderr);

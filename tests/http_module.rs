@@ -64,18 +64,7 @@ fn run_chunk(server: &Server, chunk: &str) -> Run {
         .stderr(stderr)
         .spawn()
         .expect("spawn flufs");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let code = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-        }
-    };
+    let code = common::wait_or_kill(&mut child, Duration::from_secs(120));
     let mut stderr = String::new();
     if let Ok(mut f) = std::fs::File::open(&stderr_path) {
         let _ = f.read_to_string(&mut stderr);

@@ -318,3 +318,20 @@ impl Drop for RefDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Wait up to `limit` for `child` to exit and return its exit code; past the limit (or on a
+/// wait error) kill it and return None.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
