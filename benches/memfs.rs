@@ -1166,7 +1166,7 @@ fn main() {
         MountOption::NoDev,
     ];
     config.acl = SessionACL::Owner;
-    config.n_threads = Some(1);
+    config.n_threads = Some(1); // flufs's default (mount::DEFAULT_THREADS)
     let session = if unsafe { libc::geteuid() } == 0 {
         mount_direct(&mnt).and_then(|fd| {
             Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| lazy_unmount(&mnt))

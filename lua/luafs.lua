@@ -9,7 +9,8 @@
 -- Inodes are tables:
 --   mode (integer, type bits included), ino, nlink, uid, gid, rdev, size, blocks, blksize,
 --   access/modification/change ({sec=, nsec=}): the fields of a stat table, so a node is
---   its own stat table (getattr and readdir pass nodes as they are);
+--   its own stat table (getattr and readdir pass nodes as they are, and create, mknod,
+--   mkdir, symlink and link return the node, which saves flufs a getattr per new entry);
 --   xattrs (name -> string, created on first use),
 --   regular files: data (chunk index -> string), nalloc (chunks present), opens (open count)
 --   directories:   entries (name -> inode), parent (inode)
@@ -663,6 +664,7 @@ function fs.mknod(path, modeset, rdev)
 		node.rdev = rdev or 0
 	end
 	link_in(dir, name, node)
+	return node
 end
 
 function fs.mkdir(path, modeset)
@@ -676,6 +678,7 @@ function fs.mkdir(path, modeset)
 	node.parent = dir
 	dir.nlink = dir.nlink + 1
 	link_in(dir, name, node)
+	return node
 end
 
 function fs.symlink(target, path)
@@ -685,6 +688,7 @@ function fs.symlink(target, path)
 	node.target = target
 	node.size = #target
 	link_in(dir, name, node)
+	return node
 end
 
 function fs.unlink(path)
@@ -813,6 +817,7 @@ function fs.link(from, to)
 	local s, ns = now()
 	touch_c(node, s, ns)
 	touch_mc(dir, s, ns)
+	return node
 end
 
 -- chmod, chown, truncate and utimens get the open file's fi as an extra argument when the
@@ -888,7 +893,7 @@ function fs.create(path, modeset, fi)
 		if flags and flags.excl then error(EEXIST) end
 		if node.entries then error(EISDIR) end
 		open_node(node, fi)
-		return
+		return node
 	end
 	if #name > NAME_MAX then error(ENAMETOOLONG) end
 	local uid, gid, perm = owner(dir, fmode(modeset) & PERM)
@@ -897,6 +902,7 @@ function fs.create(path, modeset, fi)
 	node.opens = 1
 	link_in(dir, name, node)
 	fi.fh = node
+	return node
 end
 
 function fs.read(path, size, offset, fi)

@@ -71,15 +71,39 @@ impl Dispatch {
         }
     }
 
-    /// Attributes of a just-created `name` in `parent`, counting the kernel's reference.
+    /// Attributes of a just-created `name` in `parent`, counting the kernel's reference: the
+    /// stat table the creating operation returned (`out`), else getattr's.
     pub(super) async fn new_entry(
         &self,
+        op: OpName,
         parent: u64,
         name: &[u8],
         path: &[u8],
+        out: MultiValue,
     ) -> Result<(u64, Stat), Fail> {
-        let st = self.stat(path, None).await?;
+        let st = match self.returned_stat(op, path, out)? {
+            Some(st) => st,
+            None => self.stat(path, None).await?,
+        };
         Ok((self.remember(parent, name, &st), st))
+    }
+
+    /// The stat table an operation that makes an entry (create, mknod, mkdir, symlink, link)
+    /// may return, saving the getattr that would follow; `None` when it returned no table.
+    pub(super) fn returned_stat(
+        &self,
+        op: OpName,
+        path: &[u8],
+        out: MultiValue,
+    ) -> Result<Option<Stat>, Fail> {
+        match first(out) {
+            Some(Value::Table(t)) => self
+                .stat_reader
+                .decode(&self.lua, &t, &self.defaults)
+                .map(Some)
+                .map_err(|e| self.bad_value(op, path, e)),
+            _ => Ok(None),
+        }
     }
 
     pub(super) async fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Stat, Fail> {

@@ -88,12 +88,16 @@ impl Dispatch {
         }
         let path = self.child_path(parent, name)?;
         let fi = self.new_fi(flags)?;
-        self.call_unit(
-            OpName::Create,
-            (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
-        )
-        .await?;
-        let st = self.stat(&path, Some(fi.clone())).await?;
+        let out = self
+            .call(
+                OpName::Create,
+                (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
+            )
+            .await?;
+        let st = match self.returned_stat(OpName::Create, &path, out)? {
+            Some(st) => st,
+            None => self.stat(&path, Some(fi.clone())).await?,
+        };
         let ino = self.remember(parent, name, &st);
         let flags = Self::fopen_flags(&fi, false);
         let fh = self.register(ino, fi);

@@ -1,4 +1,5 @@
-//! Directory entries: mknod, mkdir, symlink, link (which answer with the new entry), unlink,
+//! Directory entries: mknod, mkdir, symlink, link (which answer with the new entry: the stat
+//! table they return, else getattr's), unlink,
 //! rmdir, rename, and readlink. The inode table follows every change that succeeded.
 
 use fuser::Errno;
@@ -15,12 +16,14 @@ impl Dispatch {
         rdev: u32,
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let path = self.child_path(parent, name)?;
-        self.call_unit(
-            OpName::Mknod,
-            (self.lstr(&path)?, self.modeset(mode)?, rdev),
-        )
-        .await?;
-        self.new_entry(parent, name, &path).await
+        let out = self
+            .call(
+                OpName::Mknod,
+                (self.lstr(&path)?, self.modeset(mode)?, rdev),
+            )
+            .await?;
+        self.new_entry(OpName::Mknod, parent, name, &path, out)
+            .await
     }
 
     pub(super) async fn mkdir(
@@ -32,9 +35,9 @@ impl Dispatch {
         let path = self.child_path(parent, name)?;
         // Flu's mkdir set has no `dir` key.
         let set = self.modeset(mode & !libc::S_IFMT)?;
-        self.call_unit(OpName::Mkdir, (self.lstr(&path)?, set))
-            .await?;
-        self.new_entry(parent, name, &path).await
+        let out = self.call(OpName::Mkdir, (self.lstr(&path)?, set)).await?;
+        self.new_entry(OpName::Mkdir, parent, name, &path, out)
+            .await
     }
 
     pub(super) async fn symlink(
@@ -44,9 +47,11 @@ impl Dispatch {
         target: &[u8],
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let path = self.child_path(parent, name)?;
-        self.call_unit(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))
+        let out = self
+            .call(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))
             .await?;
-        self.new_entry(parent, name, &path).await
+        self.new_entry(OpName::Symlink, parent, name, &path, out)
+            .await
     }
 
     /// A hard link: the new name is the same node as `ino`, whatever the script's ino says.
@@ -58,9 +63,13 @@ impl Dispatch {
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let from = self.path(ino)?;
         let to = self.child_path(newparent, newname)?;
-        self.call_unit(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))
+        let out = self
+            .call(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))
             .await?;
-        let st = self.stat(&to, None).await?;
+        let st = match self.returned_stat(OpName::Link, &to, out)? {
+            Some(st) => st,
+            None => self.stat(&to, None).await?,
+        };
         self.inodes.borrow_mut().link(ino, newparent, newname);
         Ok((ino, st))
     }
