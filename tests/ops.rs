@@ -1927,3 +1927,48 @@ fn faulty_script_errors_every_request_but_daemon_survives() {
     );
     assert!(!is_mounted(&m.mnt));
 }
+
+/// create, mknod, mkdir, symlink and link may return the new entry's stat table: the kernel
+/// gets that one (size 777 here) and getattr (which would say size 1) is not called for it.
+#[test]
+fn entries_made_with_a_returned_stat_need_no_getattr() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("ops_returns_stat.lua"), &[]);
+    let calls = || -> u64 {
+        let s = fs::read_to_string(m.path("getattr_calls")).unwrap();
+        s.parse().unwrap()
+    };
+    let before = calls();
+    let f = fs::File::create(m.path("f")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 777, "create's table");
+    drop(f);
+    fs::create_dir(m.path("d")).unwrap();
+    assert_eq!(
+        fs::metadata(m.path("d")).unwrap().len(),
+        777,
+        "mkdir's table"
+    );
+    std::os::unix::fs::symlink("f", m.path("s")).unwrap();
+    assert_eq!(
+        fs::symlink_metadata(m.path("s")).unwrap().len(),
+        777,
+        "symlink's table"
+    );
+    let fifo = cstr(&m.path("p"));
+    ok(
+        unsafe { libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o644, 0) } as i64,
+        "mknod",
+    );
+    assert_eq!(
+        fs::symlink_metadata(m.path("p")).unwrap().len(),
+        777,
+        "mknod's table"
+    );
+    fs::hard_link(m.path("p"), m.path("p2")).unwrap();
+    let st = fs::symlink_metadata(m.path("p2")).unwrap();
+    assert_eq!((st.len(), st.mtime()), (777, 777), "link's table");
+    // Only the lookups of the new names (each answered "no such file") reached getattr.
+    assert_eq!(calls() - before, 5);
+}
