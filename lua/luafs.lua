@@ -955,6 +955,9 @@ function fs.fallocate(path, mode, offset, length, fi)
 	end
 end
 
+-- No fi.keep_cache / fi.cache_readdir: luafs's offsets are positions in a listing taken per
+-- open (Lua's table order), and the kernel fills its cache from concurrent listings, joining
+-- them at an offset; a directory changed while listed could then stay listed stale.
 function fs.opendir(path, fi)
 	local node = lookup(path)
 	if not node.entries then error(ENOTDIR) end

@@ -500,6 +500,12 @@ impl Stat {
     }
 }
 
+/// Where `read_plain` finds the table.
+enum Src<'a> {
+    Table(&'a Table),
+    Item(&'a Table, i64),
+}
+
 /// Decodes stat tables. The common form (integer mode and fields, integer or `{sec=,nsec=}`
 /// times, Flu names, no metatables) is read straight off the Lua stack with raw gets, keyed by
 /// strings made once (no Lua call, no intermediate values); anything else goes through
@@ -536,28 +542,49 @@ impl StatReader {
     }
 
     pub fn decode(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
-        match self.read_plain(lua, t, 9) {
+        match self.read_plain(lua, Src::Table(t), 9) {
             Some(v) => Stat::from_ints(&v, d),
             None => Stat::from_lua(t, d),
         }
     }
 
-    /// Only the mode and the script's ino (what a plain READDIR entry needs): two reads in
-    /// the common form.
-    pub fn mode_ino(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<(u32, u64)> {
-        if let Some(v) = self.read_plain(lua, t, 2)
+    /// `decode` of `tables[i]` (a readdir listing keeps its stat tables in one Lua array).
+    pub fn decode_item(&self, lua: &Lua, tables: &Table, i: i64, d: &StatDefaults) -> Conv<Stat> {
+        match self.read_plain(lua, Src::Item(tables, i), 9) {
+            Some(v) => Stat::from_ints(&v, d),
+            None => Stat::from_lua(&Self::item(tables, i)?, d),
+        }
+    }
+
+    /// Only the mode and the script's ino of `tables[i]` (what a plain READDIR entry needs):
+    /// two reads in the common form.
+    pub fn mode_ino_item(
+        &self,
+        lua: &Lua,
+        tables: &Table,
+        i: i64,
+        d: &StatDefaults,
+    ) -> Conv<(u32, u64)> {
+        if let Some(v) = self.read_plain(lua, Src::Item(tables, i), 2)
             && let Some(mode) = v[0].and_then(|m| u32::try_from(m).ok())
             && mode <= 0o177777
         {
             let ino = v[1].and_then(|i| u64::try_from(i).ok()).unwrap_or(0);
             return Ok((mode, ino));
         }
-        self.decode(lua, t, d).map(|st| (st.mode, st.ino))
+        self.decode_item(lua, tables, i, d)
+            .map(|st| (st.mode, st.ino))
+    }
+
+    fn item(tables: &Table, i: i64) -> Conv<Table> {
+        tables
+            .raw_get::<Table>(i)
+            .or_else(|_| bad("expected a stat table"))
     }
 
     /// The first `ints` integer fields and, when all 9 are asked for, the times of a table
     /// in the common form (15 fields, absent ones `None`); `None` for any other form.
-    fn read_plain(&self, lua: &Lua, t: &Table, ints: usize) -> Option<[Option<i64>; 15]> {
+    fn read_plain(&self, lua: &Lua, src: Src, ints: usize) -> Option<[Option<i64>; 15]> {
         use mlua::ffi;
         lua.exec_raw_lua(|raw| unsafe {
             let state = raw.state();
@@ -565,8 +592,19 @@ impl StatReader {
                 return None;
             }
             let top = ffi::lua_gettop(state);
-            self.keys.clone().push_into_stack(raw).ok()?;
-            t.clone().push_into_stack(raw).ok()?;
+            (&self.keys).push_into_stack(raw).ok()?;
+            match src {
+                Src::Table(t) => t.push_into_stack(raw).ok()?,
+                Src::Item(tables, i) => {
+                    tables.push_into_stack(raw).ok()?;
+                    ffi::lua_rawgeti(state, -1, i);
+                    ffi::lua_remove(state, -2);
+                }
+            }
+            if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
+                ffi::lua_settop(state, top);
+                return None;
+            }
             let (keys, tbl) = (top + 1, top + 2);
             // The integer at key number `k` of the table at `at` (None: absent; Err: other type).
             let int = |at: i32, k: i64| -> Result<Option<i64>, ()> {

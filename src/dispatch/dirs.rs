@@ -7,14 +7,13 @@
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 use std::cell::{Cell, RefCell};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, c_int};
 use std::os::unix::ffi::OsStrExt;
-use std::rc::Rc;
 
 use fuser::{Errno, FileType, Generation, INodeNo};
 
 use crate::replies::{ReplyDirectory, ReplyDirectoryPlus};
-use mlua::{Function, Lua, MultiValue, Table, Value};
+use mlua::{Function, Lua, Table, ffi};
 
 use super::Dispatch;
 use crate::convert::{self, Stat};
@@ -22,13 +21,20 @@ use crate::ops::OpName;
 
 /// One collected entry.
 pub(super) struct DirEnt {
-    pub name: Vec<u8>,
+    pub name: Box<[u8]>,
     pub stat: Option<Stat>,
-    /// The stat table the script gave, read only when the entry is sent (a plain READDIR
-    /// needs just its mode and ino).
-    pub table: Option<Table>,
+    /// Whether the script gave a stat table (kept in the listing's `tables` at this entry's
+    /// position, read only when the entry is sent: a plain READDIR needs just its mode and ino).
+    pub has_table: bool,
     /// The script's offset (offset mode) or 0.
     pub offset: u64,
+}
+
+/// What one readdir call collected: the entries, and the stat tables the script gave
+/// (`tables[i]` belongs to `entries[i - 1]`).
+pub(super) struct Listing {
+    pub entries: Vec<DirEnt>,
+    pub tables: Table,
 }
 
 /// The reply a listing goes into.
@@ -74,106 +80,173 @@ struct Sink {
 }
 
 /// The sinks of the readdir calls in progress (several may be suspended at once), by id.
-type Sinks = Rc<RefCell<HashMap<u64, Sink>>>;
+type Sinks = RefCell<HashMap<u64, Sink>>;
 
 /// Makes one `filler` per readdir call and collects what it is given.
 pub(super) struct Lister {
-    sinks: Sinks,
+    /// Leaked once per mount: the C function `push` holds a pointer to it, and a script may
+    /// keep a filler (and call it, getting an error) for as long as the Lua state lives.
+    sinks: &'static Sinks,
     factory: Function,
     next: Cell<u64>,
 }
 
-/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink); stat tables
-/// are read by `StatReader` in Rust.
+/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink). `push`
+/// (C, below) checks and records the name and offset and returns the entry's position, or
+/// false once a kernel buffer is full in offset mode; the stat table stays in `tables`.
 const FILLER: &str = r#"
-local push, push_table = ...
-return function(id)
+local push = ...
+return function(id, tables)
   return function(name, st, off)
-    if st == nil then return push(id, name, off) end
-    return push_table(id, name, off, st)
+    local i = push(id, name, off, st)
+    if i and st ~= nil then tables[i] = st end
+    return i ~= false
   end
 end
 "#;
 
-fn add_entry(
-    sinks: &Sinks,
-    id: u64,
-    name: mlua::LuaString,
-    off: Value,
-    table: Option<Table>,
-) -> mlua::Result<bool> {
-    let name = name.as_bytes().to_vec();
-    if name.is_empty() || name.contains(&b'/') || name.contains(&0) || name.len() > 255 {
-        return Err(mlua::Error::runtime(format!(
-            "filler: invalid entry name {:?}",
-            String::from_utf8_lossy(&name)
-        )));
-    }
-    let offset = match off {
-        Value::Nil => 0,
-        Value::Integer(i) if i >= 0 => i as u64,
-        other => {
-            return Err(mlua::Error::runtime(format!(
-                "filler: offset must be a non-negative integer, got {}",
-                other.type_name()
-            )));
+/// Why `push` refuses an entry.
+enum Refusal {
+    NotString(c_int),
+    BadName,
+    BadOffset(c_int),
+    NotTable(c_int),
+    Closed,
+}
+
+/// The filler's work, in C so that an entry costs no more than a call: arguments `id, name,
+/// off, st`. Raises a Lua error for bad arguments (nothing of Rust is alive then).
+unsafe extern "C-unwind" fn push(state: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let sinks = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Sinks;
+        if sinks.is_null() {
+            return 0;
         }
-    };
-    let mut all = sinks.borrow_mut();
-    let Some(s) = all.get_mut(&id) else {
-        return Err(mlua::Error::runtime(
-            "filler called after its readdir returned",
-        ));
-    };
-    if offset > 0 {
-        s.used_offsets = true;
-        let size = entry_size(name.len(), s.plus);
-        if s.bytes + size > KERNEL_BUFFER {
-            return Ok(false);
+        match record(state, &*sinks) {
+            Ok(Some(i)) => ffi::lua_pushinteger(state, i as ffi::lua_Integer),
+            Ok(None) => ffi::lua_pushboolean(state, 0),
+            Err(r) => refuse(state, r),
         }
-        s.bytes += size;
+        1
     }
-    s.entries.push(DirEnt {
-        name,
-        stat: None,
-        table,
-        offset,
-    });
-    Ok(true)
+}
+
+/// Record the entry `push` was given; `Ok(None)` when the kernel buffer is full.
+unsafe fn record(state: *mut ffi::lua_State, sinks: &Sinks) -> Result<Option<usize>, Refusal> {
+    unsafe {
+        let id = ffi::lua_tointegerx(state, 1, std::ptr::null_mut()) as u64;
+        let t = ffi::lua_type(state, 2);
+        if t != ffi::LUA_TSTRING {
+            return Err(Refusal::NotString(t));
+        }
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(state, 2, &mut len) as *const u8;
+        let name = std::slice::from_raw_parts(p, len);
+        if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b == b'/' || b == 0) {
+            return Err(Refusal::BadName);
+        }
+        let offset = match ffi::lua_type(state, 3) {
+            ffi::LUA_TNIL | ffi::LUA_TNONE => 0,
+            t => {
+                let mut isint = 0;
+                let o = ffi::lua_tointegerx(state, 3, &mut isint);
+                if t != ffi::LUA_TNUMBER || isint == 0 || o < 0 {
+                    return Err(Refusal::BadOffset(t));
+                }
+                o as u64
+            }
+        };
+        let has_table = match ffi::lua_type(state, 4) {
+            ffi::LUA_TNIL | ffi::LUA_TNONE => false,
+            ffi::LUA_TTABLE => true,
+            t => return Err(Refusal::NotTable(t)),
+        };
+        let mut all = sinks.borrow_mut();
+        let Some(s) = all.get_mut(&id) else {
+            return Err(Refusal::Closed);
+        };
+        if offset > 0 {
+            s.used_offsets = true;
+            let size = entry_size(name.len(), s.plus);
+            if s.bytes + size > KERNEL_BUFFER {
+                return Ok(None);
+            }
+            s.bytes += size;
+        }
+        s.entries.push(DirEnt {
+            name: name.into(),
+            stat: None,
+            has_table,
+            offset,
+        });
+        Ok(Some(s.entries.len()))
+    }
+}
+
+/// Raise the Lua error for a refused entry (does not return).
+unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
+    unsafe {
+        let type_name = |t: c_int| std::ffi::CStr::from_ptr(ffi::lua_typename(state, t));
+        match r {
+            Refusal::NotString(t) => {
+                ffi::lua_pushstring(
+                    state,
+                    c"filler: bad argument #1 (string expected, got ".as_ptr(),
+                );
+                ffi::lua_pushstring(state, type_name(t).as_ptr());
+                ffi::lua_pushstring(state, c")".as_ptr());
+                ffi::lua_concat(state, 3);
+            }
+            Refusal::BadName => {
+                ffi::lua_pushstring(state, c"filler: invalid entry name \"".as_ptr());
+                ffi::lua_pushvalue(state, 2);
+                ffi::lua_pushstring(state, c"\"".as_ptr());
+                ffi::lua_concat(state, 3);
+            }
+            Refusal::BadOffset(t) => {
+                ffi::lua_pushstring(
+                    state,
+                    c"filler: offset must be a non-negative integer, got ".as_ptr(),
+                );
+                ffi::lua_pushstring(state, type_name(t).as_ptr());
+                ffi::lua_concat(state, 2);
+            }
+            Refusal::NotTable(t) => {
+                ffi::lua_pushstring(
+                    state,
+                    c"filler: bad argument #2 (table expected, got ".as_ptr(),
+                );
+                ffi::lua_pushstring(state, type_name(t).as_ptr());
+                ffi::lua_pushstring(state, c")".as_ptr());
+                ffi::lua_concat(state, 3);
+            }
+            Refusal::Closed => {
+                ffi::lua_pushstring(state, c"filler called after its readdir returned".as_ptr());
+            }
+        }
+        ffi::lua_error(state)
+    }
 }
 
 impl Lister {
     pub(super) fn new(lua: &Lua) -> mlua::Result<Lister> {
-        let sinks: Sinks = Rc::new(RefCell::new(HashMap::new()));
-        let s = sinks.clone();
-        let push = lua.create_function(move |_, args: MultiValue| {
-            let mut it = args.into_vec().into_iter();
-            let id = match it.next() {
-                Some(Value::Integer(i)) => i as u64,
-                _ => return Err(mlua::Error::runtime("filler: internal id missing")),
-            };
-            let name = match it.next() {
-                Some(Value::String(s)) => s,
-                other => {
-                    return Err(mlua::Error::runtime(format!(
-                        "filler: bad argument #1 (string expected, got {})",
-                        other.as_ref().map_or("no value", |v| v.type_name())
-                    )));
+        let sinks: &'static Sinks = Box::leak(Box::new(RefCell::new(HashMap::new())));
+        // SAFETY: `push` only reads its arguments and the leaked `sinks` (alive for the rest
+        // of the process) and raises errors with nothing of Rust alive.
+        let push = unsafe {
+            lua.exec_raw_lua(|raw| {
+                let state = raw.state();
+                if ffi::lua_checkstack(state, 2) == 0 {
+                    return Err(mlua::Error::runtime("stack overflow"));
                 }
-            };
-            let off = it.next().unwrap_or(Value::Nil);
-            add_entry(&s, id, name, off, None)
-        })?;
-        let s = sinks.clone();
-        let push_table = lua.create_function(
-            move |_, (id, name, off, st): (u64, mlua::LuaString, Value, Table)| {
-                add_entry(&s, id, name, off, Some(st))
-            },
-        )?;
-        let factory: Function = lua
-            .load(FILLER)
-            .set_name("=flufs.filler")
-            .call((push, push_table))?;
+                ffi::lua_pushlightuserdata(state, sinks as *const Sinks as *mut _);
+                ffi::lua_pushcclosure(state, push, 1);
+                let f = <Function as mlua::FromLua>::from_stack(-1, raw);
+                ffi::lua_pop(state, 1);
+                f
+            })?
+        };
+        let factory: Function = lua.load(FILLER).set_name("=flufs.filler").call(push)?;
         Ok(Lister {
             sinks,
             factory,
@@ -181,8 +254,8 @@ impl Lister {
         })
     }
 
-    /// A new filler and the id of its sink.
-    fn open(&self, plus: bool) -> mlua::Result<(u64, Function)> {
+    /// A new filler, the id of its sink, and the table its stat tables go into.
+    fn open(&self, lua: &Lua, plus: bool) -> mlua::Result<(u64, Function, Table)> {
         let id = self.next.get();
         self.next.set(id + 1);
         self.sinks.borrow_mut().insert(
@@ -192,7 +265,9 @@ impl Lister {
                 ..Sink::default()
             },
         );
-        Ok((id, self.factory.call(id)?))
+        let tables = lua.create_table()?;
+        let filler = self.factory.call((id, &tables))?;
+        Ok((id, filler, tables))
     }
 
     /// What filler `id` collected; the filler stops working.
@@ -221,7 +296,7 @@ impl Dispatch {
             return reply.error(Errno::ENOSYS);
         }
         let stamp = self.changes.get();
-        let (id, filler) = match self.dirs.open(reply.plus()) {
+        let (id, filler, tables) = match self.dirs.open(&self.lua, reply.plus()) {
             Ok(f) => f,
             Err(_) => return reply.error(Errno::ENOMEM),
         };
@@ -241,25 +316,26 @@ impl Dispatch {
             return reply.error(e);
         }
         let entries = self.complete(&path, entries).await;
+        let listing = Listing { entries, tables };
         if used_offsets {
             // Offset mode: this call's entries answer this request only.
             let mut reply = reply;
-            self.fill(ino, &entries, None, &mut reply, false).await;
+            self.fill(ino, &listing, None, &mut reply, false).await;
             return reply.ok();
         }
         let unkept = match self.handles.borrow_mut().get_mut(&fh) {
             Some(h) => {
-                h.dir = Some(entries);
+                h.dir = Some(listing);
                 h.dir_stamp = stamp;
                 None
             }
-            None => Some(entries),
+            None => Some(listing),
         };
         match unkept {
             None => self.serve_cached(ino, fh, offset, reply).await,
-            Some(entries) => {
+            Some(listing) => {
                 let mut reply = reply;
-                self.fill(ino, &entries, Some(offset), &mut reply, false)
+                self.fill(ino, &listing, Some(offset), &mut reply, false)
                     .await;
                 reply.ok()
             }
@@ -267,26 +343,31 @@ impl Dispatch {
     }
 
     async fn serve_cached(&self, ino: u64, fh: u64, offset: u64, mut reply: DirReply) {
-        let (entries, stamp) = self
+        let taken = self
             .handles
             .borrow_mut()
             .get_mut(&fh)
-            .and_then(|h| Some((h.dir.take()?, h.dir_stamp)))
-            .unwrap_or_default();
+            .and_then(|h| Some((h.dir.take()?, h.dir_stamp)));
+        let Some((listing, stamp)) = taken else {
+            return reply.ok();
+        };
         // Requests that may have changed attributes since the listing was taken make its
         // attributes suspect.
         let stale = stamp != self.changes.get();
-        self.fill(ino, &entries, Some(offset), &mut reply, stale)
+        self.fill(ino, &listing, Some(offset), &mut reply, stale)
             .await;
         if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
-            h.dir = Some(entries);
+            h.dir = Some(listing);
         }
         reply.ok();
     }
 
-    /// The attributes of an entry from the table its filler call gave.
-    fn entry_stat(&self, dir: u64, name: &[u8], t: &Table) -> Option<Stat> {
-        match self.stat_reader.decode(&self.lua, t, &self.defaults) {
+    /// The attributes of entry `i` (from 1) from the table its filler call gave.
+    fn entry_stat(&self, dir: u64, name: &[u8], tables: &Table, i: usize) -> Option<Stat> {
+        match self
+            .stat_reader
+            .decode_item(&self.lua, tables, i as i64, &self.defaults)
+        {
             Ok(st) => Some(st),
             Err(e) => {
                 self.bad_entry(dir, name, e);
@@ -295,9 +376,18 @@ impl Dispatch {
         }
     }
 
-    /// The mode and script ino of an entry from the table its filler call gave.
-    fn entry_mode_ino(&self, dir: u64, name: &[u8], t: &Table) -> Option<(u32, u64)> {
-        match self.stat_reader.mode_ino(&self.lua, t, &self.defaults) {
+    /// The mode and script ino of entry `i` (from 1) from the table its filler call gave.
+    fn entry_mode_ino(
+        &self,
+        dir: u64,
+        name: &[u8],
+        tables: &Table,
+        i: usize,
+    ) -> Option<(u32, u64)> {
+        match self
+            .stat_reader
+            .mode_ino_item(&self.lua, tables, i as i64, &self.defaults)
+        {
             Ok(v) => Some(v),
             Err(e) => {
                 self.bad_entry(dir, name, e);
@@ -318,7 +408,7 @@ impl Dispatch {
     /// Give entries without a stat one from getattr (for their type, and for READDIRPLUS).
     async fn complete(&self, dir: &[u8], mut entries: Vec<DirEnt>) -> Vec<DirEnt> {
         for e in entries.iter_mut() {
-            if e.stat.is_some() || e.table.is_some() || e.name == b"." || e.name == b".." {
+            if e.stat.is_some() || e.has_table || &*e.name == b"." || &*e.name == b".." {
                 continue;
             }
             let mut p = dir.to_vec();
@@ -337,11 +427,13 @@ impl Dispatch {
     async fn fill(
         &self,
         dir: u64,
-        entries: &[DirEnt],
+        listing: &Listing,
         index_from: Option<u64>,
         reply: &mut DirReply,
         stale: bool,
     ) {
+        let entries = &listing.entries;
+        let tables = &listing.tables;
         let skip = index_from.map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
         // Attributes in a listing taken by an earlier request may be stale by now, and the
         // kernel would take them as fresh (a file's size could go backwards): re-read them.
@@ -353,7 +445,7 @@ impl Dispatch {
         for (i, e) in entries.iter().enumerate().skip(skip) {
             let fresh;
             let e = match &dir_path {
-                Some(p) if e.name != b"." && e.name != b".." => {
+                Some(p) if &*e.name != b"." && &*e.name != b".." => {
                     let mut child = p.clone();
                     if child.len() > 1 {
                         child.push(b'/');
@@ -362,7 +454,7 @@ impl Dispatch {
                     fresh = DirEnt {
                         name: e.name.clone(),
                         stat: self.stat(&child, None).await.ok(),
-                        table: None,
+                        has_table: false,
                         offset: e.offset,
                     };
                     &fresh
@@ -375,7 +467,7 @@ impl Dispatch {
                 e.offset
             };
             let name = OsStr::from_bytes(&e.name);
-            let dot = e.name == b"." || e.name == b"..";
+            let dot = &*e.name == b"." || &*e.name == b"..";
             let full = match reply {
                 DirReply::Plain(r) => {
                     // A name the kernel already holds: its node id and type are known here,
@@ -388,11 +480,11 @@ impl Dispatch {
                     let known_kind = known
                         .and_then(|id| self.inodes.borrow().kind(id))
                         .filter(|k| *k != 0);
-                    let mode_ino = match (&e.stat, &e.table) {
+                    let mode_ino = match (&e.stat, e.has_table) {
                         (Some(st), _) => Some((st.mode, st.ino)),
                         (None, _) if known_kind.is_some() => None,
-                        (None, Some(t)) => self.entry_mode_ino(dir, &e.name, t),
-                        (None, None) => None,
+                        (None, true) => self.entry_mode_ino(dir, &e.name, tables, i + 1),
+                        (None, false) => None,
                     };
                     let kind = match (mode_ino, known_kind) {
                         (Some((mode, _)), _) => convert::file_type(mode),
@@ -400,7 +492,7 @@ impl Dispatch {
                         (None, None) if dot => FileType::Directory,
                         (None, None) => FileType::RegularFile,
                     };
-                    let ino = if e.name == b".." {
+                    let ino = if &*e.name == b".." {
                         self.inodes.borrow().parent(dir)
                     } else if dot {
                         Some(dir)
@@ -414,15 +506,15 @@ impl Dispatch {
                 }
                 DirReply::Plus(r) => {
                     let ttl = self.cfg.entry_ttl;
-                    let stat = match (&e.stat, &e.table) {
+                    let stat = match (&e.stat, e.has_table) {
                         (Some(st), _) => Some(*st),
-                        (None, Some(t)) => self.entry_stat(dir, &e.name, t),
-                        (None, None) => None,
+                        (None, true) => self.entry_stat(dir, &e.name, tables, i + 1),
+                        (None, false) => None,
                     };
                     if dot {
                         // The kernel does not look up "." and "..": no reference is counted.
                         let st = stat.unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
-                        let ino = if e.name == b".." {
+                        let ino = if &*e.name == b".." {
                             self.inodes.borrow().parent(dir).unwrap_or(dir)
                         } else {
                             dir

@@ -25,8 +25,14 @@ impl Dispatch {
         let mut f = FopenFlags::empty();
         let set = |k: &str| fi.raw_get::<bool>(k).unwrap_or(false);
         if dir {
-            if set("keep_cache") {
+            // As libfuse: cache_readdir lets the kernel cache the listing while the directory is
+            // open; keep_cache keeps that cache across opens too, until the directory changes
+            // through the mount or its mtime does.
+            if set("cache_readdir") {
                 f |= FopenFlags::FOPEN_CACHE_DIR;
+            }
+            if set("keep_cache") {
+                f |= FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
             }
             return f;
         }

@@ -64,7 +64,7 @@ struct Handle {
     ino: u64,
     fi: Table,
     /// Directory listing captured at offset 0 (for scripts that do not use offsets).
-    dir: Option<Vec<dirs::DirEnt>>,
+    dir: Option<dirs::Listing>,
     /// `Dispatch::changes` when the listing was taken.
     dir_stamp: u64,
 }
@@ -87,6 +87,11 @@ pub struct Dispatch {
     changes: Cell<u64>,
     /// Finished coroutines kept for the next calls (creating one per call costs more).
     threads: RefCell<Vec<Thread>>,
+    /// `--lua-memory` in bytes (0: none). It bounds what the script allocates: it is set only
+    /// while script code runs. Outside, the host's own small allocations (paths, `fi` tables,
+    /// mode sets) go unchecked, which spares mlua a protected call for each of them (1000
+    /// creates: ~8% less daemon CPU).
+    memory_limit: usize,
 }
 
 /// How many finished coroutines are kept for reuse.
@@ -233,6 +238,8 @@ impl Dispatch {
         };
         let stat_reader = convert::StatReader::new(&lua)?;
         let dirs = dirs::Lister::new(&lua)?;
+        // From here on the limit holds only while script code runs (see `run_coroutine`).
+        let memory_limit = lua.set_memory_limit(0).unwrap_or(0);
         Ok(Dispatch {
             lua,
             ops,
@@ -248,6 +255,7 @@ impl Dispatch {
             watchdog,
             threads: RefCell::new(Vec::new()),
             changes: Cell::new(0),
+            memory_limit,
         })
     }
 
@@ -628,14 +636,24 @@ impl Dispatch {
             Err(e) => return (Err(e), false),
         };
         let mut interrupted = false;
-        let outcome = std::future::poll_fn(|cx| match &self.watchdog {
-            Some(w) => {
-                w.arm(state);
-                let r = fut.as_mut().poll(cx);
-                interrupted |= w.disarm();
-                r
+        let limit = self.memory_limit;
+        let outcome = std::future::poll_fn(|cx| {
+            if limit > 0 {
+                let _ = self.lua.set_memory_limit(limit);
             }
-            None => fut.as_mut().poll(cx),
+            let r = match &self.watchdog {
+                Some(w) => {
+                    w.arm(state);
+                    let r = fut.as_mut().poll(cx);
+                    interrupted |= w.disarm();
+                    r
+                }
+                None => fut.as_mut().poll(cx),
+            };
+            if limit > 0 {
+                let _ = self.lua.set_memory_limit(0);
+            }
+            r
         })
         .await;
         // Keep the coroutine for another call once it is back to its initial state.
