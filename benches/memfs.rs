@@ -330,13 +330,15 @@ fn done(r: Result<(), Errno>, reply: ReplyEmpty) {
 
 impl fuser::Filesystem for MemFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Exactly what flufs asks for with its default options.
+        // Exactly what flufs asks for with its default options and luafs (which sets
+        // fs.handle_killpriv).
         let want = InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
         let _ = config.set_max_write(1 << 20);
@@ -750,7 +752,7 @@ impl fuser::Filesystem for MemFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -759,6 +761,14 @@ impl fuser::Filesystem for MemFs {
         let now = SystemTime::now();
         let r = (|| {
             let n = st.node_mut(ino.0)?;
+            // FUSE_HANDLE_KILLPRIV_V2 (as luafs): the writer lacks CAP_FSETID, drop set-user-ID,
+            // and set-group-ID with group-execute.
+            if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+                n.perm &= !(libc::S_ISUID as u16);
+                if n.perm & libc::S_IXGRP as u16 != 0 {
+                    n.perm &= !(libc::S_ISGID as u16);
+                }
+            }
             let Content::File(d) = &mut n.content else {
                 return Err(Errno::EINVAL);
             };

@@ -262,9 +262,9 @@ end
 --                    group-execute is set or the caller is not in the file's group.
 --   chown:           S_ISUID always; S_ISGID when group-execute is set or the caller is
 --                    neither in the file's (old) group nor has CAP_FSETID.
--- Under FUSE the kernel does part of this itself (a chmod before the write: S_ISUID, and
--- S_ISGID only together with group-execute, fuse_setattr) and leaves the rest, setgid
--- without group-execute written by a non-member, to the file system. The kernel learns of a
+-- Since luafs does all of this itself it says so (fs.handle_killpriv below): the kernel then
+-- leaves setid bits to it and skips asking for security.capability before every write (it
+-- checks once per file, and again after a setxattr of a security.* name). The kernel learns of a
 -- mode changed here only when it next fetches the attributes: stat(2) does at once (the write
 -- invalidated mtime and size), a statx asking for the mode alone may see the old mode until
 -- attr_timeout runs out.
@@ -1042,5 +1042,8 @@ function fs.removexattr(path, name)
 	local s, ns = now()
 	touch_c(node, s, ns)
 end
+
+-- luafs drops set-user-ID/set-group-ID bits itself on write, truncate and chown (drop_setid).
+fs.handle_killpriv = true
 
 return fs

@@ -275,6 +275,9 @@ pub struct Request {
 pub struct Features {
     pub posix_locks: bool,
     pub readdirplus: bool,
+    /// The script drops setid bits itself: the kernel need not ask for security.capability
+    /// (a getxattr) before every write.
+    pub handle_killpriv: bool,
     pub writeback_cache: bool,
     pub max_write: u32,
     pub max_readahead: u32,
@@ -335,6 +338,9 @@ impl fuser::Filesystem for Kernel {
         }
         if f.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if f.handle_killpriv {
+            want |= InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         }
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);

@@ -318,6 +318,7 @@ pub fn serve(
     let features = Features {
         posix_locks: dispatch.has(OpName::Lock),
         readdirplus: dispatch.has(OpName::Readdir),
+        handle_killpriv: dispatch.handles_killpriv(),
         writeback_cache: o.writeback_cache,
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),

@@ -68,6 +68,9 @@ impl OpName {
 /// The script's functions, looked up once.
 pub struct Ops {
     funcs: Vec<Option<Function>>,
+    /// `fs.handle_killpriv = true`: the script drops set-user-ID and set-group-ID bits itself
+    /// on write, truncate and chown, as Linux does (libfuse's FUSE_CAP_HANDLE_KILLPRIV_V2).
+    pub handle_killpriv: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -117,6 +120,17 @@ impl Ops {
                 "'{k}' is not a filesystem operation and will never be called{hint}"
             ));
         }
+        let handle_killpriv = match fs.get::<Value>("handle_killpriv")? {
+            Value::Boolean(b) => b,
+            Value::Nil => false,
+            other => {
+                warnings.push(format!(
+                    "'handle_killpriv' is a {}, not a boolean; ignored",
+                    other.type_name()
+                ));
+                false
+            }
+        };
         let params_of: Option<Function> = fs
             .weak_lua()
             .try_upgrade()
@@ -132,7 +146,14 @@ impl Ops {
                 _ => usize::MAX,
             })
             .collect();
-        Ok((Ops { funcs, params }, warnings))
+        Ok((
+            Ops {
+                funcs,
+                handle_killpriv,
+                params,
+            },
+            warnings,
+        ))
     }
 
     pub fn get(&self, op: OpName) -> Option<&Function> {

@@ -1377,6 +1377,33 @@ fn write_drops_setid_bits_by_the_writers_groups_and_capabilities() {
     }
 }
 
+/// luafs sets `fs.handle_killpriv`: the kernel asks for security.capability once per file,
+/// not before every write (the -d trace lists every call that reached luafs).
+#[test]
+fn writes_do_not_each_ask_for_security_capability() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = Mount::new(&shipped("luafs.lua"), &["-d"]);
+    let f = File::create(m.path("f")).unwrap();
+    for i in 0..5u64 {
+        f.write_all_at(b"abcd", i * 4).unwrap();
+    }
+    drop(f);
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"abcd".repeat(5));
+    let log = m.log();
+    let writes = log.lines().filter(|l| l.starts_with("write(")).count();
+    let asks = log
+        .lines()
+        .filter(|l| l.starts_with("getxattr(") && l.contains("security.capability"))
+        .count();
+    assert_eq!(writes, 5, "{log}");
+    assert!(
+        asks <= 1,
+        "{asks} getxattr(security.capability) for 5 writes:\n{log}"
+    );
+}
+
 #[test]
 fn open_file_keeps_working_after_its_parent_directory_is_renamed() {
     if !common::fuse_available() {

@@ -94,6 +94,16 @@ pub struct Dispatch {
     memory_limit: usize,
 }
 
+/// What the first resumption of a call's coroutine came to.
+enum Resumed {
+    /// The trampoline returned (its results, or a failure to take them).
+    Finished(mlua::Result<MultiValue>),
+    /// An error escaped the trampoline.
+    Failed(mlua::Error),
+    /// It yielded: `pending` when an async function waits for its future.
+    Yielded { pending: bool },
+}
+
 /// How many finished coroutines are kept for reuse.
 const THREAD_POOL: usize = 64;
 
@@ -261,6 +271,11 @@ impl Dispatch {
 
     pub fn has(&self, op: OpName) -> bool {
         self.ops.has(op)
+    }
+
+    /// Whether the script drops set-user-ID/set-group-ID bits itself (`fs.handle_killpriv`).
+    pub fn handles_killpriv(&self) -> bool {
+        self.ops.handle_killpriv
     }
 
     /// Call the script's `init`, if any.
@@ -621,6 +636,11 @@ impl Dispatch {
     /// Run the trampoline with `argv` in a coroutine of its own, which suspends when the script
     /// waits (network, timers) and lets other requests run meanwhile. Returns the outcome and
     /// whether `--op-timeout` interrupted it.
+    ///
+    /// The first resumption is made straight through the Lua C API (`resume_raw`): most calls
+    /// finish there, and a finished coroutine is reused as it is. One that yields is handed to
+    /// mlua's `AsyncThread`, which polls the futures of async functions (`flu.sleep`, `gett`,
+    /// `http`) with this request's waker.
     async fn run_coroutine(&self, argv: MultiValue) -> (mlua::Result<MultiValue>, bool) {
         let pooled = self.threads.borrow_mut().pop();
         let thread = match pooled {
@@ -631,13 +651,31 @@ impl Dispatch {
             },
         };
         let state = thread.to_pointer();
-        let mut fut = match thread.clone().into_async::<MultiValue>(argv) {
-            Ok(f) => std::pin::pin!(f),
-            Err(e) => return (Err(e), false),
-        };
-        let mut interrupted = false;
         let limit = self.memory_limit;
+        let (first, mut interrupted) = self.resume_raw(&thread, argv);
+        let pending = match first {
+            Resumed::Finished(out) => {
+                let mut pool = self.threads.borrow_mut();
+                if pool.len() < THREAD_POOL {
+                    pool.push(thread);
+                }
+                return (out, interrupted);
+            }
+            Resumed::Failed(e) => return (Err(e), interrupted),
+            Resumed::Yielded { pending } => pending,
+        };
+        let mut fut = match thread.clone().into_async::<MultiValue>(()) {
+            Ok(f) => std::pin::pin!(f),
+            Err(e) => return (Err(e), interrupted),
+        };
+        // A bare `coroutine.yield()` lets other requests run before this one goes on; an async
+        // function's future was polled with no waker yet, so it is polled again at once.
+        let mut wait_turn = !pending;
         let outcome = std::future::poll_fn(|cx| {
+            if std::mem::take(&mut wait_turn) {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
             if limit > 0 {
                 let _ = self.lua.set_memory_limit(limit);
             }
@@ -665,6 +703,107 @@ impl Dispatch {
             pool.push(thread);
         }
         (outcome, interrupted)
+    }
+
+    /// The first resumption of `thread` with `argv`, through the C API. Returns what became of
+    /// it and whether `--op-timeout` interrupted it.
+    fn resume_raw(&self, thread: &Thread, argv: MultiValue) -> (Resumed, bool) {
+        use mlua::ffi;
+        use mlua::{FromLuaMulti, IntoLua};
+        let co = thread.to_pointer() as *mut ffi::lua_State;
+        // SAFETY: `co` is the state of `thread`, alive while it is; everything pushed is popped
+        // again; nothing here can raise a Lua error outside a protected call (`lua_resume` is
+        // one, and stack space is checked before pushing).
+        let nargs = unsafe {
+            self.lua.exec_raw_lua(|raw| -> mlua::Result<i32> {
+                let main = raw.state();
+                let n = argv.len() as i32;
+                if ffi::lua_checkstack(main, n + 1) == 0 || ffi::lua_checkstack(co, n + 2) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                let top = ffi::lua_gettop(main);
+                let pushed = (|| {
+                    // A coroutine that finished is empty: the trampoline goes back first. A
+                    // new (or reset) one holds it already.
+                    if ffi::lua_gettop(co) == 0 {
+                        (&self.trampoline).push_into_stack(raw)?;
+                        ffi::lua_xmove(main, co, 1);
+                    }
+                    for v in argv {
+                        v.push_into_stack(raw)?;
+                    }
+                    ffi::lua_xmove(main, co, n);
+                    Ok(n)
+                })();
+                ffi::lua_settop(main, top);
+                pushed
+            })
+        };
+        let nargs = match nargs {
+            Ok(n) => n,
+            Err(e) => return (Resumed::Failed(e), false),
+        };
+        let limit = self.memory_limit;
+        if limit > 0 {
+            let _ = self.lua.set_memory_limit(limit);
+        }
+        if let Some(w) = &self.watchdog {
+            w.arm(co as *const std::ffi::c_void);
+        }
+        let mut nres = 0;
+        let status = unsafe {
+            self.lua
+                .exec_raw_lua(|raw| ffi::lua_resume(co, raw.state(), nargs, &mut nres))
+        };
+        let interrupted = self.watchdog.as_ref().is_some_and(|w| w.disarm());
+        if limit > 0 {
+            let _ = self.lua.set_memory_limit(0);
+        }
+        let resumed = unsafe {
+            self.lua.exec_raw_lua(|raw| {
+                let main = raw.state();
+                match status {
+                    ffi::LUA_OK => {
+                        if ffi::lua_checkstack(main, nres + 1) == 0 {
+                            ffi::lua_settop(co, 0);
+                            return Resumed::Failed(mlua::Error::StackError);
+                        }
+                        let top = ffi::lua_gettop(main);
+                        ffi::lua_xmove(co, main, nres);
+                        let out = MultiValue::from_stack_multi(nres, raw);
+                        ffi::lua_settop(main, top);
+                        Resumed::Finished(out)
+                    }
+                    ffi::LUA_YIELD => {
+                        let pending = nres == 1
+                            && ffi::lua_tolightuserdata(co, -1) == mlua::Lua::poll_pending().0;
+                        // As mlua leaves a coroutine that yielded: the values are not resumed
+                        // with.
+                        ffi::lua_settop(co, 0);
+                        Resumed::Yielded { pending }
+                    }
+                    err => {
+                        // An error that escaped the trampoline (out of memory, or in its
+                        // handler): the coroutine is dead and is not kept.
+                        let mut len = 0usize;
+                        let p = ffi::lua_tolstring(co, -1, &mut len);
+                        let msg = if p.is_null() {
+                            "error object is not a string".to_string()
+                        } else {
+                            String::from_utf8_lossy(std::slice::from_raw_parts(p as *const u8, len))
+                                .into_owned()
+                        };
+                        ffi::lua_settop(co, 0);
+                        Resumed::Failed(if err == ffi::LUA_ERRMEM {
+                            mlua::Error::MemoryError(msg)
+                        } else {
+                            mlua::Error::runtime(msg)
+                        })
+                    }
+                }
+            })
+        };
+        (resumed, interrupted)
     }
 
     /// Call operation `op` through the error-catching trampoline.
