@@ -214,15 +214,89 @@ pub fn mode_to_lua(lua: &Lua, m: u32) -> mlua::Result<Table> {
     Ok(t)
 }
 
-/// Open flags as a Lua set: lower-case Flu names plus `O_*` upper-case aliases.
-pub fn open_flags_to_lua(lua: &Lua, flags: i32) -> mlua::Result<Table> {
-    let names = mode::open_flag_names(flags);
-    let t = lua.create_table_with_capacity(0, names.len() * 2)?;
-    for name in names {
-        t.raw_set(name, true)?;
-        t.raw_set(format!("O_{}", name.to_ascii_uppercase()), true)?;
+/// Lua strings for the names in mode and open-flag sets and for `fi`'s fields, made once. A
+/// set built per request would otherwise intern every name again (a hash and a string-table
+/// lookup each, cold between requests: interning was the top entry of the create profile).
+pub struct Names {
+    strings: foldhash::HashMap<&'static str, mlua::LuaString>,
+    /// `O_*` aliases of the open-flag names.
+    upper: foldhash::HashMap<&'static str, mlua::LuaString>,
+}
+
+/// `fi` fields flufs sets or reads.
+pub const FI_FIELDS: [&str; 6] = [
+    "flags",
+    "direct_io",
+    "keep_cache",
+    "nonseekable",
+    "cache_readdir",
+    "fh",
+];
+
+impl Names {
+    pub fn new(lua: &Lua) -> mlua::Result<Names> {
+        use foldhash::HashMapExt;
+        let mut strings = foldhash::HashMap::new();
+        let mut upper = foldhash::HashMap::new();
+        let flag_names = mode::OPEN_FLAGS
+            .iter()
+            .map(|&(n, _)| n)
+            .chain(["rdonly", "wronly", "rdwr", "ndelay"]);
+        for n in flag_names {
+            strings.insert(n, lua.create_string(n)?);
+            upper.insert(
+                n,
+                lua.create_string(format!("O_{}", n.to_ascii_uppercase()))?,
+            );
+        }
+        for &(n, _) in mode::TYPES.iter().chain(mode::PERMS) {
+            strings.insert(n, lua.create_string(n)?);
+        }
+        for n in FI_FIELDS {
+            strings.insert(n, lua.create_string(n)?);
+        }
+        Ok(Names { strings, upper })
     }
-    Ok(t)
+
+    /// `t[name] = v`, with the name's string made once if it is known.
+    pub fn set(&self, t: &Table, name: &'static str, v: impl mlua::IntoLua) -> mlua::Result<()> {
+        match self.strings.get(name) {
+            Some(k) => t.raw_set(k, v),
+            None => t.raw_set(name, v),
+        }
+    }
+
+    /// `t[name]` as a boolean (absent or not a boolean: false).
+    pub fn flag(&self, t: &Table, name: &'static str) -> bool {
+        match self.strings.get(name) {
+            Some(k) => t.raw_get::<bool>(k),
+            None => t.raw_get::<bool>(name),
+        }
+        .unwrap_or(false)
+    }
+
+    /// `mode_to_lua` with the names made once.
+    pub fn mode_set(&self, lua: &Lua, m: u32) -> mlua::Result<Table> {
+        let t = lua.create_table_with_capacity(0, 8)?;
+        for name in mode::names(m) {
+            self.set(&t, name, true)?;
+        }
+        Ok(t)
+    }
+
+    /// Open flags as a Lua set: lower-case Flu names plus `O_*` upper-case aliases.
+    pub fn open_flags(&self, lua: &Lua, flags: i32) -> mlua::Result<Table> {
+        let names = mode::open_flag_names(flags);
+        let t = lua.create_table_with_capacity(0, names.len() * 2)?;
+        for name in names {
+            self.set(&t, name, true)?;
+            match self.upper.get(name) {
+                Some(u) => t.raw_set(u, true)?,
+                None => t.raw_set(format!("O_{}", name.to_ascii_uppercase()), true)?,
+            }
+        }
+        Ok(t)
+    }
 }
 
 /// Attributes as the host keeps them (kernel-facing, before the node id is assigned).
@@ -1081,13 +1155,48 @@ mod tests {
     #[test]
     fn open_flag_sets() {
         let lua = lua();
-        let t = open_flags_to_lua(&lua, libc::O_WRONLY | libc::O_APPEND).unwrap();
+        let names = Names::new(&lua).unwrap();
+        let t = names
+            .open_flags(&lua, libc::O_WRONLY | libc::O_APPEND)
+            .unwrap();
         assert!(t.get::<bool>("wronly").unwrap());
         assert!(t.get::<bool>("O_WRONLY").unwrap());
         assert!(t.get::<bool>("append").unwrap());
+        assert!(t.get::<bool>("O_APPEND").unwrap());
         assert!(t.get::<Option<bool>>("rdonly").unwrap().is_none());
-        let t = open_flags_to_lua(&lua, libc::O_RDONLY).unwrap();
+        let t = names.open_flags(&lua, libc::O_RDONLY).unwrap();
         assert!(t.get::<bool>("rdonly").unwrap());
+        let t = names
+            .open_flags(&lua, libc::O_RDWR | libc::O_NONBLOCK | libc::O_SYNC)
+            .unwrap();
+        for k in [
+            "rdwr", "nonblock", "ndelay", "sync", "dsync", "O_NDELAY", "O_DSYNC",
+        ] {
+            assert!(t.get::<bool>(k).unwrap(), "{k}");
+        }
+    }
+
+    /// Mode sets built with names made once hold exactly what `mode_to_lua` gives.
+    #[test]
+    fn cached_names_build_the_same_mode_sets() {
+        let lua = lua();
+        let names = Names::new(&lua).unwrap();
+        let keys = |t: Table| {
+            let mut v: Vec<String> = t.pairs::<String, bool>().map(|kv| kv.unwrap().0).collect();
+            v.sort();
+            v
+        };
+        for m in [
+            0o100644,
+            0o40755 | 0o2000,
+            0o120777,
+            0o10000 | 0o4000 | 0o1000,
+        ] {
+            assert_eq!(
+                keys(names.mode_set(&lua, m).unwrap()),
+                keys(mode_to_lua(&lua, m).unwrap())
+            );
+        }
     }
 
     #[test]

@@ -5,25 +5,29 @@ use fuser::{Errno, FopenFlags};
 use mlua::{MultiValue, Table, Value};
 
 use super::{Dispatch, Fail, Handle, first};
-use crate::convert::{self, Lock, Stat};
+use crate::convert::{Lock, Stat};
 use crate::ops::OpName;
 
 impl Dispatch {
     /// A new `fi` table for an open with `flags`, with the mount's defaults.
     fn new_fi(&self, flags: i32) -> Result<Table, Fail> {
-        let fi = self.table()?;
-        let set = convert::open_flags_to_lua(&self.lua, flags).map_err(|_| Errno::ENOMEM)?;
-        let _ = fi.raw_set("flags", set);
-        let _ = fi.raw_set("direct_io", self.cfg.direct_io);
-        let _ = fi.raw_set("keep_cache", self.cfg.kernel_cache);
-        let _ = fi.raw_set("nonseekable", false);
-        Ok(fi)
+        let build = || -> mlua::Result<Table> {
+            let n = &self.names;
+            let lua = &self.lua;
+            let fi = lua.create_table_with_capacity(0, 5)?;
+            n.set(&fi, "flags", n.open_flags(lua, flags)?)?;
+            n.set(&fi, "direct_io", self.cfg.direct_io)?;
+            n.set(&fi, "keep_cache", self.cfg.kernel_cache)?;
+            n.set(&fi, "nonseekable", false)?;
+            Ok(fi)
+        };
+        build().map_err(|_| Errno::ENOMEM)
     }
 
     /// The kernel flags an open file asked for through its `fi`.
-    fn fopen_flags(fi: &Table, dir: bool) -> FopenFlags {
+    fn fopen_flags(&self, fi: &Table, dir: bool) -> FopenFlags {
         let mut f = FopenFlags::empty();
-        let set = |k: &str| fi.raw_get::<bool>(k).unwrap_or(false);
+        let set = |k: &'static str| self.names.flag(fi, k);
         if dir {
             // As libfuse: cache_readdir lets the kernel cache the listing while the directory is
             // open; keep_cache keeps that cache across opens too, until the directory changes
@@ -77,7 +81,7 @@ impl Dispatch {
         if self.has(op) {
             self.call_unit(op, (lpath, fi.clone())).await?;
         }
-        let flags = Self::fopen_flags(&fi, dir);
+        let flags = self.fopen_flags(&fi, dir);
         Ok((self.register(ino, fi), flags))
     }
 
@@ -105,7 +109,7 @@ impl Dispatch {
             None => self.stat(&path, Some(fi.clone())).await?,
         };
         let ino = self.remember(parent, name, &st);
-        let flags = Self::fopen_flags(&fi, false);
+        let flags = self.fopen_flags(&fi, false);
         let fh = self.register(ino, fi);
         Ok((ino, st, fh, flags))
     }

@@ -75,6 +75,7 @@ pub struct Dispatch {
     trampoline: Function,
     dirs: dirs::Lister,
     stat_reader: convert::StatReader,
+    names: convert::Names,
     inodes: RefCell<Inodes>,
     handles: RefCell<HashMap<u64, Handle>>,
     next_fh: Cell<u64>,
@@ -247,6 +248,7 @@ impl Dispatch {
             time: Timespec::now(),
         };
         let stat_reader = convert::StatReader::new(&lua)?;
+        let names = convert::Names::new(&lua)?;
         let dirs = dirs::Lister::new(&lua)?;
         // From here on the limit holds only while script code runs (see `run_coroutine`).
         let memory_limit = lua.set_memory_limit(0).unwrap_or(0);
@@ -256,6 +258,7 @@ impl Dispatch {
             trampoline,
             dirs,
             stat_reader,
+            names,
             inodes: RefCell::new(Inodes::new()),
             handles: RefCell::new(HashMap::new()),
             next_fh: Cell::new(1),
@@ -985,7 +988,9 @@ impl Dispatch {
     }
 
     fn modeset(&self, mode: u32) -> Result<Table, Fail> {
-        convert::mode_to_lua(&self.lua, mode).map_err(|_| Errno::ENOMEM)
+        self.names
+            .mode_set(&self.lua, mode)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     /// Record a lookup of `name` in `parent` with attributes `st`; returns the node id.
