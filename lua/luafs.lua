@@ -170,9 +170,28 @@ end
 -- Paths
 -------------------------------------------------------------------------------
 
+-- Paths looked up lately -> node, in front of the walk from the root (which makes a string
+-- per name on the way). Only unlink, rmdir and rename take a name away or give it another node
+-- (a renamed directory moves every path below it): each empties the whole cache. At PATHS_MAX
+-- entries it starts over.
+local paths, npaths = {}, 0
+local PATHS_MAX = 16384
+
+local function forget_paths()
+	if npaths > 0 then paths, npaths = {}, 0 end
+end
+
+local function remember_path(path, node)
+	if npaths >= PATHS_MAX then paths, npaths = {}, 0 end
+	paths[path] = node
+	npaths = npaths + 1
+end
+
 -- Walk from the root; raises ENOENT / ENOTDIR / ENAMETOOLONG.
 local function lookup(path)
-	local node = root
+	local node = paths[path]
+	if node then return node end
+	node = root
 	local pos, len = 2, #path
 	while pos <= len do
 		local e = find(path, "/", pos, true)
@@ -195,6 +214,7 @@ local function lookup(path)
 			node = child
 		end
 	end
+	remember_path(path, node)
 	return node
 end
 
@@ -692,6 +712,7 @@ function fs.symlink(target, path)
 end
 
 function fs.unlink(path)
+	forget_paths()
 	local dir, name = parent_of(path)
 	local ents = dir.entries
 	local node = ents[name]
@@ -710,6 +731,7 @@ end
 
 function fs.rmdir(path)
 	if path == "/" then error(EBUSY) end
+	forget_paths()
 	local dir, name = parent_of(path)
 	local ents = dir.entries
 	local node = ents[name]
@@ -730,6 +752,7 @@ end
 
 function fs.rename(from, to, flags)
 	if from == "/" or to == "/" then error(EBUSY) end
+	forget_paths()
 	local odir, oname = parent_of(from)
 	local oents = odir.entries
 	local node = oents[oname]
