@@ -323,7 +323,7 @@ pub fn serve(
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),
     };
-    let engine = Engine::new(dispatch);
+    let engine = Engine::new(dispatch, o.threads.unwrap_or(DEFAULT_THREADS));
     // Whatever happens from here on, the dispatcher (the Lua state) comes back to this thread
     // and later requests get EIO.
     struct CloseOnExit<'a>(&'a Engine);
