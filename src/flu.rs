@@ -16,7 +16,11 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use mlua::{Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value};
+use std::ffi::c_int;
+
+use mlua::{
+    IntoLua, Lua, MetaMethod, Table, UserData, UserDataFields, UserDataMethods, Value, ffi,
+};
 
 use crate::convert::{self, Timespec};
 use crate::dispatch::CurrentCtx;
@@ -66,6 +70,85 @@ fn umask_of(pid: u32) -> Option<u32> {
     u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
+/// `flu.now()`: seconds and nanoseconds since the epoch. In C: scripts call it on most changes
+/// (luafs: two or three times per created file), and an mlua callback costs several times more.
+unsafe extern "C-unwind" fn now(state: *mut ffi::lua_State) -> c_int {
+    let t = Timespec::now();
+    unsafe {
+        ffi::lua_pushinteger(state, t.sec as ffi::lua_Integer);
+        ffi::lua_pushinteger(state, t.nsec as ffi::lua_Integer);
+    }
+    2
+}
+
+/// Field names of the context table, as upvalues 2.. of `get_context`.
+const CONTEXT_FIELDS: [&str; 4] = ["uid", "gid", "pid", "umask"];
+
+/// `flu.get_context([t])`: the caller of the current request, filled into `t` or a new table.
+/// A C closure (upvalue 1: the request context; then the field names, made once): luafs asks
+/// for it on every create.
+unsafe extern "C-unwind" fn get_context(state: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let cell = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Cell<Ctx>;
+        if cell.is_null() {
+            return 0;
+        }
+        let c = (*cell).get();
+        let umask = c.umask.or_else(|| umask_of(c.pid)).unwrap_or(0o022);
+        match ffi::lua_type(state, 1) {
+            ffi::LUA_TTABLE => ffi::lua_settop(state, 1),
+            ffi::LUA_TNIL | ffi::LUA_TNONE => {
+                ffi::lua_settop(state, 0);
+                ffi::lua_createtable(state, 0, 4);
+            }
+            t => {
+                ffi::lua_pushstring(
+                    state,
+                    c"bad argument #1 to 'get_context' (table expected, got ".as_ptr(),
+                );
+                ffi::lua_pushstring(state, ffi::lua_typename(state, t));
+                ffi::lua_pushstring(state, c")".as_ptr());
+                ffi::lua_concat(state, 3);
+                ffi::lua_error(state)
+            }
+        }
+        for (i, v) in [c.uid, c.gid, c.pid, umask].into_iter().enumerate() {
+            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2 + i as c_int));
+            ffi::lua_pushinteger(state, v as ffi::lua_Integer);
+            ffi::lua_rawset(state, 1);
+        }
+        1
+    }
+}
+
+/// The `get_context` closure over `ctx` (one reference to it is kept for the process's life:
+/// the closure may outlive everything else).
+fn get_context_function(lua: &Lua, ctx: &CurrentCtx) -> mlua::Result<mlua::Function> {
+    let cell: *const Cell<Ctx> = Rc::into_raw(ctx.clone());
+    let names = CONTEXT_FIELDS
+        .iter()
+        .map(|n| lua.create_string(n))
+        .collect::<mlua::Result<Vec<_>>>()?;
+    // SAFETY: pushes within the stack space checked first; the closure reads only `cell`
+    // (never freed) and its upvalues.
+    unsafe {
+        lua.exec_raw_lua(|raw| {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, 2 + names.len() as c_int) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            ffi::lua_pushlightuserdata(state, cell as *mut std::ffi::c_void);
+            for n in &names {
+                n.push_into_stack(raw)?;
+            }
+            ffi::lua_pushcclosure(state, get_context, 1 + names.len() as c_int);
+            let f = <mlua::Function as mlua::FromLua>::from_stack(-1, raw);
+            ffi::lua_pop(state, 1);
+            f
+        })
+    }
+}
+
 /// Create the `flu` module table, make it `require`-able and a global.
 pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     let flu = lua.create_table()?;
@@ -86,23 +169,7 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     flu.raw_set("errno", errnos)?;
     flu.raw_set("FUSE_USE_VERSION", 26)?;
 
-    let ctx = host.ctx.clone();
-    flu.raw_set(
-        "get_context",
-        lua.create_function(move |lua, t: Option<Table>| {
-            let c: Ctx = ctx.get();
-            let t = match t {
-                Some(t) => t,
-                None => lua.create_table()?,
-            };
-            t.raw_set("uid", c.uid)?;
-            t.raw_set("gid", c.gid)?;
-            t.raw_set("pid", c.pid)?;
-            let umask = c.umask.or_else(|| umask_of(c.pid)).unwrap_or(0o022);
-            t.raw_set("umask", umask)?;
-            Ok(t)
-        })?,
-    )?;
+    flu.raw_set("get_context", get_context_function(lua, &host.ctx)?)?;
 
     flu.raw_set(
         "log",
@@ -129,13 +196,8 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         })?,
     )?;
 
-    flu.raw_set(
-        "now",
-        lua.create_function(|_, ()| {
-            let t = Timespec::now();
-            Ok((t.sec, t.nsec))
-        })?,
-    )?;
+    // SAFETY: `now` only pushes two integers (a C function has room for them).
+    flu.raw_set("now", unsafe { lua.create_c_function(now) }?)?;
 
     flu.raw_set(
         "mode",
@@ -273,6 +335,50 @@ mod tests {
         });
         register(&lua, host).unwrap();
         lua
+    }
+
+    /// `now` and `get_context` are C functions: same answers and errors as Lua functions.
+    #[test]
+    fn now_and_get_context() {
+        let lua = Lua::new();
+        let ctx = new_ctx();
+        ctx.set(Ctx {
+            uid: 1000,
+            gid: 100,
+            pid: 4242,
+            umask: Some(0o027),
+        });
+        let host = Rc::new(Host {
+            main: Rc::new(|_, _, _| Ok(())),
+            main_result: RefCell::new(None),
+            ctx,
+        });
+        register(&lua, host).unwrap();
+        let before = Timespec::now().sec;
+        let (sec, nsec): (i64, i64) = lua.load("return flu.now()").eval().unwrap();
+        assert!(sec >= before && sec <= before + 5 && (0..1_000_000_000).contains(&nsec));
+        let got: (u32, u32, u32, u32, bool) = lua
+            .load(
+                r#"
+                local t = {keep = true}
+                local c = flu.get_context(t)
+                local n = flu.get_context()
+                assert(n ~= t and n.uid == c.uid)
+                return c.uid, c.gid, c.pid, c.umask, c == t and c.keep
+            "#,
+            )
+            .eval()
+            .unwrap();
+        assert_eq!(got, (1000, 100, 4242, 0o027, true));
+        let err = lua
+            .load("return flu.get_context(5)")
+            .exec()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bad argument #1 to 'get_context' (table expected, got number)"),
+            "{err}"
+        );
     }
 
     #[test]
