@@ -744,6 +744,28 @@ pub fn lua_type(v: &Value) -> &'static str {
     }
 }
 
+/// Raise a Lua error `prefix .. type name of t .. suffix` from a C function (Lua's own words
+/// for a bad argument: "bad argument #1 to 'f' (table expected, got number)"). Nothing of Rust
+/// may be alive in the caller's frame: the error does not return.
+///
+/// # Safety
+/// `state` is the running state of a C function called by Lua.
+pub unsafe fn raise_with_type(
+    state: *mut mlua::ffi::lua_State,
+    prefix: &std::ffi::CStr,
+    t: std::ffi::c_int,
+    suffix: &std::ffi::CStr,
+) -> ! {
+    use mlua::ffi;
+    unsafe {
+        ffi::lua_pushstring(state, prefix.as_ptr());
+        ffi::lua_pushstring(state, ffi::lua_typename(state, t));
+        ffi::lua_pushstring(state, suffix.as_ptr());
+        ffi::lua_concat(state, 3);
+        ffi::lua_error(state)
+    }
+}
+
 /// A module function's argument error in Lua's own words:
 /// "bad argument #2 to 'get' (table or nil expected, got string)".
 pub fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {

@@ -101,16 +101,12 @@ unsafe extern "C-unwind" fn get_context(state: *mut ffi::lua_State) -> c_int {
                 ffi::lua_settop(state, 0);
                 ffi::lua_createtable(state, 0, 4);
             }
-            t => {
-                ffi::lua_pushstring(
-                    state,
-                    c"bad argument #1 to 'get_context' (table expected, got ".as_ptr(),
-                );
-                ffi::lua_pushstring(state, ffi::lua_typename(state, t));
-                ffi::lua_pushstring(state, c")".as_ptr());
-                ffi::lua_concat(state, 3);
-                ffi::lua_error(state)
-            }
+            t => convert::raise_with_type(
+                state,
+                c"bad argument #1 to 'get_context' (table expected, got ",
+                t,
+                c")",
+            ),
         }
         for (i, v) in [c.uid, c.gid, c.pid, umask].into_iter().enumerate() {
             ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2 + i as c_int));

@@ -185,39 +185,31 @@ unsafe fn record(state: *mut ffi::lua_State, sinks: &Sinks) -> Result<Option<usi
 
 /// Raise the Lua error for a refused entry (does not return).
 unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
+    use convert::raise_with_type as raise;
     unsafe {
-        let type_name = |t: c_int| std::ffi::CStr::from_ptr(ffi::lua_typename(state, t));
         match r {
-            Refusal::NotString(t) => {
-                ffi::lua_pushstring(
-                    state,
-                    c"filler: bad argument #1 (string expected, got ".as_ptr(),
-                );
-                ffi::lua_pushstring(state, type_name(t).as_ptr());
-                ffi::lua_pushstring(state, c")".as_ptr());
-                ffi::lua_concat(state, 3);
-            }
+            Refusal::NotString(t) => raise(
+                state,
+                c"filler: bad argument #1 (string expected, got ",
+                t,
+                c")",
+            ),
+            Refusal::NotTable(t) => raise(
+                state,
+                c"filler: bad argument #2 (table expected, got ",
+                t,
+                c")",
+            ),
+            Refusal::BadOffset(t) => raise(
+                state,
+                c"filler: offset must be a non-negative integer, got ",
+                t,
+                c"",
+            ),
             Refusal::BadName => {
                 ffi::lua_pushstring(state, c"filler: invalid entry name \"".as_ptr());
                 ffi::lua_pushvalue(state, 2);
                 ffi::lua_pushstring(state, c"\"".as_ptr());
-                ffi::lua_concat(state, 3);
-            }
-            Refusal::BadOffset(t) => {
-                ffi::lua_pushstring(
-                    state,
-                    c"filler: offset must be a non-negative integer, got ".as_ptr(),
-                );
-                ffi::lua_pushstring(state, type_name(t).as_ptr());
-                ffi::lua_concat(state, 2);
-            }
-            Refusal::NotTable(t) => {
-                ffi::lua_pushstring(
-                    state,
-                    c"filler: bad argument #2 (table expected, got ".as_ptr(),
-                );
-                ffi::lua_pushstring(state, type_name(t).as_ptr());
-                ffi::lua_pushstring(state, c")".as_ptr());
                 ffi::lua_concat(state, 3);
             }
             Refusal::Closed => {
