@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use fuser::{Errno, FileType, Generation, INodeNo};
 
 use crate::replies::{ReplyDirectory, ReplyDirectoryPlus};
-use mlua::{Function, Lua, Table, ffi};
+use mlua::{Function, IntoLua, Lua, Table, ffi};
 
 use super::Dispatch;
 use crate::convert::{self, Stat};
@@ -84,28 +84,13 @@ type Sinks = RefCell<HashMap<u64, Sink>>;
 
 /// Makes one `filler` per readdir call and collects what it is given.
 pub(super) struct Lister {
-    /// Leaked once per mount: the C function `push` holds a pointer to it, and a script may
-    /// keep a filler (and call it, getting an error) for as long as the Lua state lives.
+    /// Leaked once per mount: every filler holds a pointer to it, and a script may keep a
+    /// filler (and call it, getting an error) for as long as the Lua state lives.
     sinks: &'static Sinks,
-    factory: Function,
     next: Cell<u64>,
 }
 
-/// `filler(name [, st [, offset]])`, one per readdir call (`id` names its sink). `push`
-/// (C, below) checks and records the name and offset and returns the entry's position, or
-/// false once a kernel buffer is full in offset mode; the stat table stays in `tables`.
-const FILLER: &str = r#"
-local push = ...
-return function(id, tables)
-  return function(name, st, off)
-    local i = push(id, name, off, st)
-    if i and st ~= nil then tables[i] = st end
-    return i ~= false
-  end
-end
-"#;
-
-/// Why `push` refuses an entry.
+/// Why `filler` refuses an entry.
 enum Refusal {
     NotString(c_int),
     BadName,
@@ -114,16 +99,25 @@ enum Refusal {
     Closed,
 }
 
-/// The filler's work, in C so that an entry costs no more than a call: arguments `id, name,
-/// off, st`. Raises a Lua error for bad arguments (nothing of Rust is alive then).
-unsafe extern "C-unwind" fn push(state: *mut ffi::lua_State) -> c_int {
+/// `filler(name [, st [, offset]])`: a C closure per readdir call (upvalues: the sinks, the id
+/// of this call's sink, and the table its stat tables go into), so that an entry costs one
+/// call. Returns true, or false once a kernel buffer is full in offset mode. Raises a Lua
+/// error for bad arguments (nothing of Rust is alive then).
+unsafe extern "C-unwind" fn filler(state: *mut ffi::lua_State) -> c_int {
     unsafe {
         let sinks = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Sinks;
         if sinks.is_null() {
             return 0;
         }
-        match record(state, &*sinks) {
-            Ok(Some(i)) => ffi::lua_pushinteger(state, i as ffi::lua_Integer),
+        let id = ffi::lua_tointegerx(state, ffi::lua_upvalueindex(2), std::ptr::null_mut());
+        match record(state, &*sinks, id as u64) {
+            Ok(Some(i)) => {
+                if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
+                    ffi::lua_pushvalue(state, 2);
+                    ffi::lua_rawseti(state, ffi::lua_upvalueindex(3), i as ffi::lua_Integer);
+                }
+                ffi::lua_pushboolean(state, 1);
+            }
             Ok(None) => ffi::lua_pushboolean(state, 0),
             Err(r) => refuse(state, r),
         }
@@ -131,16 +125,20 @@ unsafe extern "C-unwind" fn push(state: *mut ffi::lua_State) -> c_int {
     }
 }
 
-/// Record the entry `push` was given; `Ok(None)` when the kernel buffer is full.
-unsafe fn record(state: *mut ffi::lua_State, sinks: &Sinks) -> Result<Option<usize>, Refusal> {
+/// Record the entry `filler(name, st, off)` was given (its position from 1); `Ok(None)` when
+/// the kernel buffer is full.
+unsafe fn record(
+    state: *mut ffi::lua_State,
+    sinks: &Sinks,
+    id: u64,
+) -> Result<Option<usize>, Refusal> {
     unsafe {
-        let id = ffi::lua_tointegerx(state, 1, std::ptr::null_mut()) as u64;
-        let t = ffi::lua_type(state, 2);
+        let t = ffi::lua_type(state, 1);
         if t != ffi::LUA_TSTRING {
             return Err(Refusal::NotString(t));
         }
         let mut len = 0usize;
-        let p = ffi::lua_tolstring(state, 2, &mut len) as *const u8;
+        let p = ffi::lua_tolstring(state, 1, &mut len) as *const u8;
         let name = std::slice::from_raw_parts(p, len);
         if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b == b'/' || b == 0) {
             return Err(Refusal::BadName);
@@ -156,7 +154,7 @@ unsafe fn record(state: *mut ffi::lua_State, sinks: &Sinks) -> Result<Option<usi
                 o as u64
             }
         };
-        let has_table = match ffi::lua_type(state, 4) {
+        let has_table = match ffi::lua_type(state, 2) {
             ffi::LUA_TNIL | ffi::LUA_TNONE => false,
             ffi::LUA_TTABLE => true,
             t => return Err(Refusal::NotTable(t)),
@@ -208,7 +206,7 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
             ),
             Refusal::BadName => {
                 ffi::lua_pushstring(state, c"filler: invalid entry name \"".as_ptr());
-                ffi::lua_pushvalue(state, 2);
+                ffi::lua_pushvalue(state, 1);
                 ffi::lua_pushstring(state, c"\"".as_ptr());
                 ffi::lua_concat(state, 3);
             }
@@ -221,35 +219,38 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
 }
 
 impl Lister {
-    pub(super) fn new(lua: &Lua) -> mlua::Result<Lister> {
-        let sinks: &'static Sinks = Box::leak(Box::new(RefCell::new(HashMap::new())));
-        // SAFETY: `push` only reads its arguments and the leaked `sinks` (alive for the rest
-        // of the process) and raises errors with nothing of Rust alive.
-        let push = unsafe {
-            lua.exec_raw_lua(|raw| {
-                let state = raw.state();
-                if ffi::lua_checkstack(state, 2) == 0 {
-                    return Err(mlua::Error::runtime("stack overflow"));
-                }
-                ffi::lua_pushlightuserdata(state, sinks as *const Sinks as *mut _);
-                ffi::lua_pushcclosure(state, push, 1);
-                let f = <Function as mlua::FromLua>::from_stack(-1, raw);
-                ffi::lua_pop(state, 1);
-                f
-            })?
-        };
-        let factory: Function = lua.load(FILLER).set_name("=flufs.filler").call(push)?;
-        Ok(Lister {
-            sinks,
-            factory,
+    pub(super) fn new() -> Lister {
+        Lister {
+            sinks: Box::leak(Box::new(RefCell::new(HashMap::new()))),
             next: Cell::new(1),
-        })
+        }
     }
 
     /// A new filler, the id of its sink, and the table its stat tables go into.
     fn open(&self, lua: &Lua, plus: bool) -> mlua::Result<(u64, Function, Table)> {
         let id = self.next.get();
         self.next.set(id + 1);
+        let tables = lua.create_table()?;
+        // SAFETY: pushes within the stack space checked first; `filler` reads only its
+        // arguments, its upvalues and the leaked `sinks` (alive for the rest of the process).
+        let filler = unsafe {
+            lua.exec_raw_lua(|raw| {
+                let state = raw.state();
+                if ffi::lua_checkstack(state, 4) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                ffi::lua_pushlightuserdata(state, self.sinks as *const Sinks as *mut _);
+                ffi::lua_pushinteger(state, id as ffi::lua_Integer);
+                if let Err(e) = (&tables).push_into_stack(raw) {
+                    ffi::lua_pop(state, 2);
+                    return Err(e);
+                }
+                ffi::lua_pushcclosure(state, filler, 3);
+                let f = <Function as mlua::FromLua>::from_stack(-1, raw);
+                ffi::lua_pop(state, 1);
+                f
+            })?
+        };
         self.sinks.borrow_mut().insert(
             id,
             Sink {
@@ -257,8 +258,6 @@ impl Lister {
                 ..Sink::default()
             },
         );
-        let tables = lua.create_table()?;
-        let filler = self.factory.call((id, &tables))?;
         Ok((id, filler, tables))
     }
 
