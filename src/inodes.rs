@@ -27,11 +27,15 @@ struct Node {
     removed: bool,
 }
 
+/// A name in a directory, its bytes inline up to 24 (most names): looking one up then costs
+/// no second cache miss for the key's bytes.
+type Name = smallvec::SmallVec<[u8; 24]>;
+
 /// The table. Node ids are never reused within a session.
 #[derive(Debug)]
 pub struct Inodes {
     nodes: HashMap<u64, Node>,
-    children: HashMap<u64, HashMap<Vec<u8>, u64>>,
+    children: HashMap<u64, HashMap<Name, u64>>,
     by_script_ino: HashMap<u64, u64>,
     next: u64,
 }
@@ -211,7 +215,7 @@ impl Inodes {
             self.children
                 .entry(parent)
                 .or_default()
-                .insert(name.to_vec(), id);
+                .insert(Name::from_slice(name), id);
             return id;
         }
         let id = match self.by_script_ino.get(&script_ino) {
@@ -237,7 +241,7 @@ impl Inodes {
         self.children
             .entry(parent)
             .or_default()
-            .insert(name.to_vec(), id);
+            .insert(Name::from_slice(name), id);
         if remember {
             self.set_script_ino(id, script_ino);
         }
@@ -263,7 +267,7 @@ impl Inodes {
         self.children
             .entry(parent)
             .or_default()
-            .insert(name.to_vec(), ino);
+            .insert(Name::from_slice(name), ino);
     }
 
     fn set_script_ino(&mut self, id: u64, script_ino: u64) {
@@ -389,7 +393,7 @@ impl Inodes {
         self.children
             .entry(newparent)
             .or_default()
-            .insert(newname.to_vec(), id);
+            .insert(Name::from_slice(newname), id);
         self.maybe_drop(parent);
     }
 
@@ -420,7 +424,7 @@ impl Inodes {
                 self.children
                     .entry(newparent)
                     .or_default()
-                    .insert(newname.to_vec(), a);
+                    .insert(Name::from_slice(newname), a);
             }
             None => self.remove_name_any(newparent, newname),
         }
@@ -429,7 +433,7 @@ impl Inodes {
                 self.children
                     .entry(parent)
                     .or_default()
-                    .insert(name.to_vec(), b);
+                    .insert(Name::from_slice(name), b);
             }
             None => self.remove_name_any(parent, name),
         }
