@@ -654,7 +654,6 @@ impl Dispatch {
             },
         };
         let state = thread.to_pointer();
-        let limit = self.memory_limit;
         let (first, mut interrupted) = self.resume_raw(&thread, argv);
         let pending = match first {
             Resumed::Finished(out) => {
@@ -679,21 +678,8 @@ impl Dispatch {
                 cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
-            if limit > 0 {
-                let _ = self.lua.set_memory_limit(limit);
-            }
-            let r = match &self.watchdog {
-                Some(w) => {
-                    w.arm(state);
-                    let r = fut.as_mut().poll(cx);
-                    interrupted |= w.disarm();
-                    r
-                }
-                None => fut.as_mut().poll(cx),
-            };
-            if limit > 0 {
-                let _ = self.lua.set_memory_limit(0);
-            }
+            let (r, fired) = self.script_runs(state, || fut.as_mut().poll(cx));
+            interrupted |= fired;
             r
         })
         .await;
@@ -706,6 +692,24 @@ impl Dispatch {
             pool.push(thread);
         }
         (outcome, interrupted)
+    }
+
+    /// Run `f`, which resumes coroutine `state`, as script code: under `--lua-memory` and
+    /// `--op-timeout`. Returns what `f` returned and whether the timeout interrupted it.
+    fn script_runs<R>(&self, state: *const std::ffi::c_void, f: impl FnOnce() -> R) -> (R, bool) {
+        let limit = self.memory_limit;
+        if limit > 0 {
+            let _ = self.lua.set_memory_limit(limit);
+        }
+        if let Some(w) = &self.watchdog {
+            w.arm(state);
+        }
+        let r = f();
+        let interrupted = self.watchdog.as_ref().is_some_and(|w| w.disarm());
+        if limit > 0 {
+            let _ = self.lua.set_memory_limit(0);
+        }
+        (r, interrupted)
     }
 
     /// The first resumption of `thread` with `argv`, through the C API. Returns what became of
@@ -746,22 +750,11 @@ impl Dispatch {
             Ok(n) => n,
             Err(e) => return (Resumed::Failed(e), false),
         };
-        let limit = self.memory_limit;
-        if limit > 0 {
-            let _ = self.lua.set_memory_limit(limit);
-        }
-        if let Some(w) = &self.watchdog {
-            w.arm(co as *const std::ffi::c_void);
-        }
         let mut nres = 0;
-        let status = unsafe {
+        let (status, interrupted) = self.script_runs(co as *const std::ffi::c_void, || unsafe {
             self.lua
                 .exec_raw_lua(|raw| ffi::lua_resume(co, raw.state(), nargs, &mut nres))
-        };
-        let interrupted = self.watchdog.as_ref().is_some_and(|w| w.disarm());
-        if limit > 0 {
-            let _ = self.lua.set_memory_limit(0);
-        }
+        });
         let resumed = unsafe {
             self.lua.exec_raw_lua(|raw| {
                 let main = raw.state();
