@@ -27,6 +27,17 @@ struct Node {
     removed: bool,
 }
 
+/// The path of `name` inside the directory at path `dir`.
+pub fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+    p.extend_from_slice(dir);
+    if dir.len() > 1 {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
 /// A name in a directory, its bytes inline up to 24 (most names): looking one up then costs
 /// no second cache miss for the key's bytes.
 type Name = smallvec::SmallVec<[u8; 24]>;
@@ -104,12 +115,7 @@ impl Inodes {
 
     /// The path of `name` inside directory `parent`.
     pub fn child_path(&self, parent: u64, name: &[u8]) -> Option<Vec<u8>> {
-        let mut p = self.path(parent)?;
-        if p.len() > 1 {
-            p.push(b'/');
-        }
-        p.extend_from_slice(name);
-        Some(p)
+        Some(join(&self.path(parent)?, name))
     }
 
     #[cfg(test)]

@@ -17,6 +17,7 @@ use mlua::{Function, IntoLua, Lua, Table, ffi};
 
 use super::Dispatch;
 use crate::convert::{self, Stat};
+use crate::inodes::join;
 use crate::ops::OpName;
 
 /// One collected entry.
@@ -355,16 +356,10 @@ impl Dispatch {
 
     /// The attributes of entry `i` (from 1) from the table its filler call gave.
     fn entry_stat(&self, dir: u64, name: &[u8], tables: &Table, i: usize) -> Option<Stat> {
-        match self
+        let r = self
             .stat_reader
-            .decode_item(&self.lua, tables, i as i64, &self.defaults)
-        {
-            Ok(st) => Some(st),
-            Err(e) => {
-                self.bad_entry(dir, name, e);
-                None
-            }
-        }
+            .decode_item(&self.lua, tables, i as i64, &self.defaults);
+        self.entry_value(dir, name, r)
     }
 
     /// The mode and script ino of entry `i` (from 1) from the table its filler call gave.
@@ -375,25 +370,20 @@ impl Dispatch {
         tables: &Table,
         i: usize,
     ) -> Option<(u32, u64)> {
-        match self
+        let r = self
             .stat_reader
-            .mode_ino_item(&self.lua, tables, i as i64, &self.defaults)
-        {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.bad_entry(dir, name, e);
-                None
-            }
-        }
+            .mode_ino_item(&self.lua, tables, i as i64, &self.defaults);
+        self.entry_value(dir, name, r)
     }
 
-    fn bad_entry(&self, dir: u64, name: &[u8], e: impl std::fmt::Display) {
-        let mut p = self.path(dir).unwrap_or_default();
-        if p.len() > 1 {
-            p.push(b'/');
-        }
-        p.extend_from_slice(name);
-        let _ = self.bad_value(OpName::Readdir, &p, format!("filler: {e}"));
+    /// What was read from an entry's stat table; a bad table is logged and the entry gets
+    /// no value.
+    fn entry_value<T>(&self, dir: u64, name: &[u8], r: convert::Conv<T>) -> Option<T> {
+        r.map_err(|e| {
+            let p = join(&self.path(dir).unwrap_or_default(), name);
+            self.bad_value(OpName::Readdir, &p, format!("filler: {e}"))
+        })
+        .ok()
     }
 
     /// Give entries without a stat one from getattr (for their type, and for READDIRPLUS).
@@ -402,12 +392,7 @@ impl Dispatch {
             if e.stat.is_some() || e.has_table || &*e.name == b"." || &*e.name == b".." {
                 continue;
             }
-            let mut p = dir.to_vec();
-            if p.len() > 1 {
-                p.push(b'/');
-            }
-            p.extend_from_slice(&e.name);
-            e.stat = self.stat(&p, None).await.ok();
+            e.stat = self.stat(&join(dir, &e.name), None).await.ok();
         }
         entries
     }
@@ -437,14 +422,9 @@ impl Dispatch {
             let fresh;
             let e = match &dir_path {
                 Some(p) if &*e.name != b"." && &*e.name != b".." => {
-                    let mut child = p.clone();
-                    if child.len() > 1 {
-                        child.push(b'/');
-                    }
-                    child.extend_from_slice(&e.name);
                     fresh = DirEnt {
                         name: e.name.clone(),
-                        stat: self.stat(&child, None).await.ok(),
+                        stat: self.stat(&join(p, &e.name), None).await.ok(),
                         has_table: false,
                         offset: e.offset,
                     };
