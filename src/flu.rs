@@ -202,10 +202,10 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
         })?,
     )?;
 
-    flu.raw_set(
-        "modeset",
-        lua.create_function(|lua, m: u32| convert::mode_to_lua(lua, m))?,
-    )?;
+    flu.raw_set("modeset", {
+        let names = convert::Names::new(lua)?;
+        lua.create_function(move |lua, m: u32| names.mode_set(lua, m))?
+    })?;
 
     let h = host.clone();
     flu.raw_set(
