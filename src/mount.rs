@@ -129,7 +129,7 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
     let mut c = FuserConfig::default();
     c.mount_options = opts;
     c.acl = acl;
-    c.n_threads = Some(o.threads.unwrap_or(DEFAULT_THREADS));
+    c.n_threads = Some(kernel_threads(o));
     c
 }
 
@@ -137,6 +137,11 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
 /// at a time anyway, and a second reader measured slower (its wake-ups and cache traffic cost
 /// more than reading the next request early gains; 1000 creates 61 -> 49 ms pinned).
 pub const DEFAULT_THREADS: usize = 1;
+
+/// How many kernel threads read requests: `-o threads=N`, else `DEFAULT_THREADS`.
+fn kernel_threads(o: &MountOptions) -> usize {
+    o.threads.unwrap_or(DEFAULT_THREADS)
+}
 
 fn mount_error(e: &std::io::Error, mnt: &Path, o: &MountOptions) -> String {
     let shown = mnt.display();
@@ -323,7 +328,7 @@ pub fn serve(
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),
     };
-    let engine = Engine::new(dispatch, o.threads.unwrap_or(DEFAULT_THREADS));
+    let engine = Engine::new(dispatch, kernel_threads(o));
     // Whatever happens from here on, the dispatcher (the Lua state) comes back to this thread
     // and later requests get EIO.
     struct CloseOnExit<'a>(&'a Engine);
