@@ -66,6 +66,13 @@ fn spawn_read(path: PathBuf) -> JoinHandle<Read> {
     })
 }
 
+/// A read of /slow2 (2 s in flu.sleep) started in a thread, returned once it is suspended.
+fn suspended_slow_read(m: &Mount) -> JoinHandle<Read> {
+    let slow = spawn_read(m.path("slow2"));
+    wait_suspended(m, 1);
+    slow
+}
+
 /// Wait (up to 10 s) until `n` reads are suspended in the fixture's flu.sleep.
 fn wait_suspended(m: &Mount, n: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -100,8 +107,7 @@ fn stat_ls_and_other_reads_are_served_while_a_read_is_suspended() {
     }
     let _g = serial();
     let m = mount(&[]);
-    let slow = spawn_read(m.path("slow2"));
-    wait_suspended(&m, 1);
+    let slow = suspended_slow_read(&m);
 
     let limit = Duration::from_millis(100);
     let (md, t_stat) = timed(|| std::fs::metadata(m.path("fast")));
@@ -184,8 +190,7 @@ fn a_fast_reply_started_later_completes_before_a_slow_one() {
     }
     let _g = serial();
     let m = mount(&[]);
-    let slow = spawn_read(m.path("slow2"));
-    wait_suspended(&m, 1);
+    let slow = suspended_slow_read(&m);
     let fast = spawn_read(m.path("fast")).join().unwrap();
     let slow = slow.join().unwrap();
     assert_eq!(fast.result.as_deref().expect("fast read"), data_of("fast"));
@@ -246,8 +251,7 @@ fn op_timeout_interrupts_a_runaway_but_not_a_suspended_request() {
     }
     let _g = serial();
     let m = mount(&["--op-timeout", "1"]);
-    let slow = spawn_read(m.path("slow2"));
-    wait_suspended(&m, 1);
+    let slow = suspended_slow_read(&m);
     let (looped, t_loop) = timed(|| pread0(&m.path("loop")));
     assert_eq!(
         errno(&looped.expect_err("the runaway read must fail")),
@@ -325,8 +329,7 @@ fn a_bare_coroutine_yield_continues_the_operation() {
         data_of("yield_pcall")
     );
     // and while another request is suspended
-    let slow = spawn_read(m.path("slow2"));
-    wait_suspended(&m, 1);
+    let slow = suspended_slow_read(&m);
     assert_eq!(pread0(&m.path("yield")).unwrap(), data_of("yield"));
     assert_eq!(
         slow.join().unwrap().result.as_deref().unwrap(),
