@@ -1335,8 +1335,9 @@ fn chown_of_a_file_clears_setuid() {
     );
 }
 
-/// The part of Linux's "drop setuid/setgid on write" rules that FUSE leaves to luafs, which
-/// decides from the writer's /proc status: set-group-ID without group-execute stays when the
+/// Linux's "drop setuid/setgid on write" rules, which luafs applies itself (it sets
+/// `fs.handle_killpriv`, so the kernel leaves them all to it), deciding from the writer's /proc
+/// status: set-group-ID without group-execute stays when the
 /// writer is in the file's group (here only through a supplementary group) and goes
 /// otherwise; without CAP_FSETID even root's write drops the bits (tmpfs does the same).
 #[test]
