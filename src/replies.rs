@@ -98,16 +98,20 @@ impl ReplyEmpty {
     }
 }
 
+/// Send `data` with `f`: while replies are held, a small payload is copied and sent after the
+/// lock; a large one, or any when nothing is held, is sent at once without a copy.
+fn send_bytes<R: 'static>(r: R, data: &[u8], f: fn(R, &[u8])) {
+    if HOLDING.get() && data.len() <= COPY_LIMIT {
+        let copy = data.to_vec();
+        send(move || f(r, &copy));
+    } else {
+        f(r, data);
+    }
+}
+
 impl ReplyData {
-    /// Small payloads are copied and sent after the lock; large ones are sent at once.
     pub fn data(self, data: &[u8]) {
-        let r = self.0;
-        if HOLDING.get() && data.len() <= COPY_LIMIT {
-            let copy = data.to_vec();
-            send(move || r.data(&copy));
-        } else {
-            r.data(data);
-        }
+        send_bytes(self.0, data, |r, d| r.data(d));
     }
 }
 
@@ -118,9 +122,7 @@ impl ReplyXattr {
     }
 
     pub fn data(self, data: &[u8]) {
-        let r = self.0;
-        let copy = data.to_vec();
-        send(move || r.data(&copy));
+        send_bytes(self.0, data, |r, d| r.data(d));
     }
 }
 
