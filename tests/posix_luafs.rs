@@ -25,11 +25,8 @@ fn run_all_on_one_luafs_mount() {
     if !common::fuse_available() {
         return;
     }
-    let (m, root, opts) = luafs();
-    let (checks, fails) = posix::run_all_counted(&root, &opts);
-    eprintln!("{checks} checks, {} failed", fails.len());
-    drop(m);
-    assert!(fails.is_empty(), "{}", posix::report(&fails));
+    let (_m, root, opts) = luafs();
+    posix::assert_all_pass(&root, &opts);
 }
 
 /// Without kernel attribute and entry caching every stat reaches luafs, so the kernel's own
@@ -46,8 +43,5 @@ fn run_all_without_kernel_cache() {
             "allow_other,default_permissions,attr_timeout=0,entry_timeout=0,negative_timeout=0",
         ],
     );
-    let (checks, fails) = posix::run_all_counted(&m.mnt, &posix::SuiteOpts::detect());
-    eprintln!("{checks} checks, {} failed", fails.len());
-    drop(m);
-    assert!(fails.is_empty(), "{}", posix::report(&fails));
+    posix::assert_all_pass(&m.mnt, &posix::SuiteOpts::detect());
 }

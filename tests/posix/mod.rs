@@ -127,6 +127,15 @@ pub fn run_all_counted(root: &Path, opts: &SuiteOpts) -> (usize, Vec<Failure>) {
     (n, fails)
 }
 
+/// Run every case under `root`, print how many checks ran, and fail with the report if any
+/// check failed.
+#[track_caller]
+pub fn assert_all_pass(root: &Path, opts: &SuiteOpts) {
+    let (checks, fails) = run_all_counted(root, opts);
+    eprintln!("{checks} checks, {} failed", fails.len());
+    assert!(fails.is_empty(), "{}", report(&fails));
+}
+
 /// Run one case under `root/<name>`.
 pub fn run_case(name: &str, root: &Path, opts: &SuiteOpts) -> Vec<Failure> {
     run_case_counted(name, root, opts).1
