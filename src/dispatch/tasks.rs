@@ -137,7 +137,7 @@ impl Owned {
         self.next += 1;
         let ctx = req.ctx;
         let d = self.dispatch.clone();
-        let mut fut: Job = Box::pin(async move { d.handle(req).await });
+        let mut fut: Job = Box::pin(d.handle(req));
         let waker = waker(id, ready);
         self.dispatch.ctx().set(ctx);
         if !poll_guarded(&mut fut, &waker) {
