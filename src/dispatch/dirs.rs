@@ -22,20 +22,36 @@ use crate::ops::OpName;
 
 /// One collected entry.
 pub(super) struct DirEnt {
-    pub name: Box<[u8]>,
-    pub stat: Option<Stat>,
+    /// Where its name is in the listing's `names` (a name has at most 255 bytes).
+    name_at: u32,
+    name_len: u8,
     /// Whether the script gave a stat table (kept in the listing's `tables` at this entry's
     /// position, read only when the entry is sent: a plain READDIR needs just its mode and ino).
-    pub has_table: bool,
+    has_table: bool,
     /// The script's offset (offset mode) or 0.
-    pub offset: u64,
+    offset: u64,
 }
 
-/// What one readdir call collected: the entries, and the stat tables the script gave
-/// (`tables[i]` belongs to `entries[i - 1]`).
+/// What one readdir call collected: the entries, their names one after another (one
+/// allocation per listing, not one per name), the stat tables the script gave (`tables[i]`
+/// belongs to `entries[i - 1]`), and the attributes getattr gave entries without a table.
 pub(super) struct Listing {
-    pub entries: Vec<DirEnt>,
-    pub tables: Table,
+    entries: Vec<DirEnt>,
+    names: Vec<u8>,
+    tables: Table,
+    /// By entry position; empty when every entry came with a table.
+    stats: Vec<Option<Stat>>,
+}
+
+impl Listing {
+    fn name(&self, e: &DirEnt) -> &[u8] {
+        let at = e.name_at as usize;
+        &self.names[at..at + e.name_len as usize]
+    }
+
+    fn stat(&self, i: usize) -> Option<&Stat> {
+        self.stats.get(i).and_then(Option::as_ref)
+    }
 }
 
 /// The reply a listing goes into.
@@ -76,6 +92,7 @@ fn entry_size(name_len: usize, plus: bool) -> usize {
 struct Sink {
     plus: bool,
     entries: Vec<DirEnt>,
+    names: Vec<u8>,
     used_offsets: bool,
     bytes: usize,
 }
@@ -172,9 +189,14 @@ unsafe fn record(
             }
             s.bytes += size;
         }
+        let Ok(name_at) = u32::try_from(s.names.len()) else {
+            // 4 GiB of names: the listing is cut here, as with a full buffer.
+            return Ok(None);
+        };
+        s.names.extend_from_slice(name);
         s.entries.push(DirEnt {
-            name: name.into(),
-            stat: None,
+            name_at,
+            name_len: name.len() as u8,
             has_table,
             offset,
         });
@@ -301,14 +323,20 @@ impl Dispatch {
         };
         let Sink {
             entries,
+            names,
             used_offsets,
             ..
         } = self.dirs.close(id);
         if let Err(e) = r {
             return reply.error(e);
         }
-        let entries = self.complete(&path, entries).await;
-        let listing = Listing { entries, tables };
+        let mut listing = Listing {
+            entries,
+            names,
+            tables,
+            stats: Vec::new(),
+        };
+        self.complete(&path, &mut listing).await;
         if used_offsets {
             // Offset mode: this call's entries answer this request only.
             let mut reply = reply;
@@ -386,15 +414,21 @@ impl Dispatch {
         .ok()
     }
 
-    /// Give entries without a stat one from getattr (for their type, and for READDIRPLUS).
-    async fn complete(&self, dir: &[u8], mut entries: Vec<DirEnt>) -> Vec<DirEnt> {
-        for e in entries.iter_mut() {
-            if e.stat.is_some() || e.has_table || &*e.name == b"." || &*e.name == b".." {
+    /// Give entries without a stat table attributes from getattr (for their type, and for
+    /// READDIRPLUS).
+    async fn complete(&self, dir: &[u8], listing: &mut Listing) {
+        for i in 0..listing.entries.len() {
+            let e = &listing.entries[i];
+            let name = listing.name(e);
+            if e.has_table || name == b"." || name == b".." {
                 continue;
             }
-            e.stat = self.stat(&join(dir, &e.name), None).await.ok();
+            let st = self.stat(&join(dir, name), None).await.ok();
+            if listing.stats.is_empty() {
+                listing.stats.resize(listing.entries.len(), None);
+            }
+            listing.stats[i] = st;
         }
-        entries
     }
 
     /// Add entries to the reply until it is full. `index_from`: serve a cached listing from
@@ -419,26 +453,22 @@ impl Dispatch {
             None
         };
         for (i, e) in entries.iter().enumerate().skip(skip) {
+            let bytes = listing.name(e);
+            let dot = bytes == b"." || bytes == b"..";
             let fresh;
-            let e = match &dir_path {
-                Some(p) if &*e.name != b"." && &*e.name != b".." => {
-                    fresh = DirEnt {
-                        name: e.name.clone(),
-                        stat: self.stat(&join(p, &e.name), None).await.ok(),
-                        has_table: false,
-                        offset: e.offset,
-                    };
-                    &fresh
+            let (stat, has_table) = match &dir_path {
+                Some(p) if !dot => {
+                    fresh = self.stat(&join(p, bytes), None).await.ok();
+                    (fresh.as_ref(), false)
                 }
-                _ => e,
+                _ => (listing.stat(i), e.has_table),
             };
             let off = if index_from.is_some() {
                 i as u64 + 1
             } else {
                 e.offset
             };
-            let name = OsStr::from_bytes(&e.name);
-            let dot = &*e.name == b"." || &*e.name == b"..";
+            let name = OsStr::from_bytes(bytes);
             let full = match reply {
                 DirReply::Plain(r) => {
                     // A name the kernel already holds: its node id and type are known here,
@@ -446,15 +476,15 @@ impl Dispatch {
                     let known = if dot {
                         None
                     } else {
-                        self.inodes.borrow().child(dir, &e.name)
+                        self.inodes.borrow().child(dir, bytes)
                     };
                     let known_kind = known
                         .and_then(|id| self.inodes.borrow().kind(id))
                         .filter(|k| *k != 0);
-                    let mode_ino = match (&e.stat, e.has_table) {
+                    let mode_ino = match (stat, has_table) {
                         (Some(st), _) => Some((st.mode, st.ino)),
                         (None, _) if known_kind.is_some() => None,
-                        (None, true) => self.entry_mode_ino(dir, &e.name, tables, i + 1),
+                        (None, true) => self.entry_mode_ino(dir, bytes, tables, i + 1),
                         (None, false) => None,
                     };
                     let kind = match (mode_ino, known_kind) {
@@ -463,7 +493,7 @@ impl Dispatch {
                         (None, None) if dot => FileType::Directory,
                         (None, None) => FileType::RegularFile,
                     };
-                    let ino = if &*e.name == b".." {
+                    let ino = if bytes == b".." {
                         self.inodes.borrow().parent(dir)
                     } else if dot {
                         Some(dir)
@@ -477,15 +507,15 @@ impl Dispatch {
                 }
                 DirReply::Plus(r) => {
                     let ttl = self.cfg.entry_ttl;
-                    let stat = match (&e.stat, e.has_table) {
+                    let stat = match (stat, has_table) {
                         (Some(st), _) => Some(*st),
-                        (None, true) => self.entry_stat(dir, &e.name, tables, i + 1),
+                        (None, true) => self.entry_stat(dir, bytes, tables, i + 1),
                         (None, false) => None,
                     };
                     if dot {
                         // The kernel does not look up "." and "..": no reference is counted.
                         let st = stat.unwrap_or_else(|| Stat::placeholder_dir(self.defaults));
-                        let ino = if &*e.name == b".." {
+                        let ino = if bytes == b".." {
                             self.inodes.borrow().parent(dir).unwrap_or(dir)
                         } else {
                             dir
@@ -501,7 +531,7 @@ impl Dispatch {
                     } else if let Some(st) = &stat {
                         let ino = self.inodes.borrow_mut().resolve(
                             dir,
-                            &e.name,
+                            bytes,
                             st.ino,
                             st.mode & libc::S_IFMT,
                             st.nlink,
