@@ -16,6 +16,7 @@ mod inodes;
 mod json;
 mod kernel;
 mod log;
+mod luaraw;
 mod mode;
 mod mount;
 mod ops;
