@@ -646,7 +646,11 @@ impl Dispatch {
     /// finish there, and a finished coroutine is reused as it is. One that yields is handed to
     /// mlua's `AsyncThread`, which polls the futures of async functions (`flu.sleep`, `gett`,
     /// `http`) with this request's waker.
-    async fn run_coroutine(&self, argv: MultiValue) -> (mlua::Result<MultiValue>, bool) {
+    async fn run_coroutine(
+        &self,
+        f: &Function,
+        args: impl IntoLuaMulti,
+    ) -> (mlua::Result<MultiValue>, bool) {
         let pooled = self.threads.borrow_mut().pop();
         let thread = match pooled {
             Some(t) => t,
@@ -655,7 +659,7 @@ impl Dispatch {
                 Err(e) => return (Err(e), false),
             },
         };
-        let (first, interrupted) = self.resume_raw(&thread, argv);
+        let (first, interrupted) = self.resume_raw(&thread, f, args);
         let pending = match first {
             Resumed::Finished(out) => {
                 let mut pool = self.threads.borrow_mut();
@@ -727,9 +731,15 @@ impl Dispatch {
         (r, interrupted)
     }
 
-    /// The first resumption of `thread` with `argv`, through the C API. Returns what became of
-    /// it and whether `--op-timeout` interrupted it.
-    fn resume_raw(&self, thread: &Thread, argv: MultiValue) -> (Resumed, bool) {
+    /// The first resumption of `thread`, calling `f` with `args` through the trampoline, made
+    /// through the C API (the arguments go straight onto the stack, with no `MultiValue` in
+    /// between). Returns what became of it and whether `--op-timeout` interrupted it.
+    fn resume_raw(
+        &self,
+        thread: &Thread,
+        f: &Function,
+        args: impl IntoLuaMulti,
+    ) -> (Resumed, bool) {
         use mlua::ffi;
         use mlua::{FromLuaMulti, IntoLua};
         let co = thread.to_pointer() as *mut ffi::lua_State;
@@ -739,8 +749,7 @@ impl Dispatch {
         let nargs = unsafe {
             self.lua.exec_raw_lua(|raw| -> mlua::Result<i32> {
                 let main = raw.state();
-                let n = argv.len() as i32;
-                if ffi::lua_checkstack(main, n + 1) == 0 || ffi::lua_checkstack(co, n + 2) == 0 {
+                if ffi::lua_checkstack(main, 2) == 0 {
                     return Err(mlua::Error::StackError);
                 }
                 let top = ffi::lua_gettop(main);
@@ -751,8 +760,10 @@ impl Dispatch {
                         (&self.trampoline).push_into_stack(raw)?;
                         ffi::lua_xmove(main, co, 1);
                     }
-                    for v in argv {
-                        v.push_into_stack(raw)?;
+                    f.push_into_stack(raw)?;
+                    let n = args.push_into_stack_multi(raw)? + 1;
+                    if ffi::lua_checkstack(co, n + 1) == 0 {
+                        return Err(mlua::Error::StackError);
                     }
                     ffi::lua_xmove(main, co, n);
                     Ok(n)
@@ -823,16 +834,21 @@ impl Dispatch {
             return Err(Errno::ENOSYS);
         };
         let start = self.cfg.debug.then(Instant::now);
-        let mut argv = match args.into_lua_multi(&self.lua) {
-            Ok(a) => a,
-            Err(e) => {
-                log::error(&format!("{}: cannot pass arguments: {e}", op.name()));
-                return Err(Errno::EIO);
-            }
+        let (outcome, trace_args) = if start.is_some() {
+            // Traced: the arguments are made into values first, to be shown.
+            let argv = match args.into_lua_multi(&self.lua) {
+                Ok(a) => a,
+                Err(e) => {
+                    log::error(&format!("{}: cannot pass arguments: {e}", op.name()));
+                    return Err(Errno::EIO);
+                }
+            };
+            let shown = argv.iter().map(show).collect::<Vec<_>>().join(", ");
+            // Boxed: rare, and it would widen every call's future.
+            (Box::pin(self.run_coroutine(f, argv)).await, Some(shown))
+        } else {
+            (self.run_coroutine(f, args).await, None)
         };
-        let trace_args = start.map(|_| argv.iter().map(show).collect::<Vec<_>>().join(", "));
-        argv.push_front(Value::Function(f.clone()));
-        let outcome = self.run_coroutine(argv).await;
         let interrupted = outcome.1;
         let outcome = outcome.0;
         let result = match outcome {
@@ -1106,20 +1122,21 @@ mod perf_probe {
         time("call getattr", &mut || {
             crate::runtime::block_on(d.call(OpName::Getattr, "/s/f1")).unwrap();
         });
-        let argv = || {
-            let mut a = "/s/f1".into_lua_multi(&d.lua).unwrap();
-            a.push_front(Value::Function(d.ops.get(OpName::Getattr).unwrap().clone()));
-            a
-        };
+        let getattr = d.ops.get(OpName::Getattr).unwrap().clone();
+        let argv = || "/s/f1".into_lua_multi(&d.lua).unwrap();
         time("call getxattr raising ENODATA", &mut || {
             let r = crate::runtime::block_on(d.call(OpName::Getxattr, ("/s/f1", "user.x")));
             assert!(r.is_err());
         });
         time("run_coroutine", &mut || {
-            crate::runtime::block_on(d.run_coroutine(argv())).0.unwrap();
+            crate::runtime::block_on(d.run_coroutine(&getattr, argv()))
+                .0
+                .unwrap();
         });
         time("trampoline.call (sync)", &mut || {
-            d.trampoline.call::<MultiValue>(argv()).unwrap();
+            d.trampoline
+                .call::<MultiValue>((getattr.clone(), argv()))
+                .unwrap();
         });
         let t = d.table().unwrap();
         t.raw_set("mode", 33188).unwrap();
