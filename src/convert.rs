@@ -617,6 +617,32 @@ impl StatReader {
         }
     }
 
+    /// The fields of a call's stat table in the common form, read where the call left its
+    /// results (`true`, the table, ...) on the stack of coroutine `co`; `None` for anything
+    /// else (the results are then taken as values and decoded as usual).
+    ///
+    /// # Safety
+    /// `co` is a coroutine that just returned `nres` results, and nothing runs or allocates
+    /// in `co`'s Lua state during the call.
+    pub unsafe fn peek(
+        &self,
+        co: *mut mlua::ffi::lua_State,
+        nres: std::ffi::c_int,
+    ) -> Option<[Option<i64>; 15]> {
+        use mlua::ffi;
+        let raw = self.raw.as_deref()?;
+        unsafe {
+            if nres < 2
+                || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
+                || ffi::lua_toboolean(co, 1) == 0
+                || ffi::lua_type(co, 2) != ffi::LUA_TTABLE
+            {
+                return None;
+            }
+            read_raw_table(raw, ffi::lua_topointer(co, 2) as *mut std::ffi::c_void, 9)
+        }
+    }
+
     /// `decode` of `tables[i]` (a readdir listing keeps its stat tables in one Lua array).
     pub fn decode_item(&self, lua: &Lua, tables: &Table, i: i64, d: &StatDefaults) -> Conv<Stat> {
         match self.read_plain(lua, Src::Item(tables, i), 9) {
@@ -747,6 +773,21 @@ fn read_raw(raw: &RawTables, src: Src, ints: usize) -> Option<[Option<i64>; 15]>
                 _ => return None,
             },
         };
+        read_raw_table(raw, t, ints)
+    }
+}
+
+/// `read_raw` of the table at `t`.
+///
+/// # Safety
+/// `t` is a live table, and nothing runs or allocates while this reads it.
+unsafe fn read_raw_table(
+    raw: &RawTables,
+    t: *mut std::ffi::c_void,
+    ints: usize,
+) -> Option<[Option<i64>; 15]> {
+    use crate::luaraw::Field;
+    unsafe {
         if raw.has_metatable(t) {
             return None;
         }

@@ -4,12 +4,26 @@
 use fuser::{Errno, TimeOrNow};
 use mlua::{MultiValue, Table, Value};
 
-use super::{Dispatch, Fail, first, type_or_value};
+use super::{Dispatch, Fail, Returned, first, type_or_value};
 use crate::convert::{Stat, Timespec};
 use crate::kernel::SetAttr;
 use crate::ops::OpName;
 
+/// What an operation answering with a stat table came back with: the table's fields read in
+/// place (`StatReader::peek`), or its results.
+pub(super) type StatOut = Returned<[Option<i64>; 15]>;
+
 impl Dispatch {
+    /// Reads a returned stat table in place (see `call_peek`).
+    pub(super) fn stat_peek(
+        &self,
+    ) -> impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<[Option<i64>; 15]> + '_
+    {
+        // SAFETY: `call_peek` calls it on a coroutine that just finished, before anything else
+        // runs in the Lua state.
+        |co, nres| unsafe { self.stat_reader.peek(co, nres) }
+    }
+
     /// Decode what getattr/fgetattr returned (or the `st` they filled).
     fn decode_stat(
         &self,
@@ -50,11 +64,17 @@ impl Dispatch {
             None
         };
         let lpath = self.lstr(path)?;
+        let peek = self.stat_peek();
         let out = match op {
-            OpName::Fgetattr => self.call(op, (lpath, st.clone(), fi)).await?,
-            _ => self.call(op, (lpath, st.clone())).await?,
+            OpName::Fgetattr => self.call_peek(op, (lpath, st.clone(), fi), peek).await?,
+            _ => self.call_peek(op, (lpath, st.clone()), peek).await?,
         };
-        self.decode_stat(op, path, out, st)
+        match out {
+            Returned::Peeked(ints) => {
+                Stat::from_ints(&ints, &self.defaults).map_err(|e| self.bad_value(op, path, e))
+            }
+            Returned::Values(out) => self.decode_stat(op, path, out, st),
+        }
     }
 
     /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).
@@ -79,7 +99,7 @@ impl Dispatch {
         parent: u64,
         name: &[u8],
         path: &[u8],
-        out: MultiValue,
+        out: StatOut,
     ) -> Result<(u64, Stat), Fail> {
         let st = match self.returned_stat(op, path, out)? {
             Some(st) => st,
@@ -94,8 +114,16 @@ impl Dispatch {
         &self,
         op: OpName,
         path: &[u8],
-        out: MultiValue,
+        out: StatOut,
     ) -> Result<Option<Stat>, Fail> {
+        let out = match out {
+            Returned::Peeked(ints) => {
+                return Stat::from_ints(&ints, &self.defaults)
+                    .map(Some)
+                    .map_err(|e| self.bad_value(op, path, e));
+            }
+            Returned::Values(out) => out,
+        };
         match first(out) {
             Some(Value::Table(t)) => self
                 .stat_reader

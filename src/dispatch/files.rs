@@ -99,9 +99,10 @@ impl Dispatch {
         let path = self.child_path(parent, name)?;
         let fi = self.new_fi(flags)?;
         let out = self
-            .call(
+            .call_peek(
                 OpName::Create,
                 (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
+                self.stat_peek(),
             )
             .await?;
         let st = match self.returned_stat(OpName::Create, &path, out)? {

@@ -95,10 +95,22 @@ pub struct Dispatch {
     memory_limit: usize,
 }
 
+/// What a call came back with: what the caller's `peek` read straight off the coroutine's
+/// stack, or (when it read nothing) the results as values.
+pub(super) enum Returned<T> {
+    Peeked(T),
+    Values(MultiValue),
+}
+
+/// A `peek` that reads nothing.
+fn no_peek(_: *mut mlua::ffi::lua_State, _: std::ffi::c_int) -> Option<std::convert::Infallible> {
+    None
+}
+
 /// What the first resumption of a call's coroutine came to.
-enum Resumed {
+enum Resumed<T> {
     /// The trampoline returned (its results, or a failure to take them).
-    Finished(mlua::Result<MultiValue>),
+    Finished(mlua::Result<Returned<T>>),
     /// An error escaped the trampoline.
     Failed(mlua::Error),
     /// It yielded: `pending` when an async function waits for its future.
@@ -646,34 +658,53 @@ impl Dispatch {
     /// finish there, and a finished coroutine is reused as it is. One that yields is handed to
     /// mlua's `AsyncThread`, which polls the futures of async functions (`flu.sleep`, `gett`,
     /// `http`) with this request's waker.
-    async fn run_coroutine(
+    async fn run_coroutine<T>(
         &self,
         f: &Function,
         args: impl IntoLuaMulti,
-    ) -> (mlua::Result<MultiValue>, bool) {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
+    ) -> (mlua::Result<Returned<T>>, bool) {
+        let (thread, pending, interrupted) = match self.first_resumption(f, args, peek) {
+            Ok(done) => return done,
+            Err(yielded) => yielded,
+        };
+        // Boxed: rare, and it holds much across its awaits (every call's future would carry
+        // its size otherwise).
+        let (out, interrupted) = Box::pin(self.resume_async(thread, pending, interrupted)).await;
+        (out.map(Returned::Values), interrupted)
+    }
+
+    /// The first resumption, in a coroutine from the pool (or a new one): `Ok` with the
+    /// outcome and whether `--op-timeout` interrupted it, or `Err` with the coroutine, which
+    /// yielded (`pending`: for an async function's future), to be resumed asynchronously.
+    /// Not async itself: nothing of it stays in the call's future.
+    #[allow(clippy::type_complexity)]
+    fn first_resumption<T>(
+        &self,
+        f: &Function,
+        args: impl IntoLuaMulti,
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
+    ) -> Result<(mlua::Result<Returned<T>>, bool), (Thread, bool, bool)> {
         let pooled = self.threads.borrow_mut().pop();
         let thread = match pooled {
             Some(t) => t,
             None => match self.lua.create_thread(self.trampoline.clone()) {
                 Ok(t) => t,
-                Err(e) => return (Err(e), false),
+                Err(e) => return Ok((Err(e), false)),
             },
         };
-        let (first, interrupted) = self.resume_raw(&thread, f, args);
-        let pending = match first {
+        let (first, interrupted) = self.resume_raw(&thread, f, args, peek);
+        match first {
             Resumed::Finished(out) => {
                 let mut pool = self.threads.borrow_mut();
                 if pool.len() < THREAD_POOL {
                     pool.push(thread);
                 }
-                return (out, interrupted);
+                Ok((out, interrupted))
             }
-            Resumed::Failed(e) => return (Err(e), interrupted),
-            Resumed::Yielded { pending } => pending,
-        };
-        // Boxed: rare, and it holds much across its awaits (every call's future would carry
-        // its size otherwise).
-        Box::pin(self.resume_async(thread, pending, interrupted)).await
+            Resumed::Failed(e) => Ok((Err(e), interrupted)),
+            Resumed::Yielded { pending } => Err((thread, pending, interrupted)),
+        }
     }
 
     /// The resumptions of a call's coroutine after it first yielded (`pending`: waiting for
@@ -734,12 +765,13 @@ impl Dispatch {
     /// The first resumption of `thread`, calling `f` with `args` through the trampoline, made
     /// through the C API (the arguments go straight onto the stack, with no `MultiValue` in
     /// between). Returns what became of it and whether `--op-timeout` interrupted it.
-    fn resume_raw(
+    fn resume_raw<T>(
         &self,
         thread: &Thread,
         f: &Function,
         args: impl IntoLuaMulti,
-    ) -> (Resumed, bool) {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
+    ) -> (Resumed<T>, bool) {
         use mlua::ffi;
         use mlua::{FromLuaMulti, IntoLua};
         let co = thread.to_pointer() as *mut ffi::lua_State;
@@ -786,6 +818,10 @@ impl Dispatch {
                 let main = raw.state();
                 match status {
                     ffi::LUA_OK => {
+                        if let Some(v) = peek(co, nres) {
+                            ffi::lua_settop(co, 0);
+                            return Resumed::Finished(Ok(Returned::Peeked(v)));
+                        }
                         if ffi::lua_checkstack(main, nres + 1) == 0 {
                             ffi::lua_settop(co, 0);
                             return Resumed::Failed(mlua::Error::StackError);
@@ -794,7 +830,7 @@ impl Dispatch {
                         ffi::lua_xmove(co, main, nres);
                         let out = MultiValue::from_stack_multi(nres, raw);
                         ffi::lua_settop(main, top);
-                        Resumed::Finished(out)
+                        Resumed::Finished(out.map(Returned::Values))
                     }
                     ffi::LUA_YIELD => {
                         let pending = nres == 1
@@ -830,6 +866,21 @@ impl Dispatch {
 
     /// Call operation `op` through the error-catching trampoline.
     async fn call(&self, op: OpName, args: impl IntoLuaMulti) -> Result<MultiValue, Fail> {
+        match self.call_peek(op, args, no_peek).await? {
+            Returned::Values(v) => Ok(v),
+            Returned::Peeked(never) => match never {},
+        }
+    }
+
+    /// `call`, with `peek` first given the results where the call left them on its coroutine's
+    /// stack (`true` and what the operation returned), to read what it can without making
+    /// them into values.
+    async fn call_peek<T>(
+        &self,
+        op: OpName,
+        args: impl IntoLuaMulti,
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
+    ) -> Result<Returned<T>, Fail> {
         let Some(f) = self.ops.get(op) else {
             return Err(Errno::ENOSYS);
         };
@@ -844,16 +895,23 @@ impl Dispatch {
                 }
             };
             let shown = argv.iter().map(show).collect::<Vec<_>>().join(", ");
-            // Boxed: rare, and it would widen every call's future.
-            (Box::pin(self.run_coroutine(f, argv)).await, Some(shown))
+            // Boxed: rare, and it would widen every call's future. Nothing is peeked, so that
+            // the trace shows the results.
+            let (out, fired) = Box::pin(self.run_coroutine(f, argv, no_peek)).await;
+            let out = out.map(|r| match r {
+                Returned::Values(v) => Returned::Values(v),
+                Returned::Peeked(never) => match never {},
+            });
+            ((out, fired), Some(shown))
         } else {
-            (self.run_coroutine(f, args).await, None)
+            (self.run_coroutine(f, args, peek).await, None)
         };
         let interrupted = outcome.1;
         let outcome = outcome.0;
         let result = match outcome {
-            Ok(mut out) => match out.pop_front() {
-                Some(Value::Boolean(true)) => Ok(out),
+            Ok(Returned::Peeked(v)) => Ok(Returned::Peeked(v)),
+            Ok(Returned::Values(mut out)) => match out.pop_front() {
+                Some(Value::Boolean(true)) => Ok(Returned::Values(out)),
                 _ => match out.pop_front() {
                     Some(Value::Integer(code)) => Err(Errno::from_i32(code as i32)),
                     Some(v) => {
@@ -886,7 +944,10 @@ impl Dispatch {
         if let (Some(start), Some(args)) = (start, trace_args) {
             let us = start.elapsed().as_micros();
             let outcome = match &result {
-                Ok(v) => format!("ok {}", v.iter().map(show).collect::<Vec<_>>().join(", ")),
+                Ok(Returned::Values(v)) => {
+                    format!("ok {}", v.iter().map(show).collect::<Vec<_>>().join(", "))
+                }
+                Ok(Returned::Peeked(_)) => "ok".to_string(),
                 Err(e) => errno_name(*e),
             };
             log::trace(&format!("{}({args}) -> {outcome} ({us} µs)", op.name()));
@@ -1129,7 +1190,7 @@ mod perf_probe {
             assert!(r.is_err());
         });
         time("run_coroutine", &mut || {
-            crate::runtime::block_on(d.run_coroutine(&getattr, argv()))
+            crate::runtime::block_on(d.run_coroutine(&getattr, argv(), no_peek))
                 .0
                 .unwrap();
         });

@@ -17,9 +17,10 @@ impl Dispatch {
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let path = self.child_path(parent, name)?;
         let out = self
-            .call(
+            .call_peek(
                 OpName::Mknod,
                 (self.lstr(&path)?, self.modeset(mode)?, rdev),
+                self.stat_peek(),
             )
             .await?;
         self.new_entry(OpName::Mknod, parent, name, &path, out)
@@ -35,7 +36,9 @@ impl Dispatch {
         let path = self.child_path(parent, name)?;
         // Flu's mkdir set has no `dir` key.
         let set = self.modeset(mode & !libc::S_IFMT)?;
-        let out = self.call(OpName::Mkdir, (self.lstr(&path)?, set)).await?;
+        let out = self
+            .call_peek(OpName::Mkdir, (self.lstr(&path)?, set), self.stat_peek())
+            .await?;
         self.new_entry(OpName::Mkdir, parent, name, &path, out)
             .await
     }
@@ -48,7 +51,11 @@ impl Dispatch {
     ) -> Result<(u64, crate::convert::Stat), Fail> {
         let path = self.child_path(parent, name)?;
         let out = self
-            .call(OpName::Symlink, (self.lstr(target)?, self.lstr(&path)?))
+            .call_peek(
+                OpName::Symlink,
+                (self.lstr(target)?, self.lstr(&path)?),
+                self.stat_peek(),
+            )
             .await?;
         self.new_entry(OpName::Symlink, parent, name, &path, out)
             .await
@@ -64,7 +71,11 @@ impl Dispatch {
         let from = self.path(ino)?;
         let to = self.child_path(newparent, newname)?;
         let out = self
-            .call(OpName::Link, (self.lstr(&from)?, self.lstr(&to)?))
+            .call_peek(
+                OpName::Link,
+                (self.lstr(&from)?, self.lstr(&to)?),
+                self.stat_peek(),
+            )
             .await?;
         let st = match self.returned_stat(OpName::Link, &to, out)? {
             Some(st) => st,
