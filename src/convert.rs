@@ -660,6 +660,11 @@ impl StatReader {
         i: i64,
         d: &StatDefaults,
     ) -> Conv<(u32, u64)> {
+        if let Some(raw) = self.raw.as_deref()
+            && let Some(mode_ino) = raw_mode_ino(raw, tables, i)
+        {
+            return Ok(mode_ino);
+        }
         if let Some(v) = self.read_plain(lua, Src::Item(tables, i), 2)
             && let Some(mode) = v[0].and_then(|m| u32::try_from(m).ok())
             && mode <= 0o177777
@@ -774,6 +779,31 @@ fn read_raw(raw: &RawTables, src: Src, ints: usize) -> Option<[Option<i64>; 15]>
             },
         };
         read_raw_table(raw, t, ints)
+    }
+}
+
+/// The mode and ino (0 when absent) of `tables[i]` in the common form, through `luaraw`: what
+/// a plain READDIR entry needs, read without the 15-field array of `read_raw`.
+fn raw_mode_ino(raw: &RawTables, tables: &Table, i: i64) -> Option<(u32, u64)> {
+    use crate::luaraw::Field;
+    // SAFETY: `tables` is alive and holds the entry's table; nothing runs in between.
+    unsafe {
+        let Field::Table(t) = raw.geti(RawTables::ptr(tables), i) else {
+            return None;
+        };
+        if raw.has_metatable(t) {
+            return None;
+        }
+        let Field::Int(mode) = raw.get(t, 0) else {
+            return None;
+        };
+        let ino = match raw.get(t, 1) {
+            Field::Absent => 0,
+            Field::Int(ino) => u64::try_from(ino).ok()?,
+            _ => return None,
+        };
+        let mode = u32::try_from(mode).ok().filter(|m| *m <= 0o177777)?;
+        Some((mode, ino))
     }
 }
 
