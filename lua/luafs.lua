@@ -220,8 +220,13 @@ end
 
 -- The directory holding path, and the last name of path.
 local function parent_of(path)
-	local dpath, name = match(path, "^(.*)/([^/]+)$")
-	if not dpath then error(EINVAL) end
+	-- Split at the last "/", found by a byte loop from the end: names are short, and the
+	-- pattern "^(.*)/([^/]+)$" cost several times more (the match backtracks from the end).
+	local len = #path
+	local i = len
+	while i > 0 and byte(path, i) ~= 47 do i = i - 1 end
+	if i == 0 or i == len then error(EINVAL) end
+	local dpath, name = sub(path, 1, i - 1), sub(path, i + 1)
 	local dir = lookup(dpath)
 	if not dir.entries then error(ENOTDIR) end
 	return dir, name

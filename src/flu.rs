@@ -81,6 +81,95 @@ unsafe extern "C-unwind" fn now(state: *mut ffi::lua_State) -> c_int {
     2
 }
 
+/// How many names a mode set may hold (`mode::TYPES` and `mode::PERMS`).
+const MODE_NAMES: usize = crate::mode::TYPES.len() + crate::mode::PERMS.len();
+
+/// `flu.mode(m)`: a mode from a set, a mode string or an integer. A C closure (upvalue 1: the
+/// general conversion; 2: the set names' string objects and bits; then the names themselves,
+/// which keep those objects alive): luafs converts the set of every created file, and a set of
+/// known names is summed here, comparing interned strings by address, in a fraction of what a
+/// callback iterating the set through mlua costs. Anything else (and any error) goes to the
+/// general conversion.
+unsafe extern "C-unwind" fn mode(state: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        if ffi::lua_gettop(state) == 1 && ffi::lua_type(state, 1) == ffi::LUA_TTABLE {
+            let known = ffi::lua_touserdata(state, ffi::lua_upvalueindex(2))
+                as *const (*const std::ffi::c_void, u32);
+            if !known.is_null() {
+                let known = std::slice::from_raw_parts(known, MODE_NAMES);
+                let mut m = 0u32;
+                let mut all_known = true;
+                ffi::lua_pushnil(state);
+                while ffi::lua_next(state, 1) != 0 {
+                    if ffi::lua_toboolean(state, -1) != 0
+                        && ffi::lua_type(state, -2) == ffi::LUA_TSTRING
+                    {
+                        let key = ffi::lua_topointer(state, -2);
+                        match known.iter().find(|(k, _)| *k == key) {
+                            Some((_, bits)) => m |= bits,
+                            None => {
+                                all_known = false;
+                                ffi::lua_settop(state, 1);
+                                break;
+                            }
+                        }
+                    }
+                    ffi::lua_settop(state, -2);
+                }
+                if all_known {
+                    ffi::lua_pushinteger(state, m as ffi::lua_Integer);
+                    return 1;
+                }
+            }
+        }
+        ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+        ffi::lua_insert(state, 1);
+        ffi::lua_call(state, ffi::lua_gettop(state) - 1, 1);
+        1
+    }
+}
+
+/// The `flu.mode` closure (see `mode`). Its table of string addresses is made once and kept
+/// for the process's life (the closure may outlive everything else).
+fn mode_function(lua: &Lua) -> mlua::Result<mlua::Function> {
+    let general = lua.create_function(|_, v: Value| {
+        convert::mode_from_lua(&v).map_err(|e| mlua::Error::runtime(e.to_string()))
+    })?;
+    let flags = crate::mode::TYPES.iter().chain(crate::mode::PERMS);
+    let names = flags
+        .clone()
+        .map(|(n, _)| lua.create_string(n))
+        .collect::<mlua::Result<Vec<_>>>()?;
+    // SAFETY: pushes within the stack space checked first; the closure reads only its
+    // upvalues and the leaked table, whose addresses are of strings its upvalues keep alive
+    // (Lua does not move objects).
+    unsafe {
+        lua.exec_raw_lua(|raw| {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, 3 + names.len() as c_int) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            let mut known = Vec::with_capacity(MODE_NAMES);
+            for (n, &(_, bits)) in names.iter().zip(flags) {
+                n.push_into_stack(raw)?;
+                known.push((ffi::lua_topointer(state, -1), bits));
+                ffi::lua_pop(state, 1);
+            }
+            let known: &'static [(*const std::ffi::c_void, u32)] =
+                Box::leak(known.into_boxed_slice());
+            general.push_into_stack(raw)?;
+            ffi::lua_pushlightuserdata(state, known.as_ptr() as *mut std::ffi::c_void);
+            for n in &names {
+                n.push_into_stack(raw)?;
+            }
+            ffi::lua_pushcclosure(state, mode, 2 + names.len() as c_int);
+            let f = <mlua::Function as mlua::FromLua>::from_stack(-1, raw);
+            ffi::lua_pop(state, 1);
+            f
+        })
+    }
+}
+
 /// Field names of the context table, as upvalues 2.. of `get_context`.
 const CONTEXT_FIELDS: [&str; 4] = ["uid", "gid", "pid", "umask"];
 
@@ -195,12 +284,7 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     // SAFETY: `now` only pushes two integers (a C function has room for them).
     flu.raw_set("now", unsafe { lua.create_c_function(now) }?)?;
 
-    flu.raw_set(
-        "mode",
-        lua.create_function(|_, v: Value| {
-            convert::mode_from_lua(&v).map_err(|e| mlua::Error::runtime(e.to_string()))
-        })?,
-    )?;
+    flu.raw_set("mode", mode_function(lua)?)?;
 
     flu.raw_set("modeset", {
         let names = convert::Names::new(lua)?;
@@ -410,6 +494,34 @@ mod tests {
         assert!(dir);
         assert!(s > 1_600_000_000);
         assert!(lua.load("flu.mode('nonsense')").exec().is_err());
+    }
+
+    /// `flu.mode` sums sets of known names itself and leaves everything else to the general
+    /// conversion: both give the same modes and errors.
+    #[test]
+    fn mode_of_sets_strings_and_numbers() {
+        let lua = lua_with_flu();
+        let ok: bool = lua
+            .load(
+                r#"
+                for _, m in ipairs{0x81a4, 0x41ed, 0xa1ff, 0x2180, 0x6000, 0x1000, 0xc000, 0x8fff, 0} do
+                    assert(flu.mode(flu.modeset(m)) == m, m)
+                end
+                assert(flu.mode{reg = true, rusr = false, wusr = 1, [1] = true, [true] = 1} == 0x8080)
+                assert(flu.mode{} == 0)
+                assert(flu.mode(0x81a4) == 0x81a4 and flu.mode('file') == 0x81b0)
+                local ok, e = pcall(flu.mode, {reg = true, rwx = true})
+                assert(not ok and tostring(e):find('unknown flag "rwx"', 1, true), e)
+                ok, e = pcall(flu.mode, {["a long key that is no short string at all, not one"] = true})
+                assert(not ok and tostring(e):find('unknown flag', 1, true), e)
+                assert(flu.mode(setmetatable({dir = true}, {})) == 0x4000)
+                assert(flu.mode({reg = true}, 2) == 0x8000)
+                return true
+            "#,
+            )
+            .eval()
+            .unwrap();
+        assert!(ok);
     }
 
     #[test]
