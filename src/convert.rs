@@ -209,11 +209,23 @@ pub fn mode_from_lua(v: &Value) -> Conv<u32> {
 /// Lua strings for the names in mode and open-flag sets and for `fi`'s fields, made once. A
 /// set built per request would otherwise intern every name again (a hash and a string-table
 /// lookup each, cold between requests: interning was the top entry of the create profile).
+/// They sit in one Lua array (positions below), from which the sets and `fi` tables of every
+/// request are built through the C API: a name costs a `lua_rawgeti` and a `lua_rawset`
+/// instead of an mlua `raw_set` (stack guard, checks, value pushes through the ref thread).
 pub struct Names {
-    strings: foldhash::HashMap<&'static str, mlua::LuaString>,
-    /// `O_*` aliases of the open-flag names.
-    upper: foldhash::HashMap<&'static str, mlua::LuaString>,
+    /// Position 1 on: `mode::TYPES`, `mode::PERMS`, the open-flag names (`mode::OPEN_FLAGS`,
+    /// then `OPEN_EXTRA`), the same with their `O_*` upper-case spelling, then `FI_FIELDS`.
+    array: Table,
 }
+
+/// Open-flag names besides `mode::OPEN_FLAGS`: the access modes and `nonblock`'s alias.
+const OPEN_EXTRA: [&str; 4] = ["rdonly", "wronly", "rdwr", "ndelay"];
+const OPEN_NAMES: usize = mode::OPEN_FLAGS.len() + OPEN_EXTRA.len();
+/// Where each group starts in `Names::array`.
+const MODE_AT: usize = 1;
+const OPEN_AT: usize = MODE_AT + mode::TYPES.len() + mode::PERMS.len();
+const UPPER_AT: usize = OPEN_AT + OPEN_NAMES;
+const FI_AT: usize = UPPER_AT + OPEN_NAMES;
 
 /// `fi` fields flufs sets or reads.
 pub const FI_FIELDS: [&str; 5] = [
@@ -224,69 +236,168 @@ pub const FI_FIELDS: [&str; 5] = [
     "cache_readdir",
 ];
 
+/// The open-flag names of `flags` as positions among the open-flag names (access mode first;
+/// `ndelay` with `nonblock`), as `mode::open_flag_names` lists them.
+fn open_flag_slots(flags: i32) -> impl Iterator<Item = usize> {
+    let access = match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => 1,
+        libc::O_RDWR => 2,
+        _ => 0,
+    };
+    let n = mode::OPEN_FLAGS.len();
+    std::iter::once(n + access).chain(
+        mode::OPEN_FLAGS
+            .iter()
+            .enumerate()
+            .filter(move |&(_, &(_, bit))| bit != 0 && flags & bit == bit)
+            .flat_map(move |(i, &(name, _))| {
+                std::iter::once(i).chain((name == "nonblock").then_some(n + 3))
+            }),
+    )
+}
+
 impl Names {
     pub fn new(lua: &Lua) -> mlua::Result<Names> {
-        use foldhash::HashMapExt;
-        let mut strings = foldhash::HashMap::new();
-        let mut upper = foldhash::HashMap::new();
-        let flag_names = mode::OPEN_FLAGS
+        let open = mode::OPEN_FLAGS
             .iter()
             .map(|&(n, _)| n)
-            .chain(["rdonly", "wronly", "rdwr", "ndelay"]);
-        for n in flag_names {
-            strings.insert(n, lua.create_string(n)?);
-            upper.insert(
-                n,
-                lua.create_string(format!("O_{}", n.to_ascii_uppercase()))?,
-            );
-        }
-        for &(n, _) in mode::TYPES.iter().chain(mode::PERMS) {
-            strings.insert(n, lua.create_string(n)?);
-        }
-        for n in FI_FIELDS {
-            strings.insert(n, lua.create_string(n)?);
-        }
-        Ok(Names { strings, upper })
+            .chain(OPEN_EXTRA)
+            .collect::<Vec<_>>();
+        let mut all: Vec<String> = mode::TYPES
+            .iter()
+            .chain(mode::PERMS)
+            .map(|&(n, _)| n.to_string())
+            .collect();
+        all.extend(open.iter().map(|n| n.to_string()));
+        all.extend(open.iter().map(|n| format!("O_{}", n.to_ascii_uppercase())));
+        all.extend(FI_FIELDS.iter().map(|n| n.to_string()));
+        Ok(Names {
+            array: lua.create_sequence_from(all)?,
+        })
     }
 
-    /// `t[name] = v`, with the name's string made once if it is known.
-    pub fn set(&self, t: &Table, name: &'static str, v: impl mlua::IntoLua) -> mlua::Result<()> {
-        match self.strings.get(name) {
-            Some(k) => t.raw_set(k, v),
-            None => t.raw_set(name, v),
+    /// The position of a known name (`None`: not one of them).
+    fn position(name: &str) -> Option<usize> {
+        let modes = mode::TYPES.iter().chain(mode::PERMS);
+        if let Some(i) = modes.clone().position(|&(n, _)| n == name) {
+            return Some(MODE_AT + i);
         }
+        let open = mode::OPEN_FLAGS.iter().map(|&(n, _)| n).chain(OPEN_EXTRA);
+        if let Some(i) = open.clone().position(|n| n == name) {
+            return Some(OPEN_AT + i);
+        }
+        FI_FIELDS.iter().position(|&n| n == name).map(|i| FI_AT + i)
+    }
+
+    /// The name string at `pos`, made once.
+    fn string(&self, pos: usize) -> mlua::Result<mlua::LuaString> {
+        self.array.raw_get(pos)
     }
 
     /// `t[name]` as a boolean (absent or not a boolean: false).
     pub fn flag(&self, t: &Table, name: &'static str) -> bool {
-        match self.strings.get(name) {
-            Some(k) => t.raw_get::<bool>(k),
-            None => t.raw_get::<bool>(name),
+        match Names::position(name).map(|p| self.string(p)) {
+            Some(Ok(k)) => t.raw_get::<bool>(k),
+            _ => t.raw_get::<bool>(name),
         }
         .unwrap_or(false)
     }
 
-    /// A mode as a Lua set (`{reg=true, rusr=true, ...}`).
-    pub fn mode_set(&self, lua: &Lua, m: u32) -> mlua::Result<Table> {
-        let t = lua.create_table_with_capacity(0, 8)?;
-        for name in mode::names(m) {
-            self.set(&t, name, true)?;
+    /// Build a table through the C API: `fill` gets the state, the stack index of the names
+    /// array and of the new table (made with room for `fields` keys), and sets its fields.
+    fn build(
+        &self,
+        lua: &Lua,
+        fields: i32,
+        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32),
+    ) -> mlua::Result<Table> {
+        use mlua::ffi;
+        // SAFETY: stack space is checked first; everything pushed is popped again. As in mlua
+        // with no memory limit set (the limit holds only while script code runs), table
+        // growth is not run in a protected call.
+        unsafe {
+            lua.exec_raw_lua(|raw| {
+                let state = raw.state();
+                if ffi::lua_checkstack(state, 6) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                let top = ffi::lua_gettop(state);
+                (&self.array).push_into_stack(raw)?;
+                ffi::lua_createtable(state, 0, fields);
+                fill(state, top + 1, top + 2);
+                let t = <Table as mlua::FromLua>::from_stack(top + 2, raw);
+                ffi::lua_settop(state, top);
+                t
+            })
         }
-        Ok(t)
     }
 
-    /// Open flags as a Lua set: lower-case Flu names plus `O_*` upper-case aliases.
-    pub fn open_flags(&self, lua: &Lua, flags: i32) -> mlua::Result<Table> {
-        let names = mode::open_flag_names(flags);
-        let t = lua.create_table_with_capacity(0, names.len() * 2)?;
-        for name in names {
-            self.set(&t, name, true)?;
-            match self.upper.get(name) {
-                Some(u) => t.raw_set(u, true)?,
-                None => t.raw_set(format!("O_{}", name.to_ascii_uppercase()), true)?,
+    /// `t[names[pos]] = true` for the table at `t` (names array at `names`).
+    ///
+    /// # Safety
+    /// `state` has room for two more values; `names` and `t` are stack indices of the names
+    /// array and a table.
+    unsafe fn set_true(state: *mut mlua::ffi::lua_State, names: i32, t: i32, pos: usize) {
+        use mlua::ffi;
+        unsafe {
+            ffi::lua_rawgeti(state, names, pos as ffi::lua_Integer);
+            ffi::lua_pushboolean(state, 1);
+            ffi::lua_rawset(state, t);
+        }
+    }
+
+    /// A mode as a Lua set (`{reg=true, rusr=true, ...}`).
+    pub fn mode_set(&self, lua: &Lua, m: u32) -> mlua::Result<Table> {
+        self.build(lua, 8, |state, names, t| {
+            let fmt = m & libc::S_IFMT;
+            let types = mode::TYPES.iter().map(|&(_, v)| v == fmt);
+            let perms = mode::PERMS.iter().map(|&(_, v)| m & v != 0);
+            for (i, _) in types.chain(perms).enumerate().filter(|&(_, on)| on) {
+                // SAFETY: `build` left room; `names` and `t` are its indices.
+                unsafe { Names::set_true(state, names, t, MODE_AT + i) };
+            }
+        })
+    }
+
+    /// Fill the table at `t` with the open-flag set of `flags`: lower-case Flu names plus
+    /// `O_*` upper-case aliases.
+    ///
+    /// # Safety
+    /// As for `set_true`.
+    unsafe fn fill_open_flags(state: *mut mlua::ffi::lua_State, names: i32, t: i32, flags: i32) {
+        for slot in open_flag_slots(flags) {
+            unsafe {
+                Names::set_true(state, names, t, OPEN_AT + slot);
+                Names::set_true(state, names, t, UPPER_AT + slot);
             }
         }
-        Ok(t)
+    }
+
+    /// A new `fi`: `flags` as an open-flag set, `direct_io` and `keep_cache` as given,
+    /// `nonseekable` false.
+    pub fn fi(
+        &self,
+        lua: &Lua,
+        flags: i32,
+        direct_io: bool,
+        keep_cache: bool,
+    ) -> mlua::Result<Table> {
+        use mlua::ffi;
+        self.build(lua, 5, |state, names, fi| {
+            // SAFETY: as in `mode_set`; the flag set is made at `fi + 1` and stored, leaving
+            // the stack as it was.
+            unsafe {
+                ffi::lua_rawgeti(state, names, FI_AT as ffi::lua_Integer);
+                ffi::lua_createtable(state, 0, 8);
+                Names::fill_open_flags(state, names, fi + 2, flags);
+                ffi::lua_rawset(state, fi);
+                for (field, on) in [(1, direct_io), (2, keep_cache), (3, false)] {
+                    ffi::lua_rawgeti(state, names, (FI_AT + field) as ffi::lua_Integer);
+                    ffi::lua_pushboolean(state, on as i32);
+                    ffi::lua_rawset(state, fi);
+                }
+            }
+        })
     }
 }
 
@@ -1341,23 +1452,61 @@ mod tests {
     fn open_flag_sets() {
         let lua = lua();
         let names = Names::new(&lua).unwrap();
-        let t = names
-            .open_flags(&lua, libc::O_WRONLY | libc::O_APPEND)
-            .unwrap();
+        let flags_of = |f| {
+            names
+                .fi(&lua, f, false, false)
+                .unwrap()
+                .get::<Table>("flags")
+                .unwrap()
+        };
+        let t = flags_of(libc::O_WRONLY | libc::O_APPEND);
         assert!(t.get::<bool>("wronly").unwrap());
         assert!(t.get::<bool>("O_WRONLY").unwrap());
         assert!(t.get::<bool>("append").unwrap());
         assert!(t.get::<bool>("O_APPEND").unwrap());
         assert!(t.get::<Option<bool>>("rdonly").unwrap().is_none());
-        let t = names.open_flags(&lua, libc::O_RDONLY).unwrap();
+        let t = flags_of(libc::O_RDONLY);
         assert!(t.get::<bool>("rdonly").unwrap());
-        let t = names
-            .open_flags(&lua, libc::O_RDWR | libc::O_NONBLOCK | libc::O_SYNC)
-            .unwrap();
+        let t = flags_of(libc::O_RDWR | libc::O_NONBLOCK | libc::O_SYNC);
         for k in [
             "rdwr", "nonblock", "ndelay", "sync", "dsync", "O_NDELAY", "O_DSYNC",
         ] {
             assert!(t.get::<bool>(k).unwrap(), "{k}");
+        }
+    }
+
+    /// A new `fi` holds the open-flag set (exactly the names `mode::open_flag_names` gives,
+    /// each also as `O_*`), and direct_io, keep_cache and nonseekable as asked.
+    #[test]
+    fn fi_tables_hold_every_open_flag_name() {
+        let lua = lua();
+        let names = Names::new(&lua).unwrap();
+        let mut combos = vec![0, libc::O_WRONLY, libc::O_RDWR, libc::O_ACCMODE];
+        combos.extend(mode::OPEN_FLAGS.iter().map(|&(_, b)| b | libc::O_RDWR));
+        combos.push(
+            mode::OPEN_FLAGS
+                .iter()
+                .fold(libc::O_WRONLY, |a, &(_, b)| a | b),
+        );
+        for flags in combos {
+            let fi = names.fi(&lua, flags, flags % 2 == 1, true).unwrap();
+            assert_eq!(fi.get::<bool>("direct_io").unwrap(), flags % 2 == 1);
+            assert!(fi.get::<bool>("keep_cache").unwrap());
+            assert!(!fi.get::<bool>("nonseekable").unwrap());
+            let mut got: Vec<String> = fi
+                .get::<Table>("flags")
+                .unwrap()
+                .pairs::<String, bool>()
+                .map(|kv| kv.unwrap().0)
+                .collect();
+            got.sort();
+            let mut want: Vec<String> = mode::open_flag_names(flags)
+                .into_iter()
+                .flat_map(|n| [n.to_string(), format!("O_{}", n.to_ascii_uppercase())])
+                .collect();
+            want.sort();
+            want.dedup();
+            assert_eq!(got, want, "{flags:#o}");
         }
     }
 

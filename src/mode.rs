@@ -54,7 +54,9 @@ pub fn from_preset(name: &str) -> Option<u32> {
     })
 }
 
-/// The names set in `mode` (type name first, then permission names).
+/// The names set in `mode` (type name first, then permission names): what
+/// `convert::Names::mode_set` builds (its tests compare).
+#[cfg(test)]
 pub fn names(mode: u32) -> impl Iterator<Item = &'static str> {
     let fmt = mode & libc::S_IFMT;
     TYPES
@@ -87,6 +89,7 @@ pub const OPEN_FLAGS: &[(&str, i32)] = &[
 ];
 
 /// The access-mode name of open flags.
+#[cfg(test)]
 pub fn access_name(flags: i32) -> &'static str {
     match flags & libc::O_ACCMODE {
         libc::O_WRONLY => "wronly",
@@ -97,6 +100,8 @@ pub fn access_name(flags: i32) -> &'static str {
 
 /// Names of the open flags set in `flags`, access mode first (`ndelay` is an alias of
 /// `nonblock`, reported too). O_SYNC includes the O_DSYNC bit; both are reported for O_SYNC.
+/// The reference for the sets `convert::Names` builds (its tests compare).
+#[cfg(test)]
 pub fn open_flag_names(flags: i32) -> Vec<&'static str> {
     let mut v = vec![access_name(flags)];
     for &(name, bit) in OPEN_FLAGS {

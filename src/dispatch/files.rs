@@ -11,17 +11,9 @@ use crate::ops::OpName;
 impl Dispatch {
     /// A new `fi` table for an open with `flags`, with the mount's defaults.
     fn new_fi(&self, flags: i32) -> Result<Table, Fail> {
-        let build = || -> mlua::Result<Table> {
-            let n = &self.names;
-            let lua = &self.lua;
-            let fi = lua.create_table_with_capacity(0, 5)?;
-            n.set(&fi, "flags", n.open_flags(lua, flags)?)?;
-            n.set(&fi, "direct_io", self.cfg.direct_io)?;
-            n.set(&fi, "keep_cache", self.cfg.kernel_cache)?;
-            n.set(&fi, "nonseekable", false)?;
-            Ok(fi)
-        };
-        build().map_err(|_| Errno::ENOMEM)
+        self.names
+            .fi(&self.lua, flags, self.cfg.direct_io, self.cfg.kernel_cache)
+            .map_err(|_| Errno::ENOMEM)
     }
 
     /// The kernel flags an open file asked for through its `fi`.
