@@ -381,6 +381,11 @@ local function read_data(node, size, offset)
 	local idx = offset // CS + 1
 	local o = offset - (idx - 1) * CS
 	if o + size <= CS then
+		local c = data[idx]
+		if type(c) == "table" and c.big then
+			-- A view of a string one write stored: flufs sends that range of it, no copy.
+			return c.big, c.off + o, size
+		end
 		return chunk_range(data, idx, o, size)
 	end
 	local parts, np = {}, 0
@@ -400,8 +405,9 @@ local function read_data(node, size, offset)
 			end
 			if e - s > size then e = s + size end
 			local m = e - s
-			if m == size and np == 0 and s == 0 and e == #b then
-				return b -- exactly what one write stored
+			if m == size and np == 0 then
+				if s == 0 and e == #b then return b end -- exactly what one write stored
+				return b, s, m -- a range of it: flufs sends that range, no copy
 			end
 			np = np + 1
 			parts[np] = sub(b, s + 1, e)

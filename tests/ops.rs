@@ -1929,6 +1929,38 @@ fn faulty_script_errors_every_request_but_daemon_survives() {
     assert!(!is_mounted(&m.mnt));
 }
 
+/// read may return (data, offset, length): the reader gets that range of the data; a range
+/// outside it is EIO for that read only; an offset that is not an integer leaves Flu's plain
+/// string.
+#[test]
+fn read_may_return_a_range_of_a_string() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new(&fixture("ops_read_range.lua"), &["-o", "direct_io"]);
+    // Reads at fixed offsets (a host ignoring the range would answer every offset with the
+    // whole string, and reading to the end would never end).
+    let f = fs::File::open(m.path("abc")).unwrap();
+    let mut buf = [0u8; 64];
+    let n = f.read_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf[..n], b"abcdefghijklmnopqrstuvwxyz");
+    let n = f.read_at(&mut buf[..5], 10).unwrap();
+    assert_eq!(&buf[..n], b"klmno");
+    assert_eq!(f.read_at(&mut buf, 26).unwrap(), 0);
+    let err = fs::read(m.path("bad")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        fs::read_to_string(m.path("float")).unwrap(),
+        "abcdefghijklmnopqrstuvwxyz"
+    );
+    assert!(
+        m.log().contains("outside a string of 26"),
+        "the bad range is logged: {}",
+        m.log()
+    );
+}
+
 /// create, mknod, mkdir, symlink and link may return the new entry's stat table: the kernel
 /// gets that one (size 777 here) and getattr (which would say size 1) is not called for it.
 #[test]

@@ -107,18 +107,45 @@ impl Dispatch {
         Ok((ino, st, fh, flags))
     }
 
+    /// read: the script returns the data, or (beyond Flu) the data, an offset in it (from 0)
+    /// and a length, so that a slice of a string it keeps goes out without being copied into
+    /// a new string first. Returns the string and the range of it to send.
     pub(super) async fn read(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> Result<mlua::LuaString, Fail> {
+    ) -> Result<(mlua::LuaString, std::ops::Range<usize>), Fail> {
         let (path, lpath) = self.lpath(ino)?;
-        let out = self
+        let mut out = self
             .call(OpName::Read, (lpath, size, offset, self.fi(fh)))
             .await?;
-        self.want_string(OpName::Read, &path, out)
+        let range = match (out.get(1), out.get(2)) {
+            (Some(&Value::Integer(at)), Some(&Value::Integer(len))) => Some((at, len)),
+            _ => None,
+        };
+        out.truncate(1);
+        let s = self.want_string(OpName::Read, &path, out)?;
+        let n = s.as_bytes().len();
+        let range = match range {
+            None => 0..n,
+            Some((at, len)) => {
+                let r = usize::try_from(at)
+                    .ok()
+                    .zip(usize::try_from(len).ok())
+                    .and_then(|(at, len)| Some(at..at.checked_add(len)?))
+                    .filter(|r| r.end <= n);
+                match r {
+                    Some(r) => r,
+                    None => {
+                        let msg = format!("offset {at} and length {len} outside a string of {n}");
+                        return Err(self.bad_value(OpName::Read, &path, msg));
+                    }
+                }
+            }
+        };
+        Ok((s, range))
     }
 
     /// write: the script returns the byte count, or nothing for "all of it".

@@ -443,8 +443,8 @@ impl Dispatch {
                 size,
                 reply,
             } => match self.read(ino, fh, offset, size).await {
-                Ok(s) => {
-                    let b = s.as_bytes();
+                Ok((s, range)) => {
+                    let b = &s.as_bytes()[range];
                     reply.data(&b[..b.len().min(size as usize)]);
                 }
                 Err(e) => reply.error(e),
