@@ -401,6 +401,28 @@ impl Names {
     }
 }
 
+/// Bytes passed to a script as a Lua string (a path, a name, write data): pushed straight onto
+/// the stack when the call is made, with no mlua string handle (a slot in mlua's reference
+/// thread, made and freed again) in between.
+#[derive(Clone, Copy)]
+pub struct Bytes<'a>(pub &'a [u8]);
+
+impl IntoLua for Bytes<'_> {
+    fn into_lua(self, lua: &Lua) -> mlua::Result<Value> {
+        lua.create_string(self.0).map(Value::String)
+    }
+
+    unsafe fn push_into_stack(self, lua: &mlua::state::RawLua) -> mlua::Result<()> {
+        // SAFETY: the caller checked stack space (IntoLua's contract). As mlua does with no
+        // memory limit set (the limit holds only while script code runs), the string is made
+        // outside a protected call.
+        unsafe {
+            mlua::ffi::lua_pushlstring(lua.state(), self.0.as_ptr().cast(), self.0.len());
+        }
+        Ok(())
+    }
+}
+
 /// Attributes as the host keeps them (kernel-facing, before the node id is assigned).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Stat {

@@ -5,6 +5,7 @@ use fuser::{Errno, TimeOrNow};
 use mlua::{MultiValue, Table, Value};
 
 use super::{Dispatch, Fail, Returned, first, type_or_value};
+use crate::convert::Bytes;
 use crate::convert::{Stat, Timespec};
 use crate::kernel::SetAttr;
 use crate::ops::OpName;
@@ -63,7 +64,7 @@ impl Dispatch {
         } else {
             None
         };
-        let lpath = self.lstr(path)?;
+        let lpath = Bytes(path);
         let peek = self.stat_peek();
         let out = match op {
             OpName::Fgetattr => self.call_peek(op, (lpath, st.clone(), fi), peek).await?,
@@ -143,7 +144,8 @@ impl Dispatch {
     /// The open file's `fi` (when the kernel names one, or the node was unlinked while open)
     /// is passed as an extra last argument.
     pub(super) async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Stat, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let fi = self.fi_for(ino, set.fh);
         if let Some(mode) = set.mode {
             let mode = if mode & libc::S_IFMT == 0 {
@@ -151,21 +153,21 @@ impl Dispatch {
             } else {
                 mode
             };
-            self.call_with_fi(OpName::Chmod, (lpath.clone(), self.modeset(mode)?), &fi)
+            self.call_with_fi(OpName::Chmod, (lpath, self.modeset(mode)?), &fi)
                 .await?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            self.call_with_fi(OpName::Chown, (lpath.clone(), set.uid, set.gid), &fi)
+            self.call_with_fi(OpName::Chown, (lpath, set.uid, set.gid), &fi)
                 .await?;
         }
         if let Some(size) = set.size {
             match &fi {
                 Some(fi) if self.has(OpName::Ftruncate) => {
-                    self.call_unit(OpName::Ftruncate, (lpath.clone(), size, fi.clone()))
+                    self.call_unit(OpName::Ftruncate, (lpath, size, fi.clone()))
                         .await?
                 }
                 _ => {
-                    self.call_with_fi(OpName::Truncate, (lpath.clone(), size), &fi)
+                    self.call_with_fi(OpName::Truncate, (lpath, size), &fi)
                         .await?
                 }
             }

@@ -16,6 +16,7 @@ use crate::replies::{ReplyDirectory, ReplyDirectoryPlus};
 use mlua::{Function, IntoLua, Lua, Table, ffi};
 
 use super::Dispatch;
+use crate::convert::Bytes;
 use crate::convert::{self, Stat};
 use crate::inodes::join;
 use crate::ops::OpName;
@@ -314,13 +315,9 @@ impl Dispatch {
             Ok(f) => f,
             Err(_) => return reply.error(Errno::ENOMEM),
         };
-        let r = match self.lstr(&path) {
-            Ok(p) => {
-                self.call_unit(OpName::Readdir, (p, filler, self.fi(fh), offset))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
+        let r = self
+            .call_unit(OpName::Readdir, (Bytes(&path), filler, self.fi(fh), offset))
+            .await;
         let Sink {
             entries,
             names,

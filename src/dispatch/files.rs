@@ -5,6 +5,7 @@ use fuser::{Errno, FopenFlags};
 use mlua::{MultiValue, Table, Value};
 
 use super::{Dispatch, Fail, Handle, first};
+use crate::convert::Bytes;
 use crate::convert::{Lock, Stat};
 use crate::ops::OpName;
 
@@ -67,7 +68,8 @@ impl Dispatch {
         flags: i32,
         dir: bool,
     ) -> Result<(u64, FopenFlags), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let fi = self.new_fi(flags)?;
         let op = if dir { OpName::Opendir } else { OpName::Open };
         if self.has(op) {
@@ -93,7 +95,7 @@ impl Dispatch {
         let out = self
             .call_peek(
                 OpName::Create,
-                (self.lstr(&path)?, self.modeset(mode)?, fi.clone()),
+                (Bytes(&path), self.modeset(mode)?, fi.clone()),
                 self.stat_peek(),
             )
             .await?;
@@ -117,7 +119,8 @@ impl Dispatch {
         offset: u64,
         size: u32,
     ) -> Result<(mlua::LuaString, std::ops::Range<usize>), Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let mut out = self
             .call(OpName::Read, (lpath, size, offset, self.fi(fh)))
             .await?;
@@ -156,12 +159,10 @@ impl Dispatch {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let out = self
-            .call(
-                OpName::Write,
-                (lpath, self.lstr(data)?, offset, self.fi(fh)),
-            )
+            .call(OpName::Write, (lpath, Bytes(data), offset, self.fi(fh)))
             .await?;
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Ok(data.len() as u32);
@@ -173,15 +174,16 @@ impl Dispatch {
         if !self.has(OpName::Flush) {
             return Ok(());
         }
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         self.call_unit(OpName::Flush, (lpath, self.fi(fh))).await
     }
 
     /// release or releasedir: the handle goes whatever the script answers.
     pub(super) async fn release(&self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
         let r = if self.has(op) {
-            match self.lpath(ino) {
-                Ok((_, p)) => self.call_unit(op, (p, self.fi(fh))).await,
+            match self.path(ino) {
+                Ok(p) => self.call_unit(op, (Bytes(&p), self.fi(fh))).await,
                 Err(e) => Err(e),
             }
         } else {
@@ -201,7 +203,8 @@ impl Dispatch {
         fh: u64,
         datasync: bool,
     ) -> Result<(), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         self.call_unit(op, (lpath, datasync, self.fi(fh))).await
     }
 
@@ -212,7 +215,8 @@ impl Dispatch {
         cmd: &str,
         lock: Lock,
     ) -> Result<(Vec<u8>, MultiValue), Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let lk = lock.into_lua_table(&self.lua).map_err(|_| Errno::ENOMEM)?;
         let out = self
             .call(OpName::Lock, (lpath, self.fi(fh), cmd, lk))
@@ -247,7 +251,8 @@ impl Dispatch {
     }
 
     pub(super) async fn bmap(&self, ino: u64, blocksize: u32, idx: u64) -> Result<u64, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let out = self.call(OpName::Bmap, (lpath, blocksize, idx)).await?;
         self.want_count(OpName::Bmap, &path, out, i64::MAX as u64)
     }
@@ -260,7 +265,8 @@ impl Dispatch {
         length: u64,
         mode: i32,
     ) -> Result<(), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         self.call_unit(
             OpName::Fallocate,
             (lpath, mode, offset, length, self.fi(fh)),
@@ -283,7 +289,8 @@ impl Dispatch {
             libc::SEEK_HOLE => "hole",
             _ => return Err(Errno::EINVAL),
         };
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let out = self
             .call(OpName::Lseek, (lpath, offset, w, self.fi(fh)))
             .await?;
@@ -298,8 +305,9 @@ impl Dispatch {
         len: u64,
         flags: u64,
     ) -> Result<u32, Fail> {
-        let (_, lin) = self.lpath(src.0)?;
-        let (pout, lout) = self.lpath(dst.0)?;
+        let pin = self.path(src.0)?;
+        let pout = self.path(dst.0)?;
+        let (lin, lout) = (Bytes(&pin), Bytes(&pout));
         let args = (
             lin,
             self.fi(src.1),

@@ -6,6 +6,7 @@ use crate::replies::ReplyXattr;
 use mlua::Value;
 
 use super::{Dispatch, Fail, first, type_or_value};
+use crate::convert::Bytes;
 use crate::convert::Statfs;
 use crate::ops::OpName;
 
@@ -26,7 +27,7 @@ impl Dispatch {
             return Ok(Statfs::default());
         }
         let path = self.path(ino).unwrap_or_else(|_| b"/".to_vec());
-        let out = self.call(OpName::Statfs, self.lstr(&path)?).await?;
+        let out = self.call(OpName::Statfs, Bytes(&path)).await?;
         match first(out) {
             Some(Value::Table(t)) => {
                 Statfs::from_lua(&t).map_err(|e| self.bad_value(OpName::Statfs, &path, e))
@@ -47,7 +48,8 @@ impl Dispatch {
         value: &[u8],
         flags: i32,
     ) -> Result<(), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let set = self.table()?;
         if flags & libc::XATTR_CREATE != 0 {
             let _ = set.raw_set("create", true);
@@ -55,18 +57,14 @@ impl Dispatch {
         if flags & libc::XATTR_REPLACE != 0 {
             let _ = set.raw_set("replace", true);
         }
-        self.call_unit(
-            OpName::Setxattr,
-            (lpath, self.lstr(name)?, self.lstr(value)?, set),
-        )
-        .await
+        self.call_unit(OpName::Setxattr, (lpath, Bytes(name), Bytes(value), set))
+            .await
     }
 
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
-        let out = self
-            .call(OpName::Getxattr, (lpath, self.lstr(name)?))
-            .await?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
+        let out = self.call(OpName::Getxattr, (lpath, Bytes(name))).await?;
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Err(Errno::ENODATA);
         }
@@ -78,7 +76,8 @@ impl Dispatch {
 
     /// listxattr: an array of names, sent as NUL-terminated names.
     pub(super) async fn listxattr(&self, ino: u64) -> Result<Vec<u8>, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let out = self.call(OpName::Listxattr, lpath).await?;
         let mut buf = Vec::new();
         match first(out) {
@@ -110,13 +109,15 @@ impl Dispatch {
     }
 
     pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
-        self.call_unit(OpName::Removexattr, (lpath, self.lstr(name)?))
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
+        self.call_unit(OpName::Removexattr, (lpath, Bytes(name)))
             .await
     }
 
     pub(super) async fn access(&self, ino: u64, mask: i32) -> Result<(), Fail> {
-        let (_, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         self.call_unit(OpName::Access, (lpath, mask)).await
     }
 }

@@ -1022,23 +1022,12 @@ impl Dispatch {
         }
     }
 
-    fn lstr(&self, b: &[u8]) -> Result<mlua::LuaString, Fail> {
-        self.lua.create_string(b).map_err(|_| Errno::ENOMEM)
-    }
-
     fn table(&self) -> Result<Table, Fail> {
         self.lua.create_table().map_err(|_| Errno::ENOMEM)
     }
 
     fn path(&self, ino: u64) -> Result<Vec<u8>, Fail> {
         self.inodes.borrow_mut().path(ino).ok_or(Errno::ESTALE)
-    }
-
-    /// The path of `ino` as a Lua string.
-    fn lpath(&self, ino: u64) -> Result<(Vec<u8>, mlua::LuaString), Fail> {
-        let p = self.path(ino)?;
-        let l = self.lstr(&p)?;
-        Ok((p, l))
     }
 
     fn child_path(&self, parent: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
@@ -1207,7 +1196,7 @@ mod perf_probe {
         });
         time("create table + string", &mut || {
             let _ = d.table().unwrap();
-            let _ = d.lstr(b"/s/f1").unwrap();
+            let _ = d.lua.create_string(b"/s/f1").unwrap();
         });
     }
 }

@@ -5,6 +5,7 @@
 use fuser::Errno;
 
 use super::{Dispatch, Fail};
+use crate::convert::Bytes;
 use crate::ops::OpName;
 
 impl Dispatch {
@@ -19,7 +20,7 @@ impl Dispatch {
         let out = self
             .call_peek(
                 OpName::Mknod,
-                (self.lstr(&path)?, self.modeset(mode)?, rdev),
+                (Bytes(&path), self.modeset(mode)?, rdev),
                 self.stat_peek(),
             )
             .await?;
@@ -37,7 +38,7 @@ impl Dispatch {
         // Flu's mkdir set has no `dir` key.
         let set = self.modeset(mode & !libc::S_IFMT)?;
         let out = self
-            .call_peek(OpName::Mkdir, (self.lstr(&path)?, set), self.stat_peek())
+            .call_peek(OpName::Mkdir, (Bytes(&path), set), self.stat_peek())
             .await?;
         self.new_entry(OpName::Mkdir, parent, name, &path, out)
             .await
@@ -53,7 +54,7 @@ impl Dispatch {
         let out = self
             .call_peek(
                 OpName::Symlink,
-                (self.lstr(target)?, self.lstr(&path)?),
+                (Bytes(target), Bytes(&path)),
                 self.stat_peek(),
             )
             .await?;
@@ -71,11 +72,7 @@ impl Dispatch {
         let from = self.path(ino)?;
         let to = self.child_path(newparent, newname)?;
         let out = self
-            .call_peek(
-                OpName::Link,
-                (self.lstr(&from)?, self.lstr(&to)?),
-                self.stat_peek(),
-            )
+            .call_peek(OpName::Link, (Bytes(&from), Bytes(&to)), self.stat_peek())
             .await?;
         let st = match self.returned_stat(OpName::Link, &to, out)? {
             Some(st) => st,
@@ -88,7 +85,7 @@ impl Dispatch {
     /// unlink or rmdir.
     pub(super) async fn remove(&self, op: OpName, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let path = self.child_path(parent, name)?;
-        self.call_unit(op, self.lstr(&path)?).await?;
+        self.call_unit(op, Bytes(&path)).await?;
         self.inodes.borrow_mut().unlink(parent, name);
         Ok(())
     }
@@ -113,7 +110,7 @@ impl Dispatch {
         if flags & libc::RENAME_EXCHANGE != 0 {
             let _ = set.raw_set("exchange", true);
         }
-        self.call_unit(OpName::Rename, (self.lstr(&from)?, self.lstr(&to)?, set))
+        self.call_unit(OpName::Rename, (Bytes(&from), Bytes(&to), set))
             .await?;
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.inodes
@@ -128,7 +125,8 @@ impl Dispatch {
     }
 
     pub(super) async fn readlink(&self, ino: u64) -> Result<Vec<u8>, Fail> {
-        let (path, lpath) = self.lpath(ino)?;
+        let path = self.path(ino)?;
+        let lpath = Bytes(&path);
         let out = self.call(OpName::Readlink, (lpath, 4096)).await?;
         Ok(self
             .want_string(OpName::Readlink, &path, out)?
