@@ -1015,6 +1015,38 @@ pub unsafe fn raise_with_type(
     }
 }
 
+/// A C closure of `f` over the `n` upvalues `push` puts on the stack, as an mlua function:
+/// stack space is checked first, and the stack is left as it was (also when `push` fails).
+///
+/// # Safety
+/// `f` may rely only on what `push` gives it (and what that keeps alive); `push` pushes
+/// exactly `n` values when it succeeds.
+pub unsafe fn c_closure(
+    lua: &Lua,
+    f: mlua::ffi::lua_CFunction,
+    n: std::ffi::c_int,
+    push: impl FnOnce(&mlua::state::RawLua) -> mlua::Result<()>,
+) -> mlua::Result<mlua::Function> {
+    use mlua::ffi;
+    unsafe {
+        lua.exec_raw_lua(|raw| {
+            let state = raw.state();
+            if ffi::lua_checkstack(state, n + 2) == 0 {
+                return Err(mlua::Error::StackError);
+            }
+            let top = ffi::lua_gettop(state);
+            if let Err(e) = push(raw) {
+                ffi::lua_settop(state, top);
+                return Err(e);
+            }
+            ffi::lua_pushcclosure(state, f, n);
+            let c = <mlua::Function as mlua::FromLua>::from_stack(-1, raw);
+            ffi::lua_settop(state, top);
+            c
+        })
+    }
+}
+
 /// A module function's argument error in Lua's own words:
 /// "bad argument #2 to 'get' (table or nil expected, got string)".
 pub fn bad_arg(func: &str, pos: usize, want: &str, got: &Value) -> mlua::Error {

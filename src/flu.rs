@@ -140,15 +140,12 @@ fn mode_function(lua: &Lua) -> mlua::Result<mlua::Function> {
         .clone()
         .map(|(n, _)| lua.create_string(n))
         .collect::<mlua::Result<Vec<_>>>()?;
-    // SAFETY: pushes within the stack space checked first; the closure reads only its
-    // upvalues and the leaked table, whose addresses are of strings its upvalues keep alive
-    // (Lua does not move objects).
+    // SAFETY: the closure reads only its upvalues and the leaked table, whose addresses are
+    // of strings its upvalues keep alive (Lua does not move objects); one slot is used to take
+    // each string's address before the upvalues are pushed.
     unsafe {
-        lua.exec_raw_lua(|raw| {
+        convert::c_closure(lua, mode, 2 + names.len() as c_int, |raw| {
             let state = raw.state();
-            if ffi::lua_checkstack(state, 3 + names.len() as c_int) == 0 {
-                return Err(mlua::Error::StackError);
-            }
             let mut known = Vec::with_capacity(MODE_NAMES);
             for (n, &(_, bits)) in names.iter().zip(flags) {
                 n.push_into_stack(raw)?;
@@ -162,10 +159,7 @@ fn mode_function(lua: &Lua) -> mlua::Result<mlua::Function> {
             for n in &names {
                 n.push_into_stack(raw)?;
             }
-            ffi::lua_pushcclosure(state, mode, 2 + names.len() as c_int);
-            let f = <mlua::Function as mlua::FromLua>::from_stack(-1, raw);
-            ffi::lua_pop(state, 1);
-            f
+            Ok(())
         })
     }
 }
@@ -214,22 +208,14 @@ fn get_context_function(lua: &Lua, ctx: &CurrentCtx) -> mlua::Result<mlua::Funct
         .iter()
         .map(|n| lua.create_string(n))
         .collect::<mlua::Result<Vec<_>>>()?;
-    // SAFETY: pushes within the stack space checked first; the closure reads only `cell`
-    // (never freed) and its upvalues.
+    // SAFETY: the closure reads only `cell` (never freed) and its upvalues.
     unsafe {
-        lua.exec_raw_lua(|raw| {
-            let state = raw.state();
-            if ffi::lua_checkstack(state, 2 + names.len() as c_int) == 0 {
-                return Err(mlua::Error::StackError);
-            }
-            ffi::lua_pushlightuserdata(state, cell as *mut std::ffi::c_void);
+        convert::c_closure(lua, get_context, 1 + names.len() as c_int, |raw| {
+            ffi::lua_pushlightuserdata(raw.state(), cell as *mut std::ffi::c_void);
             for n in &names {
                 n.push_into_stack(raw)?;
             }
-            ffi::lua_pushcclosure(state, get_context, 1 + names.len() as c_int);
-            let f = <mlua::Function as mlua::FromLua>::from_stack(-1, raw);
-            ffi::lua_pop(state, 1);
-            f
+            Ok(())
         })
     }
 }
@@ -400,6 +386,12 @@ pub fn new_ctx() -> CurrentCtx {
 mod tests {
     use super::*;
 
+    /// Run `src` (its `assert`s) with `flu` loaded; it returns true at its end.
+    fn lua_asserts(src: &str) {
+        let ok: bool = lua_with_flu().load(src).eval().unwrap();
+        assert!(ok);
+    }
+
     fn lua_with_flu() -> Lua {
         let lua = Lua::new();
         let host = Rc::new(Host {
@@ -463,10 +455,8 @@ mod tests {
 
     #[test]
     fn errno_values() {
-        let lua = lua_with_flu();
-        let ok: bool = lua
-            .load(
-                r#"
+        lua_asserts(
+            r#"
                 local flu = require "flu"
                 local e = flu.errno
                 assert(e.ENOENT == e.ENOENT and e.ENOENT ~= e.EIO)
@@ -477,10 +467,7 @@ mod tests {
                 assert(type(e.EACCES) == "userdata")
                 return true
             "#,
-            )
-            .eval()
-            .unwrap();
-        assert!(ok);
+        );
     }
 
     #[test]
@@ -500,10 +487,8 @@ mod tests {
     /// conversion: both give the same modes and errors.
     #[test]
     fn mode_of_sets_strings_and_numbers() {
-        let lua = lua_with_flu();
-        let ok: bool = lua
-            .load(
-                r#"
+        lua_asserts(
+            r#"
                 for _, m in ipairs{0x81a4, 0x41ed, 0xa1ff, 0x2180, 0x6000, 0x1000, 0xc000, 0x8fff, 0} do
                     assert(flu.mode(flu.modeset(m)) == m, m)
                 end
@@ -518,10 +503,7 @@ mod tests {
                 assert(flu.mode({reg = true}, 2) == 0x8000)
                 return true
             "#,
-            )
-            .eval()
-            .unwrap();
-        assert!(ok);
+        );
     }
 
     #[test]

@@ -255,24 +255,14 @@ impl Lister {
         let id = self.next.get();
         self.next.set(id + 1);
         let tables = lua.create_table()?;
-        // SAFETY: pushes within the stack space checked first; `filler` reads only its
-        // arguments, its upvalues and the leaked `sinks` (alive for the rest of the process).
+        // SAFETY: `filler` reads only its arguments, its upvalues and the leaked `sinks`
+        // (alive for the rest of the process).
         let filler = unsafe {
-            lua.exec_raw_lua(|raw| {
+            convert::c_closure(lua, filler, 3, |raw| {
                 let state = raw.state();
-                if ffi::lua_checkstack(state, 4) == 0 {
-                    return Err(mlua::Error::StackError);
-                }
                 ffi::lua_pushlightuserdata(state, self.sinks as *const Sinks as *mut _);
                 ffi::lua_pushinteger(state, id as ffi::lua_Integer);
-                if let Err(e) = (&tables).push_into_stack(raw) {
-                    ffi::lua_pop(state, 2);
-                    return Err(e);
-                }
-                ffi::lua_pushcclosure(state, filler, 3);
-                let f = <Function as mlua::FromLua>::from_stack(-1, raw);
-                ffi::lua_pop(state, 1);
-                f
+                (&tables).push_into_stack(raw)
             })?
         };
         self.sinks.borrow_mut().insert(

@@ -1098,6 +1098,17 @@ mod tests {
     fn a_request_future_fits_mallocs_thread_cache() {
         let lua = unsafe { Lua::unsafe_new_with(mlua::StdLib::ALL, mlua::LuaOptions::default()) };
         let fs = lua.create_table().unwrap();
+        let d = dispatch(&lua, &fs, None);
+        let fut = d.handle(crate::kernel::Request {
+            ctx: Ctx::default(),
+            op: crate::kernel::Op::Forget { nodes: vec![] },
+        });
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1032, "the request future is {size} bytes");
+    }
+
+    /// A dispatcher for script table `fs` with the default time-outs.
+    pub(super) fn dispatch(lua: &Lua, fs: &Table, op_timeout: Option<Duration>) -> Rc<Dispatch> {
         let cfg = Config {
             attr_ttl: Duration::from_secs(1),
             entry_ttl: Duration::from_secs(1),
@@ -1105,15 +1116,10 @@ mod tests {
             direct_io: false,
             kernel_cache: false,
             debug: false,
-            op_timeout: None,
+            op_timeout,
         };
-        let d = Rc::new(Dispatch::new(lua, &fs, cfg, Rc::new(Cell::new(Ctx::default()))).unwrap());
-        let fut = d.handle(crate::kernel::Request {
-            ctx: Ctx::default(),
-            op: crate::kernel::Op::Forget { nodes: vec![] },
-        });
-        let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1032, "the request future is {size} bytes");
+        let ctx = Rc::new(Cell::new(Ctx::default()));
+        Rc::new(Dispatch::new(lua.clone(), fs, cfg, ctx).unwrap())
     }
 }
 
@@ -1136,18 +1142,7 @@ mod perf_probe {
             )
             .eval()
             .unwrap();
-        let cfg = Config {
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
-            negative_ttl: Duration::ZERO,
-            direct_io: false,
-            kernel_cache: false,
-            debug: false,
-            op_timeout: Some(Duration::from_secs(10)),
-        };
-        let d = Rc::new(
-            Dispatch::new(lua.clone(), &fs, cfg, Rc::new(Cell::new(Ctx::default()))).unwrap(),
-        );
+        let d = super::tests::dispatch(&lua, &fs, Some(Duration::from_secs(10)));
         let n = 200_000;
         // The engine boxes one `handle` future per request: above 1 KiB glibc's malloc leaves
         // its per-thread cache for a slower path.
