@@ -48,9 +48,6 @@ pub enum Op {
         name: OsString,
         reply: replies::ReplyEntry,
     },
-    Forget {
-        nodes: Vec<(u64, u64)>,
-    },
     Getattr {
         ino: u64,
         fh: Option<u64>,
@@ -292,6 +289,8 @@ pub struct Kernel {
 /// Where requests go: the dispatcher, which runs each on the calling kernel thread.
 pub trait Sink: Send + Sync {
     fn submit(&self, req: Request);
+    /// The kernel dropped `nlookup` references to `ino` (no reply, no script call).
+    fn forget(&self, ino: u64, nlookup: u64);
 }
 
 impl Kernel {
@@ -368,13 +367,8 @@ impl fuser::Filesystem for Kernel {
         );
     }
 
-    fn forget(&self, req: &fuser::Request, ino: INodeNo, nlookup: u64) {
-        self.send(
-            req,
-            Op::Forget {
-                nodes: vec![(ino.0, nlookup)],
-            },
-        );
+    fn forget(&self, _req: &fuser::Request, ino: INodeNo, nlookup: u64) {
+        self.sink.forget(ino.0, nlookup);
     }
 
     fn getattr(

@@ -298,6 +298,15 @@ impl Engine {
 }
 
 impl Sink for Engine {
+    /// Straight into the inode table under the lock: no request future, no waker (after
+    /// `drop_caches` the kernel forgets thousands of nodes in a row, one call each, since
+    /// fuser 0.18 does not let a filesystem take its batches whole).
+    fn forget(&self, ino: u64, nlookup: u64) {
+        if let Some(o) = self.lock().as_mut() {
+            o.dispatch.forget(ino, nlookup);
+        }
+    }
+
     fn submit(&self, req: Request) {
         // Declared first, dropped last: replies go out after the lock is released.
         let _out = self.hold_replies.then(replies::hold);
