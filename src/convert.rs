@@ -276,29 +276,15 @@ impl Names {
         })
     }
 
-    /// The position of a known name (`None`: not one of them).
-    fn position(name: &str) -> Option<usize> {
-        let modes = mode::TYPES.iter().chain(mode::PERMS);
-        if let Some(i) = modes.clone().position(|&(n, _)| n == name) {
-            return Some(MODE_AT + i);
-        }
-        let open = mode::OPEN_FLAGS.iter().map(|&(n, _)| n).chain(OPEN_EXTRA);
-        if let Some(i) = open.clone().position(|n| n == name) {
-            return Some(OPEN_AT + i);
-        }
-        FI_FIELDS.iter().position(|&n| n == name).map(|i| FI_AT + i)
-    }
-
-    /// The name string at `pos`, made once.
-    fn string(&self, pos: usize) -> mlua::Result<mlua::LuaString> {
-        self.array.raw_get(pos)
-    }
-
-    /// `t[name]` as a boolean (absent or not a boolean: false).
-    pub fn flag(&self, t: &Table, name: &'static str) -> bool {
-        match Names::position(name).map(|p| self.string(p)) {
-            Some(Ok(k)) => t.raw_get::<bool>(k),
-            _ => t.raw_get::<bool>(name),
+    /// `fi[field]` as a boolean (absent or not a boolean: false), for one of `FI_FIELDS`,
+    /// keyed by the string made once.
+    pub fn fi_flag(&self, fi: &Table, field: &'static str) -> bool {
+        match FI_FIELDS.iter().position(|&n| n == field) {
+            Some(i) => self
+                .array
+                .raw_get::<mlua::LuaString>(FI_AT + i)
+                .and_then(|k| fi.raw_get::<bool>(k)),
+            None => fi.raw_get::<bool>(field),
         }
         .unwrap_or(false)
     }

@@ -20,7 +20,7 @@ impl Dispatch {
     /// The kernel flags an open file asked for through its `fi`.
     fn fopen_flags(&self, fi: &Table, dir: bool) -> FopenFlags {
         let mut f = FopenFlags::empty();
-        let set = |k: &'static str| self.names.flag(fi, k);
+        let set = |k: &'static str| self.names.fi_flag(fi, k);
         if dir {
             // As libfuse: cache_readdir lets the kernel cache the listing while the directory is
             // open; keep_cache keeps that cache across opens too, until the directory changes
