@@ -71,11 +71,14 @@ impl Dispatch {
             _ => self.call_peek(op, (lpath, st.clone()), peek).await?,
         };
         match out {
-            Returned::Peeked(ints) => {
-                Stat::from_ints(&ints, &self.defaults).map_err(|e| self.bad_value(op, path, e))
-            }
+            Returned::Peeked(ints) => self.peeked_stat(op, path, &ints),
             Returned::Values(out) => self.decode_stat(op, path, out, st),
         }
+    }
+
+    /// The stat of the fields `StatReader::peek` read.
+    fn peeked_stat(&self, op: OpName, path: &[u8], ints: &[Option<i64>; 15]) -> Result<Stat, Fail> {
+        Stat::from_ints(ints, &self.defaults).map_err(|e| self.bad_value(op, path, e))
     }
 
     /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).
@@ -111,6 +114,7 @@ impl Dispatch {
 
     /// The stat table an operation that makes an entry (create, mknod, mkdir, symlink, link)
     /// may return, saving the getattr that would follow; `None` when it returned no table.
+    /// Not async: the fields it may hold stay out of the callers' futures.
     pub(super) fn returned_stat(
         &self,
         op: OpName,
@@ -118,11 +122,7 @@ impl Dispatch {
         out: StatOut,
     ) -> Result<Option<Stat>, Fail> {
         let out = match out {
-            Returned::Peeked(ints) => {
-                return Stat::from_ints(&ints, &self.defaults)
-                    .map(Some)
-                    .map_err(|e| self.bad_value(op, path, e));
-            }
+            Returned::Peeked(ints) => return self.peeked_stat(op, path, &ints).map(Some),
             Returned::Values(out) => out,
         };
         match first(out) {
