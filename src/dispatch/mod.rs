@@ -117,6 +117,21 @@ enum Resumed<T> {
     Yielded { pending: bool },
 }
 
+/// What `first_resumption` came to: the call's outcome and whether `--op-timeout`
+/// interrupted it, or a coroutine that yielded.
+enum First<T> {
+    Done(mlua::Result<Returned<T>>, bool),
+    Yielded(Yielded),
+}
+
+/// A call's coroutine that yielded at its first resumption, to be resumed asynchronously.
+struct Yielded {
+    thread: Thread,
+    /// It waits for an async function's future (else a bare `coroutine.yield()`).
+    pending: bool,
+    interrupted: bool,
+}
+
 /// How many finished coroutines are kept for reuse.
 const THREAD_POOL: usize = 64;
 
@@ -664,8 +679,8 @@ impl Dispatch {
         peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
     ) -> (mlua::Result<Returned<T>>, bool) {
         let (thread, pending, interrupted) = match self.first_resumption(f, args, peek) {
-            Ok(done) => return done,
-            Err(yielded) => yielded,
+            First::Done(out, interrupted) => return (out, interrupted),
+            First::Yielded(y) => (y.thread, y.pending, y.interrupted),
         };
         // Boxed: rare, and it holds much across its awaits (every call's future would carry
         // its size otherwise).
@@ -673,23 +688,20 @@ impl Dispatch {
         (out.map(Returned::Values), interrupted)
     }
 
-    /// The first resumption, in a coroutine from the pool (or a new one): `Ok` with the
-    /// outcome and whether `--op-timeout` interrupted it, or `Err` with the coroutine, which
-    /// yielded (`pending`: for an async function's future), to be resumed asynchronously.
-    /// Not async itself: nothing of it stays in the call's future.
-    #[allow(clippy::type_complexity)]
+    /// The first resumption, in a coroutine from the pool (or a new one). Not async itself:
+    /// nothing of it stays in the call's future.
     fn first_resumption<T>(
         &self,
         f: &Function,
         args: impl IntoLuaMulti,
         peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
-    ) -> Result<(mlua::Result<Returned<T>>, bool), (Thread, bool, bool)> {
+    ) -> First<T> {
         let pooled = self.threads.borrow_mut().pop();
         let thread = match pooled {
             Some(t) => t,
             None => match self.lua.create_thread(self.trampoline.clone()) {
                 Ok(t) => t,
-                Err(e) => return Ok((Err(e), false)),
+                Err(e) => return First::Done(Err(e), false),
             },
         };
         let (first, interrupted) = self.resume_raw(&thread, f, args, peek);
@@ -699,10 +711,14 @@ impl Dispatch {
                 if pool.len() < THREAD_POOL {
                     pool.push(thread);
                 }
-                Ok((out, interrupted))
+                First::Done(out, interrupted)
             }
-            Resumed::Failed(e) => Ok((Err(e), interrupted)),
-            Resumed::Yielded { pending } => Err((thread, pending, interrupted)),
+            Resumed::Failed(e) => First::Done(Err(e), interrupted),
+            Resumed::Yielded { pending } => First::Yielded(Yielded {
+                thread,
+                pending,
+                interrupted,
+            }),
         }
     }
 
@@ -896,12 +912,11 @@ impl Dispatch {
             let shown = argv.iter().map(show).collect::<Vec<_>>().join(", ");
             // Boxed: rare, and it would widen every call's future. Nothing is peeked, so that
             // the trace shows the results.
-            let (out, fired) = Box::pin(self.run_coroutine(f, argv, no_peek)).await;
-            let out = out.map(|r| match r {
-                Returned::Values(v) => Returned::Values(v),
-                Returned::Peeked(never) => match never {},
-            });
-            ((out, fired), Some(shown))
+            let unpeeked = |_, _| None;
+            (
+                Box::pin(self.run_coroutine(f, argv, unpeeked)).await,
+                Some(shown),
+            )
         } else {
             (self.run_coroutine(f, args, peek).await, None)
         };

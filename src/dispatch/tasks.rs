@@ -143,18 +143,18 @@ static FIRST_POLL: RawWakerVTable = RawWakerVTable::new(
         let w = std::mem::ManuallyDrop::new(waker(first.id, first.ready));
         RawWaker::new(w.data(), w.vtable())
     },
-    // wake, wake_by_ref: queue the task.
-    |p| {
-        let first = unsafe { &*(p as *const FirstPoll) };
-        first.ready.push(first.id);
-    },
-    |p| {
-        let first = unsafe { &*(p as *const FirstPoll) };
-        first.ready.push(first.id);
-    },
+    first_poll_wake,
+    first_poll_wake,
     // drop: nothing is owned.
     |_| {},
 );
+
+/// wake and wake_by_ref of the first poll's waker: queue the task.
+fn first_poll_wake(p: *const ()) {
+    // SAFETY: see `FirstPoll::waker`.
+    let first = unsafe { &*(p as *const FirstPoll) };
+    first.ready.push(first.id);
+}
 
 /// Poll `fut` once; a panic in flufs's own code fails this request only.
 fn poll_guarded(fut: &mut Job, waker: &Waker) -> bool {
