@@ -694,13 +694,12 @@ enum Src<'a> {
 /// times, Flu names, no metatables) is read straight off the Lua stack with raw gets, keyed by
 /// strings made once (no Lua call, no intermediate values); anything else goes through
 /// `Stat::from_lua`.
-#[derive(Clone)]
 pub struct StatReader {
     /// The field names, in `Stat::from_ints` order, then "sec" and "nsec".
     keys: Table,
     /// The same keys for reads through Lua's own table lookups (`luaraw`); `None` when this
     /// Lua does not pass its layout checks, and the C API is used.
-    raw: Option<std::rc::Rc<RawTables>>,
+    raw: Option<RawTables>,
 }
 
 /// The fields of a stat table: 9 integers, 3 times, then the keys of a time table.
@@ -725,7 +724,7 @@ impl StatReader {
     pub fn new(lua: &Lua) -> mlua::Result<StatReader> {
         Ok(StatReader {
             keys: lua.create_sequence_from(STAT_KEYS)?,
-            raw: RawTables::new(lua, &STAT_KEYS).map(std::rc::Rc::new),
+            raw: RawTables::new(lua, &STAT_KEYS),
         })
     }
 
@@ -749,7 +748,7 @@ impl StatReader {
         nres: std::ffi::c_int,
     ) -> Option<[Option<i64>; 15]> {
         use mlua::ffi;
-        let raw = self.raw.as_deref()?;
+        let raw = self.raw.as_ref()?;
         unsafe {
             if nres < 2
                 || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
@@ -779,7 +778,7 @@ impl StatReader {
         i: i64,
         d: &StatDefaults,
     ) -> Conv<(u32, u64)> {
-        if let Some(raw) = self.raw.as_deref()
+        if let Some(raw) = self.raw.as_ref()
             && let Some(mode_ino) = raw_mode_ino(raw, tables, i)
         {
             return Ok(mode_ino);
@@ -1358,7 +1357,7 @@ mod tests {
         assert!(raw.raw.is_some(), "this Lua passes the layout checks");
         let api = StatReader {
             raw: None,
-            ..raw.clone()
+            keys: raw.keys.clone(),
         };
         let forms = [
             "{mode = 33188}",
