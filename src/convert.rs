@@ -722,9 +722,10 @@ const STAT_KEYS: [&str; 14] = [
 
 impl StatReader {
     pub fn new(lua: &Lua) -> mlua::Result<StatReader> {
+        let keys = lua.create_sequence_from(STAT_KEYS)?;
         Ok(StatReader {
-            keys: lua.create_sequence_from(STAT_KEYS)?,
-            raw: RawTables::new(lua, &STAT_KEYS),
+            raw: RawTables::new(lua, &keys),
+            keys,
         })
     }
 

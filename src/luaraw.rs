@@ -56,36 +56,37 @@ fn field(v: *const TValue) -> Field {
     }
 }
 
-/// Short-string keys for raw reads, made (and kept alive) by `RawTables::new`.
+/// Short-string keys for raw reads (see `RawTables::new`).
 pub struct RawTables {
-    /// Holds the key strings, so their `TString`s stay where they are (Lua does not move
-    /// objects) for as long as this lives.
+    /// The array of the key strings, which keeps their `TString`s where they are (Lua does
+    /// not move objects) for as long as this lives.
     _anchor: Table,
     keys: Vec<*mut c_void>,
 }
 
 impl RawTables {
-    /// Keys `names` (each at most 40 bytes: a Lua short string), or `None` when this Lua does
-    /// not pass the layout checks.
-    pub fn new(lua: &Lua, names: &[&str]) -> Option<RawTables> {
-        if names.iter().any(|n| n.len() > 40) {
-            return None;
-        }
-        let anchor = lua.create_sequence_from(names.iter().copied()).ok()?;
-        // The strings' own objects (`TString`), as the anchor's array holds them.
-        let at = RawTables::ptr(&anchor);
-        let keys = (1..=names.len() as i64)
+    /// Keys for raw reads: the strings of the sequence `keys` (key `k` of `get` is
+    /// `keys[k + 1]`), each a short string (at most 40 bytes), at least three of them; `None`
+    /// otherwise, or when this Lua does not pass the layout checks.
+    pub fn new(lua: &Lua, keys: &Table) -> Option<RawTables> {
+        let n = keys.raw_len();
+        let at = RawTables::ptr(keys);
+        // The strings' own objects (`TString`), as the array holds them.
+        let ptrs = (1..=n as i64)
             .map(|i| {
-                // SAFETY: `anchor` is alive and nothing runs in between.
+                // SAFETY: `keys` is alive and nothing runs in between.
                 let v = unsafe { &*luaH_getint(at, i) };
                 (v.tt == TAG_SHORT_STRING).then_some(v.value as usize as *mut c_void)
             })
             .collect::<Option<Vec<_>>>()?;
+        if ptrs.len() < 3 {
+            return None;
+        }
         let raw = RawTables {
-            _anchor: anchor,
-            keys,
+            _anchor: keys.clone(),
+            keys: ptrs,
         };
-        raw.layout_matches(lua, names).then_some(raw)
+        raw.layout_matches(lua, keys).then_some(raw)
     }
 
     /// The table pointer of `t`.
@@ -127,28 +128,27 @@ impl RawTables {
         }
     }
 
-    /// Check every assumption on tables read both ways.
-    fn layout_matches(&self, lua: &Lua, names: &[&str]) -> bool {
+    /// Check every assumption on tables read both ways (keys 1 to 3 of `keys` set, the
+    /// others absent).
+    fn layout_matches(&self, lua: &Lua, keys: &Table) -> bool {
         let check = || -> mlua::Result<bool> {
+            let key = |i: usize| keys.raw_get::<mlua::LuaString>(i);
             let inner = lua.create_table()?;
             let t = lua.create_table()?;
             let mt = lua.create_table()?;
             let with_mt = lua.create_table()?;
             with_mt.set_metatable(Some(mt))?;
-            t.raw_set(names[0], -123_456_789_012_i64)?;
-            if names.len() > 2 {
-                t.raw_set(names[1], inner.clone())?;
-                t.raw_set(names[2], 1.5)?;
-            }
+            t.raw_set(key(1)?, -123_456_789_012_i64)?;
+            t.raw_set(key(2)?, inner.clone())?;
+            t.raw_set(key(3)?, 1.5)?;
             t.raw_set(7, 42)?;
             let p = RawTables::ptr(&t);
             // SAFETY: tables alive (held here); nothing runs in between.
             let ok = unsafe {
                 self.get(p, 0) == Field::Int(-123_456_789_012)
-                    && (names.len() <= 2
-                        || (self.get(p, 1) == Field::Table(RawTables::ptr(&inner))
-                            && self.get(p, 2) == Field::Other))
-                    && (names.len() <= 3 || self.get(p, 3) == Field::Absent)
+                    && self.get(p, 1) == Field::Table(RawTables::ptr(&inner))
+                    && self.get(p, 2) == Field::Other
+                    && (self.keys.len() <= 3 || self.get(p, 3) == Field::Absent)
                     && self.geti(p, 7) == Field::Int(42)
                     && self.geti(p, 8) == Field::Absent
                     && !self.has_metatable(p)
@@ -167,8 +167,10 @@ mod tests {
     #[test]
     fn raw_reads_agree_with_the_c_api() {
         let lua = Lua::new();
-        let raw = RawTables::new(&lua, &["mode", "access", "size", "sec"])
-            .expect("this Lua passes the layout checks");
+        let keys = lua
+            .create_sequence_from(["mode", "access", "size", "sec"])
+            .unwrap();
+        let raw = RawTables::new(&lua, &keys).expect("this Lua passes the layout checks");
         let t: Table = lua
             .load("return {mode = 33188, access = {sec = 5}, size = 2.5, [3] = 'x', [4] = -7}")
             .eval()
@@ -194,8 +196,13 @@ mod tests {
     #[test]
     fn long_keys_are_refused() {
         let lua = Lua::new();
-        assert!(
-            RawTables::new(&lua, &["a-key-longer-than-forty-bytes-is-a-long-string"]).is_none()
-        );
+        let keys = lua
+            .create_sequence_from([
+                "mode",
+                "size",
+                "a-key-longer-than-forty-bytes-is-a-long-string",
+            ])
+            .unwrap();
+        assert!(RawTables::new(&lua, &keys).is_none());
     }
 }
