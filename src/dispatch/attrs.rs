@@ -11,18 +11,20 @@ use crate::kernel::SetAttr;
 use crate::ops::OpName;
 
 /// What an operation answering with a stat table came back with: the table's fields read in
-/// place (`StatReader::peek`), or its results.
-pub(super) type StatOut = Returned<[Option<i64>; 15]>;
+/// place into `Dispatch::peeked` (`StatReader::peek`), or its results.
+pub(super) type StatOut = Returned;
 
 impl Dispatch {
-    /// Reads a returned stat table in place (see `call_peek`).
+    /// Reads a returned stat table in place (see `call_peek`) into `self.peeked`.
     pub(super) fn stat_peek(
         &self,
-    ) -> impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<[Option<i64>; 15]> + '_
-    {
+    ) -> impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> bool + '_ {
         // SAFETY: `call_peek` calls it on a coroutine that just finished, before anything else
         // runs in the Lua state.
-        |co, nres| unsafe { self.stat_reader.peek(co, nres) }
+        |co, nres| unsafe {
+            self.stat_reader
+                .peek(co, nres, &mut self.peeked.borrow_mut())
+        }
     }
 
     /// Decode what getattr/fgetattr returned (or the `st` they filled).
@@ -71,14 +73,15 @@ impl Dispatch {
             _ => self.call_peek(op, (lpath, st.clone()), peek).await?,
         };
         match out {
-            Returned::Peeked(ints) => self.peeked_stat(op, path, &ints),
+            Returned::Peeked => self.peeked_stat(op, path),
             Returned::Values(out) => self.decode_stat(op, path, out, st),
         }
     }
 
-    /// The stat of the fields `StatReader::peek` read.
-    fn peeked_stat(&self, op: OpName, path: &[u8], ints: &[Option<i64>; 15]) -> Result<Stat, Fail> {
-        Stat::from_ints(ints, &self.defaults).map_err(|e| self.bad_value(op, path, e))
+    /// The stat of the fields `StatReader::peek` read for the call that just returned.
+    fn peeked_stat(&self, op: OpName, path: &[u8]) -> Result<Stat, Fail> {
+        Stat::from_ints(&self.peeked.borrow(), &self.defaults)
+            .map_err(|e| self.bad_value(op, path, e))
     }
 
     /// LOOKUP: `Ok(None)` is a negative entry to cache (when negative_timeout is set).
@@ -122,7 +125,7 @@ impl Dispatch {
         out: StatOut,
     ) -> Result<Option<Stat>, Fail> {
         let out = match out {
-            Returned::Peeked(ints) => return self.peeked_stat(op, path, &ints).map(Some),
+            Returned::Peeked => return self.peeked_stat(op, path).map(Some),
             Returned::Values(out) => out,
         };
         match first(out) {

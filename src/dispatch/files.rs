@@ -20,26 +20,27 @@ impl Dispatch {
     /// The kernel flags an open file asked for through its `fi`.
     fn fopen_flags(&self, fi: &Table, dir: bool) -> FopenFlags {
         let mut f = FopenFlags::empty();
-        let set = |k: &'static str| self.names.fi_flag(fi, k);
+        let [direct_io, keep_cache, nonseekable, cache_readdir] =
+            self.names.fi_flags(&self.lua, fi);
         if dir {
             // As libfuse: cache_readdir lets the kernel cache the listing while the directory is
             // open; keep_cache keeps that cache across opens too, until the directory changes
             // through the mount or its mtime does.
-            if set("cache_readdir") {
+            if cache_readdir {
                 f |= FopenFlags::FOPEN_CACHE_DIR;
             }
-            if set("keep_cache") {
+            if keep_cache {
                 f |= FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE;
             }
             return f;
         }
-        if set("direct_io") {
+        if direct_io {
             f |= FopenFlags::FOPEN_DIRECT_IO;
         }
-        if set("keep_cache") {
+        if keep_cache {
             f |= FopenFlags::FOPEN_KEEP_CACHE;
         }
-        if set("nonseekable") {
+        if nonseekable {
             f |= FopenFlags::FOPEN_NONSEEKABLE;
         }
         f

@@ -86,6 +86,9 @@ pub struct Dispatch {
     /// Counts requests that may change attributes, at their start and at their end: a cached
     /// directory listing taken when it had another value may hold stale attributes.
     changes: Cell<u64>,
+    /// The fields of the stat table the call that just returned gave (`stat_peek`), read
+    /// where it left them: read at once (no other call runs before), never moved around.
+    peeked: RefCell<[Option<i64>; 15]>,
     /// Finished coroutines kept for the next calls (creating one per call costs more).
     threads: RefCell<Vec<Thread>>,
     /// `--lua-memory` in bytes (0: none). It bounds what the script allocates: it is set only
@@ -95,22 +98,32 @@ pub struct Dispatch {
     memory_limit: usize,
 }
 
-/// What a call came back with: what the caller's `peek` read straight off the coroutine's
-/// stack, or (when it read nothing) the results as values.
-pub(super) enum Returned<T> {
-    Peeked(T),
+/// What a call came back with: the caller's `peek` read what it wanted straight off the
+/// coroutine's stack (into a place of the caller's, so that nothing large is moved through
+/// the layers of the call), or (when it read nothing) the results as values.
+pub(super) enum Returned {
+    Peeked,
+    Values(MultiValue),
+}
+
+/// What the trampoline gave back, as `run_coroutine` hands it on: `Returned`, or the errno
+/// of an error the script raised, read off the stack (`false, code`: the commonest failure,
+/// a missing name or attribute, costs no values).
+enum Outcome {
+    Peeked,
+    Raised(i64),
     Values(MultiValue),
 }
 
 /// A `peek` that reads nothing.
-fn no_peek(_: *mut mlua::ffi::lua_State, _: std::ffi::c_int) -> Option<std::convert::Infallible> {
-    None
+fn no_peek(_: *mut mlua::ffi::lua_State, _: std::ffi::c_int) -> bool {
+    false
 }
 
 /// What the first resumption of a call's coroutine came to.
-enum Resumed<T> {
+enum Resumed {
     /// The trampoline returned (its results, or a failure to take them).
-    Finished(mlua::Result<Returned<T>>),
+    Finished(mlua::Result<Outcome>),
     /// An error escaped the trampoline.
     Failed(mlua::Error),
     /// It yielded: `pending` when an async function waits for its future.
@@ -119,8 +132,8 @@ enum Resumed<T> {
 
 /// What `first_resumption` came to: the call's outcome and whether `--op-timeout`
 /// interrupted it, or a coroutine that yielded.
-enum First<T> {
-    Done(mlua::Result<Returned<T>>, bool),
+enum First {
+    Done(mlua::Result<Outcome>, bool),
     Yielded(Yielded),
 }
 
@@ -292,6 +305,7 @@ impl Dispatch {
             defaults,
             ctx,
             watchdog,
+            peeked: RefCell::new([None; 15]),
             threads: RefCell::new(Vec::new()),
             changes: Cell::new(0),
             memory_limit,
@@ -672,12 +686,12 @@ impl Dispatch {
     /// finish there, and a finished coroutine is reused as it is. One that yields is handed to
     /// mlua's `AsyncThread`, which polls the futures of async functions (`flu.sleep`, `gett`,
     /// `http`) with this request's waker.
-    async fn run_coroutine<T>(
+    async fn run_coroutine(
         &self,
         f: &Function,
         args: impl IntoLuaMulti,
-        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
-    ) -> (mlua::Result<Returned<T>>, bool) {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> bool,
+    ) -> (mlua::Result<Outcome>, bool) {
         let (thread, pending, interrupted) = match self.first_resumption(f, args, peek) {
             First::Done(out, interrupted) => return (out, interrupted),
             First::Yielded(y) => (y.thread, y.pending, y.interrupted),
@@ -685,17 +699,17 @@ impl Dispatch {
         // Boxed: rare, and it holds much across its awaits (every call's future would carry
         // its size otherwise).
         let (out, interrupted) = Box::pin(self.resume_async(thread, pending, interrupted)).await;
-        (out.map(Returned::Values), interrupted)
+        (out.map(Outcome::Values), interrupted)
     }
 
     /// The first resumption, in a coroutine from the pool (or a new one). Not async itself:
     /// nothing of it stays in the call's future.
-    fn first_resumption<T>(
+    fn first_resumption(
         &self,
         f: &Function,
         args: impl IntoLuaMulti,
-        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
-    ) -> First<T> {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> bool,
+    ) -> First {
         let pooled = self.threads.borrow_mut().pop();
         let thread = match pooled {
             Some(t) => t,
@@ -780,13 +794,13 @@ impl Dispatch {
     /// The first resumption of `thread`, calling `f` with `args` through the trampoline, made
     /// through the C API (the arguments go straight onto the stack, with no `MultiValue` in
     /// between). Returns what became of it and whether `--op-timeout` interrupted it.
-    fn resume_raw<T>(
+    fn resume_raw(
         &self,
         thread: &Thread,
         f: &Function,
         args: impl IntoLuaMulti,
-        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
-    ) -> (Resumed<T>, bool) {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> bool,
+    ) -> (Resumed, bool) {
         use mlua::ffi;
         use mlua::{FromLuaMulti, IntoLua};
         let co = thread.to_pointer() as *mut ffi::lua_State;
@@ -833,9 +847,19 @@ impl Dispatch {
                 let main = raw.state();
                 match status {
                     ffi::LUA_OK => {
-                        if let Some(v) = peek(co, nres) {
+                        if peek(co, nres) {
                             ffi::lua_settop(co, 0);
-                            return Resumed::Finished(Ok(Returned::Peeked(v)));
+                            return Resumed::Finished(Ok(Outcome::Peeked));
+                        }
+                        // The handler's errno code after `false`.
+                        if nres == 2
+                            && ffi::lua_type(co, 1) == ffi::LUA_TBOOLEAN
+                            && ffi::lua_toboolean(co, 1) == 0
+                            && ffi::lua_isinteger(co, 2) != 0
+                        {
+                            let code = ffi::lua_tointegerx(co, 2, std::ptr::null_mut());
+                            ffi::lua_settop(co, 0);
+                            return Resumed::Finished(Ok(Outcome::Raised(code)));
                         }
                         if ffi::lua_checkstack(main, nres + 1) == 0 {
                             ffi::lua_settop(co, 0);
@@ -845,7 +869,7 @@ impl Dispatch {
                         ffi::lua_xmove(co, main, nres);
                         let out = MultiValue::from_stack_multi(nres, raw);
                         ffi::lua_settop(main, top);
-                        Resumed::Finished(out.map(Returned::Values))
+                        Resumed::Finished(out.map(Outcome::Values))
                     }
                     ffi::LUA_YIELD => {
                         let pending = nres == 1
@@ -883,19 +907,20 @@ impl Dispatch {
     async fn call(&self, op: OpName, args: impl IntoLuaMulti) -> Result<MultiValue, Fail> {
         match self.call_peek(op, args, no_peek).await? {
             Returned::Values(v) => Ok(v),
-            Returned::Peeked(never) => match never {},
+            // `no_peek` reads nothing.
+            Returned::Peeked => Err(Errno::EIO),
         }
     }
 
     /// `call`, with `peek` first given the results where the call left them on its coroutine's
     /// stack (`true` and what the operation returned), to read what it can without making
     /// them into values.
-    async fn call_peek<T>(
+    async fn call_peek(
         &self,
         op: OpName,
         args: impl IntoLuaMulti,
-        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> Option<T>,
-    ) -> Result<Returned<T>, Fail> {
+        peek: impl FnOnce(*mut mlua::ffi::lua_State, std::ffi::c_int) -> bool,
+    ) -> Result<Returned, Fail> {
         let Some(f) = self.ops.get(op) else {
             return Err(Errno::ENOSYS);
         };
@@ -912,7 +937,7 @@ impl Dispatch {
             let shown = argv.iter().map(show).collect::<Vec<_>>().join(", ");
             // Boxed: rare, and it would widen every call's future. Nothing is peeked, so that
             // the trace shows the results.
-            let unpeeked = |_, _| None;
+            let unpeeked = no_peek;
             (
                 Box::pin(self.run_coroutine(f, argv, unpeeked)).await,
                 Some(shown),
@@ -923,8 +948,9 @@ impl Dispatch {
         let interrupted = outcome.1;
         let outcome = outcome.0;
         let result = match outcome {
-            Ok(Returned::Peeked(v)) => Ok(Returned::Peeked(v)),
-            Ok(Returned::Values(mut out)) => match out.pop_front() {
+            Ok(Outcome::Peeked) => Ok(Returned::Peeked),
+            Ok(Outcome::Raised(code)) => Err(Errno::from_i32(code as i32)),
+            Ok(Outcome::Values(mut out)) => match out.pop_front() {
                 Some(Value::Boolean(true)) => Ok(Returned::Values(out)),
                 _ => match out.pop_front() {
                     Some(Value::Integer(code)) => Err(Errno::from_i32(code as i32)),
@@ -961,7 +987,7 @@ impl Dispatch {
                 Ok(Returned::Values(v)) => {
                     format!("ok {}", v.iter().map(show).collect::<Vec<_>>().join(", "))
                 }
-                Ok(Returned::Peeked(_)) => "ok".to_string(),
+                Ok(Returned::Peeked) => "ok".to_string(),
                 Err(e) => errno_name(*e),
             };
             log::trace(&format!("{}({args}) -> {outcome} ({us} µs)", op.name()));
