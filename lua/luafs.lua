@@ -7,8 +7,10 @@
 -- Everything lives in Lua tables and is gone at unmount.
 --
 -- Inodes are tables:
---   mode (integer, type bits included), ino, nlink, uid, gid, rdev, size, blocks, blksize,
---   access/modification/change ({sec=, nsec=}): the fields of a stat table, so a node is
+--   mode (integer, type bits included), ino, nlink, uid, gid, rdev (devices), size, blocks,
+--   access/modification/change (whole seconds) with access_nsec/modification_nsec/change_nsec
+--   beside them (flufs reads those; a {sec=, nsec=} table per time made every new node four
+--   tables, and creating a node ~3 times dearer): the fields of a stat table, so a node is
 --   its own stat table (getattr and readdir pass nodes as they are, and create, mknod,
 --   mkdir, symlink and link return the node, which saves flufs a getattr per new entry);
 --   xattrs (name -> string, created on first use),
@@ -77,15 +79,14 @@ local function new_node(mode, uid, gid)
 	last_ino = last_ino + 1
 	ninodes = ninodes + 1
 	local s, ns = now()
+	-- Only fields every node has: a constructor sizes the table for all the fields it names,
+	-- nil ones too, and 15 fit the 16 slots a regular file's `data` completes. rdev (0) and
+	-- blksize (4096) are flufs's defaults; xattrs, data, entries, parent, target and freed
+	-- are added where they apply.
 	return {
-		mode = mode, ino = last_ino, nlink = 1, uid = uid, gid = gid, rdev = 0, size = 0,
-		blocks = 0, blksize = 4096,
-		access = { sec = s, nsec = ns }, modification = { sec = s, nsec = ns },
-		change = { sec = s, nsec = ns },
-		xattrs = nil,
-		data = nil, nalloc = 0, opens = 0,
-		entries = nil, parent = nil,
-		target = nil, freed = false,
+		mode = mode, ino = last_ino, nlink = 1, uid = uid, gid = gid, size = 0, blocks = 0,
+		access = s, access_nsec = ns, modification = s, modification_nsec = ns,
+		change = s, change_nsec = ns, nalloc = 0, opens = 0,
 	}
 end
 
@@ -98,15 +99,12 @@ local function fblocks(node)
 end
 
 local function touch_c(node, s, ns)
-	local t = node.change
-	t.sec = s; t.nsec = ns
+	node.change, node.change_nsec = s, ns
 end
 
 local function touch_mc(node, s, ns)
-	local t = node.modification
-	t.sec = s; t.nsec = ns
-	t = node.change
-	t.sec = s; t.nsec = ns
+	node.modification, node.modification_nsec = s, ns
+	node.change, node.change_nsec = s, ns
 end
 
 -- An access (read, readdir, readlink) under the relatime rule, as tmpfs does with the default
@@ -117,15 +115,15 @@ end
 -- Only accesses that reach luafs count: data the kernel serves from its page cache (within
 -- one open, or with keep_cache) and symlink targets it caches (FUSE_CACHE_SYMLINKS) do not.
 local function access(node)
-	local a, t = node.access, node.modification
-	local as = a.sec
-	if as > t.sec or (as == t.sec and a.nsec > t.nsec) then
+	local as, t = node.access, node.modification
+	if as > t or (as == t and node.access_nsec > node.modification_nsec) then
 		t = node.change
-		if (as > t.sec or (as == t.sec and a.nsec > t.nsec)) and ostime() - as < DAY then
+		if (as > t or (as == t and node.access_nsec > node.change_nsec))
+			and ostime() - as < DAY then
 			return
 		end
 	end
-	a.sec, a.nsec = now()
+	node.access, node.access_nsec = now()
 end
 
 -- The uid and gid of the daemon, for the root directory.
@@ -614,22 +612,20 @@ end
 -- Attributes
 -------------------------------------------------------------------------------
 
--- A node is its own stat table: its mode, ino, nlink, uid, gid, rdev, size, blocks, blksize,
--- access, modification and change fields are the ones getattr returns (the host reads only
--- those), so getattr and readdir hand nodes over without copying.
+-- A node is its own stat table: its mode, ino, nlink, uid, gid, rdev, size, blocks, access,
+-- modification and change fields (and the nanoseconds beside the times) are the ones getattr
+-- returns (the host reads only those), so getattr and readdir hand nodes over without copying.
 local function stat(node)
 	return node
 end
 
-local function set_time(t, v)
+-- A utimens time ({sec=, nsec=}, or seconds) as whole seconds and nanoseconds.
+local function time_of(v)
 	if type(v) == "table" then
-		t.sec = v.sec or 0
-		t.nsec = v.nsec or 0
-	else
-		local sec = v // 1
-		t.sec = math.tointeger(sec) or sec
-		t.nsec = math.tointeger((v - sec) * 1e9 // 1) or 0
+		return v.sec or 0, v.nsec or 0
 	end
+	local sec = v // 1
+	return math.tointeger(sec) or sec, math.tointeger((v - sec) * 1e9 // 1) or 0
 end
 
 local function file_node(fi, path)
@@ -895,8 +891,8 @@ end
 
 function fs.utimens(path, atime, mtime, fi)
 	local node = fi and fi.fh or lookup(path)
-	if atime then set_time(node.access, atime) end
-	if mtime then set_time(node.modification, mtime) end
+	if atime then node.access, node.access_nsec = time_of(atime) end
+	if mtime then node.modification, node.modification_nsec = time_of(mtime) end
 	local s, ns = now()
 	touch_c(node, s, ns)
 end

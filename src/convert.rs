@@ -464,6 +464,8 @@ enum Field {
     Atime,
     Mtime,
     Ctime,
+    /// Nanoseconds beside an integer time (`access_nsec`...): index 0 atime, 1 mtime, 2 ctime.
+    Nsec(usize),
     Ignored,
 }
 
@@ -482,6 +484,9 @@ fn field_of(key: &[u8]) -> Option<Field> {
         b"access" | b"atime" => Field::Atime,
         b"modification" | b"mtime" => Field::Mtime,
         b"change" | b"ctime" => Field::Ctime,
+        b"access_nsec" => Field::Nsec(0),
+        b"modification_nsec" => Field::Nsec(1),
+        b"change_nsec" => Field::Nsec(2),
         b"dev" | b"birthtime" | b"crtime" | b"flags" | b"gen" | b"permissions" => Field::Ignored,
         _ => return None,
     })
@@ -507,6 +512,9 @@ impl Stat {
         };
         let mut have_mode = false;
         let mut failure: Option<BadValue> = None;
+        // Which times were integers, and the nanoseconds given beside them.
+        let mut whole = [false; 3];
+        let mut nsecs: [Option<i64>; 3] = [None; 3];
         let mut apply = |key: &[u8], v: &Value| -> Conv<()> {
             let Some(f) = field_of(key) else {
                 return Ok(());
@@ -530,15 +538,25 @@ impl Stat {
                 Field::Size => st.size = as_u64(v, "size")?,
                 Field::Blocks => st.blocks = as_u64(v, "blocks")?,
                 Field::Blksize => st.blksize = as_u32(v, "blksize")?,
-                Field::Atime => st.atime = time_from_lua(v, "access")?,
-                Field::Mtime => st.mtime = time_from_lua(v, "modification")?,
-                Field::Ctime => st.ctime = time_from_lua(v, "change")?,
+                Field::Atime => {
+                    st.atime = time_from_lua(v, "access")?;
+                    whole[0] = matches!(v, Value::Integer(_));
+                }
+                Field::Mtime => {
+                    st.mtime = time_from_lua(v, "modification")?;
+                    whole[1] = matches!(v, Value::Integer(_));
+                }
+                Field::Ctime => {
+                    st.ctime = time_from_lua(v, "change")?;
+                    whole[2] = matches!(v, Value::Integer(_));
+                }
+                Field::Nsec(i) => nsecs[i] = Some(as_int(v, NSEC_KEYS[i])?),
                 Field::Ignored => {}
             }
             Ok(())
         };
         if t.has_metatable() {
-            for &key in &STAT_KEYS[..12] {
+            for &key in STAT_KEYS[..12].iter().chain(&NSEC_KEYS) {
                 let v: Value = t.get(key).map_err(|e| BadValue(e.to_string()))?;
                 apply(key.as_bytes(), &v)?;
             }
@@ -561,6 +579,17 @@ impl Stat {
         }
         if !have_mode {
             return bad("stat table has no mode");
+        }
+        for (i, t) in [&mut st.atime, &mut st.mtime, &mut st.ctime]
+            .into_iter()
+            .enumerate()
+        {
+            if let (true, Some(n)) = (whole[i], nsecs[i]) {
+                if !(0..1_000_000_000).contains(&n) {
+                    return bad(format!("{}: {n} is out of range", NSEC_KEYS[i]));
+                }
+                t.nsec = n as u32;
+            }
         }
         st.finish_defaults(nlink_set);
         Ok(st)
@@ -718,8 +747,14 @@ pub struct StatReader {
     raw: Option<RawTables>,
 }
 
-/// The fields of a stat table: 9 integers, 3 times, then the keys of a time table.
-const STAT_KEYS: [&str; 14] = [
+/// Nanoseconds beside a time given as whole seconds (beyond Flu: a node can keep its times
+/// without a table for each).
+const NSEC_KEYS: [&str; 3] = ["access_nsec", "modification_nsec", "change_nsec"];
+
+/// The fields of a stat table: 9 integers, 3 times, the keys of a time table, the
+/// nanoseconds beside whole-second times (`NSEC_KEYS`), then the other names `field_of`
+/// takes for them (`aliases`): a table in the common form has none of those.
+const STAT_KEYS: [&str; 38] = [
     "mode",
     "ino",
     "nlink",
@@ -734,7 +769,46 @@ const STAT_KEYS: [&str; 14] = [
     "change",
     "sec",
     "nsec",
+    NSEC_KEYS[0],
+    NSEC_KEYS[1],
+    NSEC_KEYS[2],
+    // 17: the integer fields' st_ names.
+    "st_mode",
+    "st_ino",
+    "st_nlink",
+    "st_uid",
+    "st_gid",
+    "st_rdev",
+    "st_size",
+    "st_blocks",
+    "st_blksize",
+    // 26: the times' other names.
+    "atime",
+    "st_access",
+    "st_atime",
+    "mtime",
+    "st_modification",
+    "st_mtime",
+    "ctime",
+    "st_change",
+    "st_ctime",
+    // 35: the nanoseconds' st_ names.
+    "st_access_nsec",
+    "st_modification_nsec",
+    "st_change_nsec",
 ];
+
+/// Where the other names of field `k` of `STAT_KEYS` are in it. A field that is absent under
+/// its Flu name may be there under another (`{mode = 33188, mtime = 5}`): the fast reads
+/// then leave the table to `Stat::from_lua`.
+fn aliases(k: usize) -> std::ops::Range<usize> {
+    match k {
+        0..9 => 17 + k..18 + k,
+        9..12 => 26 + 3 * (k - 9)..29 + 3 * (k - 9),
+        14..17 => 35 + (k - 14)..36 + (k - 14),
+        _ => 0..0,
+    }
+}
 
 impl StatReader {
     pub fn new(lua: &Lua) -> mlua::Result<StatReader> {
@@ -866,6 +940,14 @@ impl StatReader {
                 ffi::lua_settop(state, h);
                 r
             };
+            // Field `k` (from 0) of the stat table: absent only when none of its names is
+            // there (see `aliases`).
+            let field = |k: usize| -> Result<Option<i64>, ()> {
+                match int(tbl, k as i64 + 1)? {
+                    None if aliases(k).any(|a| int(tbl, a as i64 + 1) != Ok(None)) => Err(()),
+                    r => Ok(r),
+                }
+            };
             let out = (|| {
                 // Raw reads only: a table without metatable has no metamethods to run.
                 if ffi::lua_getmetatable(state, tbl) != 0 {
@@ -873,16 +955,20 @@ impl StatReader {
                 }
                 let mut v = [None; 15];
                 for (i, slot) in v.iter_mut().take(ints.min(9)).enumerate() {
-                    *slot = int(tbl, i as i64 + 1).ok()?;
+                    *slot = field(i).ok()?;
                 }
                 v[0]?;
                 let times = if ints >= 9 { 3 } else { 0 };
                 for i in 0..times {
                     ffi::lua_rawgeti(state, keys, 10 + i as i64);
                     let (sec, nsec) = match ffi::lua_rawget(state, tbl) {
-                        ffi::LUA_TNIL => (None, None),
+                        ffi::LUA_TNIL if field(9 + i).is_ok() => (None, None),
                         ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
-                            (Some(ffi::lua_tointeger(state, -1)), Some(0))
+                            let sec = ffi::lua_tointeger(state, -1);
+                            match field(14 + i) {
+                                Ok(n) => (Some(sec), Some(n.unwrap_or(0))),
+                                Err(()) => return None,
+                            }
                         }
                         ffi::LUA_TTABLE if ffi::lua_getmetatable(state, -1) == 0 => {
                             let time = tbl + 1;
@@ -942,13 +1028,23 @@ fn raw_mode_ino(raw: &RawTables, tables: &Table, i: i64) -> Option<(u32, u64)> {
             return None;
         };
         let ino = match raw.get(t, 1) {
-            Field::Absent => 0,
+            Field::Absent if raw_absent(raw, t, 1) => 0,
             Field::Int(ino) => u64::try_from(ino).ok()?,
             _ => return None,
         };
         let mode = u32::try_from(mode).ok().filter(|m| *m <= 0o177777)?;
         Some((mode, ino))
     }
+}
+
+/// Whether field `k`, absent from table `t` under its Flu name, is absent under its other
+/// names too.
+///
+/// # Safety
+/// As for `read_raw_table`.
+unsafe fn raw_absent(raw: &RawTables, t: *mut std::ffi::c_void, k: usize) -> bool {
+    use crate::luaraw::Field;
+    aliases(k).all(|a| matches!(unsafe { raw.get(t, a) }, Field::Absent))
 }
 
 /// `read_raw` of the table at `t`, into `v` (every slot written); false when the table is
@@ -972,9 +1068,15 @@ unsafe fn read_raw_table(
             Field::Int(v) => Ok(Some(v)),
             _ => Err(()),
         };
+        // A field of the stat table itself, absent only when none of its names is there.
+        let field = |k| match raw.get(t, k) {
+            Field::Absent if raw_absent(raw, t, k) => Ok(None),
+            Field::Int(v) => Ok(Some(v)),
+            _ => Err(()),
+        };
         *v = [None; 15];
         for (k, slot) in v.iter_mut().enumerate().take(ints.min(9)) {
-            match int(t, k) {
+            match field(k) {
                 Ok(x) => *slot = x,
                 Err(()) => return false,
             }
@@ -985,8 +1087,11 @@ unsafe fn read_raw_table(
         let times = if ints >= 9 { 3 } else { 0 };
         for i in 0..times {
             let (sec, nsec) = match raw.get(t, 9 + i) {
-                Field::Absent => (None, None),
-                Field::Int(s) => (Some(s), Some(0)),
+                Field::Absent if raw_absent(raw, t, 9 + i) => (None, None),
+                Field::Int(s) => match field(14 + i) {
+                    Ok(n) => (Some(s), Some(n.unwrap_or(0))),
+                    Err(()) => return false,
+                },
                 Field::Table(time) if !raw.has_metatable(time) => {
                     match (int(time, 12), int(time, 13)) {
                         (Ok(Some(s)), Ok(n)) => (Some(s), Some(n.unwrap_or(0))),
@@ -1405,6 +1510,13 @@ mod tests {
             "setmetatable({mode = 33188}, {})",
             "{mode = 33188, access = 'now'}",
             "{mode = 33188, [1] = 2, extra = {}}",
+            "{mode = 33188, access = 5, access_nsec = 6, modification = 7, change_nsec = 8, \
+              change = {sec = 9, nsec = 10}}",
+            "{mode = 33188, access = 5, access_nsec = 2.5}",
+            "{mode = 33188, access = 5, access_nsec = 2000000000}",
+            "{mode = 33188, mtime = 5}",
+            "{mode = 33188, st_ino = 5}",
+            "{mode = 33188, access = 5, st_access_nsec = 5}",
         ];
         for src in forms {
             let t: Table = lua.load(format!("return {src}")).eval().unwrap();
@@ -1422,6 +1534,46 @@ mod tests {
                 "{src} in a list"
             );
             assert_eq!(raw.read_plain(&lua, Src::Item(&list, 2), 9), None);
+        }
+    }
+
+    #[test]
+    fn nanoseconds_beside_whole_second_times() {
+        let lua = lua();
+        let d = defaults();
+        let reader = StatReader::new(&lua).unwrap();
+        let src = "return {mode = 33188, access = 5, access_nsec = 6, modification = 7, \
+                   modification_nsec = 8, change = {sec = 9, nsec = 10}, change_nsec = 11}";
+        let t: Table = lua.load(src).eval().unwrap();
+        // The fast read and the general decode agree.
+        for st in [
+            reader.decode(&lua, &t, &d).unwrap(),
+            Stat::from_lua(&t, &d).unwrap(),
+        ] {
+            assert_eq!((st.atime.sec, st.atime.nsec), (5, 6));
+            assert_eq!((st.mtime.sec, st.mtime.nsec), (7, 8));
+            // A time table keeps its own nanoseconds.
+            assert_eq!((st.ctime.sec, st.ctime.nsec), (9, 10));
+        }
+        for mixed in [
+            "return {mode = 33188, mtime = 5}",
+            "return {mode = 33188, st_size = 5}",
+        ] {
+            let t: Table = lua.load(mixed).eval().unwrap();
+            assert_eq!(
+                reader.decode(&lua, &t, &d).unwrap(),
+                Stat::from_lua(&t, &d).unwrap(),
+                "{mixed}"
+            );
+        }
+        // Out of range, or not an integer: the table is refused, whichever way it is read.
+        for bad in [
+            "return {mode = 33188, access = 5, access_nsec = 1000000000}",
+            "return {mode = 33188, access = 5, access_nsec = -1}",
+            "return {mode = 33188, access = 5, access_nsec = 'x'}",
+        ] {
+            let t: Table = lua.load(bad).eval().unwrap();
+            assert!(reader.decode(&lua, &t, &d).is_err(), "{bad}");
         }
     }
 
