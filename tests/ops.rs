@@ -1172,6 +1172,43 @@ fn readdir_filler_stat_tables_give_entry_types() {
 }
 
 #[test]
+fn readdir_filler_takes_a_table_of_entries() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    // Twice: READDIRPLUS (attributes from the tables) on the first listing, plain READDIR
+    // (types from the tables, or from the kernel's entries) on the second.
+    for pass in 0..2 {
+        let mut kinds: Vec<(String, bool, bool, bool, bool)> = fs::read_dir(m.path("bulk"))
+            .unwrap_or_else(|e| panic!("read_dir: {e}\n{}", m.log()))
+            .map(|e| {
+                let e = e.unwrap();
+                let t = e.file_type().unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, t.is_file(), t.is_dir(), t.is_fifo(), t.is_symlink())
+            })
+            .collect();
+        kinds.sort();
+        let want = [
+            ("after", true, false, false, false),
+            ("nostat", false, false, false, true),
+            ("pipe", false, false, true, false),
+            ("plain", true, false, false, false),
+            ("sub", false, true, false, false),
+        ]
+        .map(|(n, f, d, p, l)| (n.to_string(), f, d, p, l));
+        assert_eq!(kinds, want, "pass {pass}");
+    }
+    assert_eq!(fs::metadata(m.path("bulk/plain")).unwrap().len(), 3);
+    assert_eq!(
+        fs::symlink_metadata(m.path("bulk/nostat")).unwrap().len(),
+        1,
+        "an entry given as true gets getattr's attributes"
+    );
+}
+
+#[test]
 fn readdir_offset_mode_lists_5000_entries_in_order() {
     if !fuse_available() {
         return;
@@ -1353,10 +1390,21 @@ fn wrong_return_types_give_eio_and_mount_keeps_serving() {
 
     let before = m.log().len();
     let r = fs::read_dir(m.path("baddir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    expect_errno(r, libc::EIO, "filler called with a table");
+    expect_errno(r, libc::EIO, "filler called with a boolean");
     assert!(
-        m.log()[before..].contains("filler: bad argument #1 (string expected, got table)"),
+        m.log()[before..].contains("filler: bad argument #1 (string expected, got boolean)"),
         "the bad filler call is not logged in Lua's words: {}",
+        &m.log()[before..]
+    );
+    still_serving(&m);
+
+    let before = m.log().len();
+    let r = fs::read_dir(m.path("badbulk")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    expect_errno(r, libc::EIO, "filler given a table with a number key");
+    assert!(
+        m.log()[before..]
+            .contains("filler: a table of entries has names as keys, got a number key"),
+        "the bad table of entries is not logged: {}",
         &m.log()[before..]
     );
     still_serving(&m);

@@ -91,6 +91,8 @@ fn entry_size(name_len: usize, plus: bool) -> usize {
 
 #[derive(Default)]
 struct Sink {
+    /// The directory listed.
+    dir: u64,
     plus: bool,
     entries: Vec<DirEnt>,
     names: Vec<u8>,
@@ -107,11 +109,20 @@ pub(super) struct Lister {
     /// filler (and call it, getting an error) for as long as the Lua state lives.
     sinks: &'static Sinks,
     next: Cell<u64>,
+    /// How many entries the last listing of a directory had: the table a listing's stat
+    /// tables go into is made that size, and does not grow (and rehash) entry by entry.
+    sizes: RefCell<HashMap<u64, u32>>,
 }
+
+/// Directories whose listing size `Lister` remembers (forgotten all at once beyond).
+const SIZES_KEPT: usize = 4096;
 
 /// Why `filler` refuses an entry.
 enum Refusal {
     NotString(c_int),
+    /// `filler(t)`: a key of `t` that is not a string.
+    KeyNotString(c_int),
+    StackFull,
     BadName,
     BadOffset(c_int),
     NotTable(c_int),
@@ -122,6 +133,10 @@ enum Refusal {
 /// of this call's sink, and the table its stat tables go into), so that an entry costs one
 /// call. Returns true, or false once a kernel buffer is full in offset mode. Raises a Lua
 /// error for bad arguments (nothing of Rust is alive then).
+///
+/// Beyond Flu, `filler(t)` adds every entry of table `t` at once (name -> stat table, or any
+/// other value for an entry without attributes), in `next` order: a script that keeps its
+/// entries in a table lists them with no Lua loop and no call per entry.
 unsafe extern "C-unwind" fn filler(state: *mut ffi::lua_State) -> c_int {
     unsafe {
         let sinks = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Sinks;
@@ -129,6 +144,13 @@ unsafe extern "C-unwind" fn filler(state: *mut ffi::lua_State) -> c_int {
             return 0;
         }
         let id = ffi::lua_tointegerx(state, ffi::lua_upvalueindex(2), std::ptr::null_mut());
+        if ffi::lua_type(state, 1) == ffi::LUA_TTABLE {
+            if let Err(r) = record_table(state, &*sinks, id as u64) {
+                refuse(state, r);
+            }
+            ffi::lua_pushboolean(state, 1);
+            return 1;
+        }
         match record(state, &*sinks, id as u64) {
             Ok(Some(i)) => {
                 if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
@@ -156,12 +178,7 @@ unsafe fn record(
         if t != ffi::LUA_TSTRING {
             return Err(Refusal::NotString(t));
         }
-        let mut len = 0usize;
-        let p = ffi::lua_tolstring(state, 1, &mut len) as *const u8;
-        let name = std::slice::from_raw_parts(p, len);
-        if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b == b'/' || b == 0) {
-            return Err(Refusal::BadName);
-        }
+        let name = checked_name(state, 1)?;
         let offset = match ffi::lua_type(state, 3) {
             ffi::LUA_TNIL | ffi::LUA_TNONE => 0,
             t => {
@@ -178,31 +195,91 @@ unsafe fn record(
             ffi::LUA_TTABLE => true,
             t => return Err(Refusal::NotTable(t)),
         };
-        let mut all = sinks.borrow_mut();
-        let Some(s) = all.get_mut(&id) else {
-            return Err(Refusal::Closed);
-        };
-        if offset > 0 {
-            s.used_offsets = true;
-            let size = entry_size(name.len(), s.plus);
-            if s.bytes + size > KERNEL_BUFFER {
-                return Ok(None);
-            }
-            s.bytes += size;
-        }
-        let Ok(name_at) = u32::try_from(s.names.len()) else {
-            // 4 GiB of names: the listing is cut here, as with a full buffer.
-            return Ok(None);
-        };
-        s.names.extend_from_slice(name);
-        s.entries.push(DirEnt {
-            name_at,
-            name_len: name.len() as u8,
-            has_table,
-            offset,
-        });
-        Ok(Some(s.entries.len()))
+        add(sinks, id, name, has_table, offset)
     }
+}
+
+/// The name at stack index `at` (a string), if it is a valid entry name.
+///
+/// # Safety
+/// `at` is a valid index of a string in `state`; the name is used while it is there.
+unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a [u8], Refusal> {
+    unsafe {
+        let mut len = 0usize;
+        let p = ffi::lua_tolstring(state, at, &mut len) as *const u8;
+        let name = std::slice::from_raw_parts(p, len);
+        if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
+            return Err(Refusal::BadName);
+        }
+        Ok(name)
+    }
+}
+
+/// `filler(t)`: record every entry of the table at index 1 (its stat tables stored as one
+/// entry's are). The stack is left holding the table alone.
+///
+/// # Safety
+/// As for `filler`, whose arguments `state` holds.
+unsafe fn record_table(state: *mut ffi::lua_State, sinks: &Sinks, id: u64) -> Result<(), Refusal> {
+    unsafe {
+        ffi::lua_settop(state, 1);
+        if ffi::lua_checkstack(state, 3) == 0 {
+            return Err(Refusal::StackFull);
+        }
+        ffi::lua_pushnil(state);
+        while ffi::lua_next(state, 1) != 0 {
+            let t = ffi::lua_type(state, -2);
+            if t != ffi::LUA_TSTRING {
+                return Err(Refusal::KeyNotString(t));
+            }
+            let name = checked_name(state, -2)?;
+            let has_table = ffi::lua_type(state, -1) == ffi::LUA_TTABLE;
+            match add(sinks, id, name, has_table, 0)? {
+                Some(i) if has_table => {
+                    ffi::lua_rawseti(state, ffi::lua_upvalueindex(3), i as ffi::lua_Integer)
+                }
+                Some(_) => ffi::lua_settop(state, -2),
+                None => break,
+            }
+        }
+        ffi::lua_settop(state, 1);
+        Ok(())
+    }
+}
+
+/// Add an entry to sink `id`; its position (from 1), or `Ok(None)` when the kernel buffer is
+/// full (offset mode) or the listing is cut.
+fn add(
+    sinks: &Sinks,
+    id: u64,
+    name: &[u8],
+    has_table: bool,
+    offset: u64,
+) -> Result<Option<usize>, Refusal> {
+    let mut all = sinks.borrow_mut();
+    let Some(s) = all.get_mut(&id) else {
+        return Err(Refusal::Closed);
+    };
+    if offset > 0 {
+        s.used_offsets = true;
+        let size = entry_size(name.len(), s.plus);
+        if s.bytes + size > KERNEL_BUFFER {
+            return Ok(None);
+        }
+        s.bytes += size;
+    }
+    let Ok(name_at) = u32::try_from(s.names.len()) else {
+        // 4 GiB of names: the listing is cut here, as with a full buffer.
+        return Ok(None);
+    };
+    s.names.extend_from_slice(name);
+    s.entries.push(DirEnt {
+        name_at,
+        name_len: name.len() as u8,
+        has_table,
+        offset,
+    });
+    Ok(Some(s.entries.len()))
 }
 
 /// Raise the Lua error for a refused entry (does not return).
@@ -215,6 +292,12 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
                 c"filler: bad argument #1 (string expected, got ",
                 t,
                 c")",
+            ),
+            Refusal::KeyNotString(t) => raise(
+                state,
+                c"filler: a table of entries has names as keys, got a ",
+                t,
+                c" key",
             ),
             Refusal::NotTable(t) => raise(
                 state,
@@ -234,6 +317,9 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
                 ffi::lua_pushstring(state, c"\"".as_ptr());
                 ffi::lua_concat(state, 3);
             }
+            Refusal::StackFull => {
+                ffi::lua_pushstring(state, c"filler: stack overflow".as_ptr());
+            }
             Refusal::Closed => {
                 ffi::lua_pushstring(state, c"filler called after its readdir returned".as_ptr());
             }
@@ -247,14 +333,17 @@ impl Lister {
         Lister {
             sinks: Box::leak(Box::new(RefCell::new(HashMap::new()))),
             next: Cell::new(1),
+            sizes: RefCell::new(HashMap::new()),
         }
     }
 
-    /// A new filler, the id of its sink, and the table its stat tables go into.
-    fn open(&self, lua: &Lua, plus: bool) -> mlua::Result<(u64, Function, Table)> {
+    /// A new filler for a listing of `dir`, the id of its sink, and the table its stat
+    /// tables go into.
+    fn open(&self, lua: &Lua, dir: u64, plus: bool) -> mlua::Result<(u64, Function, Table)> {
         let id = self.next.get();
         self.next.set(id + 1);
-        let tables = lua.create_table()?;
+        let size = self.sizes.borrow().get(&dir).copied().unwrap_or(0);
+        let tables = lua.create_table_with_capacity(size as usize, 0)?;
         // SAFETY: `filler` reads only its arguments, its upvalues and the leaked `sinks`
         // (alive for the rest of the process).
         let filler = unsafe {
@@ -268,6 +357,7 @@ impl Lister {
         self.sinks.borrow_mut().insert(
             id,
             Sink {
+                dir,
                 plus,
                 ..Sink::default()
             },
@@ -277,7 +367,16 @@ impl Lister {
 
     /// What filler `id` collected; the filler stops working.
     fn close(&self, id: u64) -> Sink {
-        self.sinks.borrow_mut().remove(&id).unwrap_or_default()
+        let sink = self.sinks.borrow_mut().remove(&id).unwrap_or_default();
+        let mut sizes = self.sizes.borrow_mut();
+        if sizes.len() >= SIZES_KEPT {
+            sizes.clear();
+        }
+        sizes.insert(
+            sink.dir,
+            u32::try_from(sink.entries.len()).unwrap_or(u32::MAX),
+        );
+        sink
     }
 }
 
@@ -301,7 +400,7 @@ impl Dispatch {
             return reply.error(Errno::ENOSYS);
         }
         let stamp = self.changes.get();
-        let (id, filler, tables) = match self.dirs.open(&self.lua, reply.plus()) {
+        let (id, filler, tables) = match self.dirs.open(&self.lua, ino, reply.plus()) {
             Ok(f) => f,
             Err(_) => return reply.error(Errno::ENOMEM),
         };
