@@ -185,8 +185,8 @@ local function remember_path(path, node)
 	npaths = npaths + 1
 end
 
--- Walk from the root; raises ENOENT / ENOTDIR / ENAMETOOLONG.
-local function lookup(path)
+-- Walk from the root: the node, or nil and ENOENT / ENOTDIR / ENAMETOOLONG.
+local function walk(path)
 	local node = paths[path]
 	if node then return node end
 	node = root
@@ -203,16 +203,23 @@ local function lookup(path)
 		end
 		if name ~= "" then
 			local ents = node.entries
-			if not ents then error(ENOTDIR) end
+			if not ents then return nil, ENOTDIR end
 			local child = ents[name]
 			if not child then
-				if #name > NAME_MAX then error(ENAMETOOLONG) end
-				error(ENOENT)
+				if #name > NAME_MAX then return nil, ENAMETOOLONG end
+				return nil, ENOENT
 			end
 			node = child
 		end
 	end
 	remember_path(path, node)
+	return node
+end
+
+-- walk, raising its errno.
+local function lookup(path)
+	local node, e = walk(path)
+	if not node then error(e) end
 	return node
 end
 
@@ -652,8 +659,13 @@ end
 
 local fs = {}
 
+-- A missing name is common (every new file's name is looked up first): its errno is
+-- returned, not raised (flufs takes a returned flu.errno value as the failure; raising costs
+-- an error's unwinding).
 function fs.getattr(path)
-	return stat(lookup(path))
+	local node, e = walk(path)
+	if node then return stat(node) end
+	return e
 end
 
 function fs.fgetattr(path, st, fi)
@@ -1044,8 +1056,10 @@ function fs.getxattr(path, name)
 	local x = lookup(path).xattrs
 	local v = x and x[name]
 	if v == nil then
+		-- Asked of every file before its first write (security.capability) and by ls -l
+		-- (security.selinux): returned, not raised, as getattr's ENOENT.
 		xattr_name_ok(name)
-		error(ENODATA)
+		return ENODATA
 	end
 	return v
 end

@@ -1172,6 +1172,37 @@ fn readdir_filler_stat_tables_give_entry_types() {
 }
 
 #[test]
+fn a_returned_errno_value_fails_the_request_with_it() {
+    if !fuse_available() {
+        return;
+    }
+    let m = values();
+    expect_errno(
+        fs::metadata(m.path("ret_eacces")),
+        libc::EACCES,
+        "getattr returning flu.errno.EACCES",
+    );
+    expect_errno(
+        fs::metadata(m.path("ret_slept")),
+        libc::EROFS,
+        "getattr returning flu.errno.EROFS after flu.sleep",
+    );
+    let before = m.log().len();
+    expect_errno(
+        fs::metadata(m.path("ret_number")),
+        libc::EIO,
+        "getattr returning 13",
+    );
+    assert!(
+        m.log().len() > before,
+        "a number returned by getattr is a bad value, logged"
+    );
+    // Returned errors are not logged: they are answers.
+    let logged = m.log();
+    assert!(!logged.contains("ret_eacces"), "{logged}");
+}
+
+#[test]
 fn readdir_filler_takes_a_table_of_entries() {
     if !fuse_available() {
         return;

@@ -73,6 +73,8 @@ pub struct Dispatch {
     lua: Lua,
     ops: Ops,
     trampoline: Function,
+    /// errno names, numbers and `flu.errno` values to their codes (also the trampoline's).
+    codes: Table,
     dirs: dirs::Lister,
     stat_reader: convert::StatReader,
     names: convert::Names,
@@ -273,10 +275,11 @@ impl Dispatch {
             log::warn(&w);
         }
         let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
+        let codes = errno_codes(&lua)?;
         let trampoline: Function = lua
             .load(TRAMPOLINE)
             .set_name("=flufs")
-            .call((errno_of, errno_codes(&lua)?))?;
+            .call((errno_of, codes.clone()))?;
         let watchdog = match cfg.op_timeout {
             Some(t) => Some(Watchdog::start(t).map_err(mlua::Error::external)?),
             None => None,
@@ -295,6 +298,7 @@ impl Dispatch {
             lua,
             ops,
             trampoline,
+            codes,
             dirs,
             stat_reader,
             names,
@@ -861,6 +865,10 @@ impl Dispatch {
                             ffi::lua_settop(co, 0);
                             return Resumed::Finished(Ok(Outcome::Raised(code)));
                         }
+                        if let Some(code) = self.returned_errno(raw, co, nres) {
+                            ffi::lua_settop(co, 0);
+                            return Resumed::Finished(Ok(Outcome::Raised(code)));
+                        }
                         if ffi::lua_checkstack(main, nres + 1) == 0 {
                             ffi::lua_settop(co, 0);
                             return Resumed::Failed(mlua::Error::StackError);
@@ -901,6 +909,43 @@ impl Dispatch {
             })
         };
         (resumed, interrupted)
+    }
+
+    /// The code of a `flu.errno` value that an operation returned as its only result (beyond
+    /// Flu: returning it fails the request as raising it does, without unwinding an error),
+    /// read where the call left `true, value` on coroutine `co`'s stack.
+    ///
+    /// # Safety
+    /// `co` just returned `nres` results; `raw` is the Lua state's.
+    unsafe fn returned_errno(
+        &self,
+        raw: &mlua::state::RawLua,
+        co: *mut mlua::ffi::lua_State,
+        nres: std::ffi::c_int,
+    ) -> Option<i64> {
+        use mlua::{IntoLua, ffi};
+        unsafe {
+            if nres != 2
+                || ffi::lua_type(co, 2) != ffi::LUA_TUSERDATA
+                || ffi::lua_toboolean(co, 1) == 0
+            {
+                return None;
+            }
+            let main = raw.state();
+            if ffi::lua_checkstack(main, 2) == 0 || ffi::lua_checkstack(co, 1) == 0 {
+                return None;
+            }
+            let top = ffi::lua_gettop(main);
+            let code = (|| {
+                (&self.codes).push_into_stack(raw).ok()?;
+                ffi::lua_pushvalue(co, 2);
+                ffi::lua_xmove(co, main, 1);
+                ffi::lua_rawget(main, -2);
+                (ffi::lua_isinteger(main, -1) != 0).then(|| ffi::lua_tointeger(main, -1))
+            })();
+            ffi::lua_settop(main, top);
+            code
+        }
     }
 
     /// Call operation `op` through the error-catching trampoline.
@@ -951,7 +996,13 @@ impl Dispatch {
             Ok(Outcome::Peeked) => Ok(Returned::Peeked),
             Ok(Outcome::Raised(code)) => Err(Errno::from_i32(code as i32)),
             Ok(Outcome::Values(mut out)) => match out.pop_front() {
-                Some(Value::Boolean(true)) => Ok(Returned::Values(out)),
+                // A `flu.errno` value returned (a call that yielded; see `returned_errno`).
+                Some(Value::Boolean(true)) => match (out.len(), out.front()) {
+                    (1, Some(v @ Value::UserData(_))) if let Some(code) = lua_errno(v) => {
+                        Err(Errno::from_i32(code))
+                    }
+                    _ => Ok(Returned::Values(out)),
+                },
                 _ => match out.pop_front() {
                     Some(Value::Integer(code)) => Err(Errno::from_i32(code as i32)),
                     Some(v) => {
