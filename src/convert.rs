@@ -709,14 +709,15 @@ impl Stat {
 
     /// The kernel-facing attributes with node id `ino`.
     pub fn to_attr(self, ino: u64) -> fuser::FileAttr {
+        let ctime = self.ctime.to_system();
         fuser::FileAttr {
             ino: fuser::INodeNo(ino),
             size: self.size,
             blocks: self.blocks,
             atime: self.atime.to_system(),
             mtime: self.mtime.to_system(),
-            ctime: self.ctime.to_system(),
-            crtime: self.ctime.to_system(),
+            ctime,
+            crtime: ctime,
             kind: file_type(self.mode),
             perm: (self.mode & 0o7777) as u16,
             nlink: self.nlink,

@@ -6,6 +6,7 @@
 
 use foldhash::HashMap;
 use foldhash::HashMapExt;
+use std::collections::hash_map::Entry;
 
 pub const ROOT: u64 = 1;
 
@@ -13,7 +14,7 @@ pub const ROOT: u64 = 1;
 struct Node {
     /// Primary name (parent, name); further hard-link names in `alt`.
     parent: u64,
-    name: Vec<u8>,
+    name: Name,
     alt: Vec<(u64, Vec<u8>)>,
     /// Kernel lookup count.
     lookups: u64,
@@ -64,7 +65,7 @@ impl Inodes {
             ROOT,
             Node {
                 parent: ROOT,
-                name: Vec::new(),
+                name: Name::new(),
                 alt: Vec::new(),
                 lookups: 1,
                 opens: 0,
@@ -229,7 +230,7 @@ impl Inodes {
         {
             if n.removed {
                 n.parent = parent;
-                n.name = name.to_vec();
+                n.name = Name::from_slice(name);
                 n.removed = false;
             } else {
                 n.alt.push((parent, name.to_vec()));
@@ -240,22 +241,34 @@ impl Inodes {
                 .insert(Name::from_slice(name), id);
             return id;
         }
-        let id = match self.by_script_ino.get(&script_ino) {
-            Some(&old) if script_ino != 0 && !self.nodes.contains_key(&old) => old,
-            _ => {
-                self.next += 1;
-                self.next - 1
+        // A script ino seen before gets its old id back when that node is gone; the map
+        // then points at the new node (one probe of the map either way).
+        let id = if remember {
+            match self.by_script_ino.entry(script_ino) {
+                Entry::Occupied(o) if !self.nodes.contains_key(o.get()) => *o.get(),
+                Entry::Occupied(mut o) => {
+                    self.next += 1;
+                    o.insert(self.next - 1);
+                    self.next - 1
+                }
+                Entry::Vacant(v) => {
+                    self.next += 1;
+                    *v.insert(self.next - 1)
+                }
             }
+        } else {
+            self.next += 1;
+            self.next - 1
         };
         self.nodes.insert(
             id,
             Node {
                 parent,
-                name: name.to_vec(),
+                name: Name::from_slice(name),
                 alt: Vec::new(),
                 lookups: 0,
                 opens: 0,
-                script_ino: 0,
+                script_ino: if remember { script_ino } else { 0 },
                 kind,
                 removed: false,
             },
@@ -264,9 +277,6 @@ impl Inodes {
             .entry(parent)
             .or_default()
             .insert(Name::from_slice(name), id);
-        if remember {
-            self.set_script_ino(id, script_ino);
-        }
         id
     }
 
@@ -280,7 +290,7 @@ impl Inodes {
         };
         if n.removed {
             n.parent = parent;
-            n.name = name.to_vec();
+            n.name = Name::from_slice(name);
             n.removed = false;
         } else {
             n.alt.push((parent, name.to_vec()));
@@ -368,10 +378,10 @@ impl Inodes {
         };
         self.remove_name(parent, name, id);
         if let Some(n) = self.nodes.get_mut(&id) {
-            if n.parent == parent && n.name == name {
+            if n.parent == parent && n.name.as_slice() == name {
                 if let Some((p, nm)) = n.alt.pop() {
                     n.parent = p;
-                    n.name = nm;
+                    n.name = Name::from_vec(nm);
                 } else {
                     n.removed = true;
                 }
@@ -401,9 +411,9 @@ impl Inodes {
         };
         self.remove_name(parent, name, id);
         if let Some(n) = self.nodes.get_mut(&id) {
-            if n.parent == parent && n.name == name {
+            if n.parent == parent && n.name.as_slice() == name {
                 n.parent = newparent;
-                n.name = newname.to_vec();
+                n.name = Name::from_slice(newname);
             } else {
                 for alt in n.alt.iter_mut() {
                     if alt.0 == parent && alt.1 == name {
@@ -429,9 +439,9 @@ impl Inodes {
         ] {
             let Some(id) = id else { continue };
             if let Some(n) = self.nodes.get_mut(&id) {
-                if n.parent == from.0 && n.name == from.1 {
+                if n.parent == from.0 && n.name.as_slice() == from.1 {
                     n.parent = to.0;
-                    n.name = to.1.to_vec();
+                    n.name = Name::from_slice(to.1);
                 } else {
                     for alt in n.alt.iter_mut() {
                         if alt.0 == from.0 && alt.1 == from.1 {
