@@ -4,7 +4,7 @@
 use fuser::{Errno, FopenFlags};
 use mlua::{MultiValue, Table, Value};
 
-use super::{Dispatch, Fail, Handle, first};
+use super::{Dispatch, Fail, Handle, Returned, first};
 use crate::convert::Bytes;
 use crate::convert::{Lock, Stat};
 use crate::ops::OpName;
@@ -112,19 +112,52 @@ impl Dispatch {
 
     /// read: the script returns the data, or (beyond Flu) the data, an offset in it (from 0)
     /// and a length, so that a slice of a string it keeps goes out without being copied into
-    /// a new string first. Returns the string and the range of it to send.
+    /// a new string first. The reply is sent straight from the string where the call left it
+    /// (`read_peek`); other shapes are taken as values and checked.
     pub(super) async fn read(
         &self,
         ino: u64,
         fh: u64,
         offset: u64,
         size: u32,
-    ) -> Result<(mlua::LuaString, std::ops::Range<usize>), Fail> {
+        reply: crate::replies::ReplyData,
+    ) {
+        let slot = std::cell::Cell::new(Some(reply));
+        let r = self.read_values(ino, fh, offset, size, &slot).await;
+        // Not answered by the peek: answer here.
+        if let Some(reply) = slot.take() {
+            match r {
+                Ok(Some((s, range))) => {
+                    let b = &s.as_bytes()[range];
+                    reply.data(&b[..b.len().min(size as usize)]);
+                }
+                Ok(None) => reply.error(Errno::EIO),
+                Err(e) => reply.error(e),
+            }
+        }
+    }
+
+    /// The read call; `Ok(None)` when `read_peek` answered it from the stack.
+    async fn read_values(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        slot: &std::cell::Cell<Option<crate::replies::ReplyData>>,
+    ) -> Result<Option<(mlua::LuaString, std::ops::Range<usize>)>, Fail> {
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
-        let mut out = self
-            .call(OpName::Read, (lpath, size, offset, self.fi(fh)))
-            .await?;
+        // SAFETY: `call_peek` calls it on a coroutine that just finished, before anything else
+        // runs in the Lua state; the data is sent (or copied) before it returns.
+        let peek = |co, nres| unsafe { read_peek(co, nres, size, slot) };
+        let mut out = match self
+            .call_peek(OpName::Read, (lpath, size, offset, self.fi(fh)), peek)
+            .await?
+        {
+            Returned::Peeked => return Ok(None),
+            Returned::Values(v) => v,
+        };
         let range = match (out.get(1), out.get(2)) {
             (Some(&Value::Integer(at)), Some(&Value::Integer(len))) => Some((at, len)),
             _ => None,
@@ -149,7 +182,7 @@ impl Dispatch {
                 }
             }
         };
-        Ok((s, range))
+        Ok(Some((s, range)))
     }
 
     /// write: the script returns the byte count, or nothing for "all of it".
@@ -326,5 +359,57 @@ impl Dispatch {
             out,
             len.min(u64::from(u32::MAX)),
         )? as u32)
+    }
+}
+
+/// Answer a read from what it returned, where the call left it on coroutine `co`'s stack
+/// (`true`, then the string, or the string, an offset and a length in range): the reply is
+/// sent from the Lua string itself, with no mlua values made. False (the reply left in
+/// `slot`) for any other shape, which the caller takes as values and checks.
+///
+/// # Safety
+/// `co` just returned `nres` results, and nothing runs in its Lua state during the call.
+unsafe fn read_peek(
+    co: *mut mlua::ffi::lua_State,
+    nres: std::ffi::c_int,
+    size: u32,
+    slot: &std::cell::Cell<Option<crate::replies::ReplyData>>,
+) -> bool {
+    use mlua::ffi;
+    unsafe {
+        if !(nres == 2 || nres == 4)
+            || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
+            || ffi::lua_toboolean(co, 1) == 0
+            || ffi::lua_type(co, 2) != ffi::LUA_TSTRING
+        {
+            return false;
+        }
+        let mut n = 0usize;
+        let p = ffi::lua_tolstring(co, 2, &mut n) as *const u8;
+        let s = std::slice::from_raw_parts(p, n);
+        let range = if nres == 4 {
+            if ffi::lua_isinteger(co, 3) == 0 || ffi::lua_isinteger(co, 4) == 0 {
+                return false;
+            }
+            let at = ffi::lua_tointegerx(co, 3, std::ptr::null_mut());
+            let len = ffi::lua_tointegerx(co, 4, std::ptr::null_mut());
+            match usize::try_from(at)
+                .ok()
+                .zip(usize::try_from(len).ok())
+                .and_then(|(at, len)| Some(at..at.checked_add(len)?))
+                .filter(|r| r.end <= n)
+            {
+                Some(r) => r,
+                None => return false,
+            }
+        } else {
+            0..n
+        };
+        let Some(reply) = slot.take() else {
+            return false;
+        };
+        let b = &s[range];
+        reply.data(&b[..b.len().min(size as usize)]);
+        true
     }
 }

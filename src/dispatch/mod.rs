@@ -474,13 +474,7 @@ impl Dispatch {
                 offset,
                 size,
                 reply,
-            } => match self.read(ino, fh, offset, size).await {
-                Ok((s, range)) => {
-                    let b = &s.as_bytes()[range];
-                    reply.data(&b[..b.len().min(size as usize)]);
-                }
-                Err(e) => reply.error(e),
-            },
+            } => self.read(ino, fh, offset, size, reply).await,
             Op::Write {
                 ino,
                 fh,
