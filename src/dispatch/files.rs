@@ -195,9 +195,14 @@ impl Dispatch {
     ) -> Result<u32, Fail> {
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
-        let out = self
-            .call(OpName::Write, (lpath, Bytes(data), offset, self.fi(fh)))
-            .await?;
+        let count = std::cell::Cell::new(0);
+        // SAFETY: `call_peek` calls it on a coroutine that just finished.
+        let peek = |co, nres| unsafe { write_peek(co, nres, data.len(), &count) };
+        let args = (lpath, Bytes(data), offset, self.fi(fh));
+        let out = match self.call_peek(OpName::Write, args, peek).await? {
+            Returned::Peeked => return Ok(count.get()),
+            Returned::Values(v) => v,
+        };
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Ok(data.len() as u32);
         }
@@ -411,5 +416,45 @@ unsafe fn read_peek(
         let b = &s[range];
         reply.data(&b[..b.len().min(size as usize)]);
         true
+    }
+}
+
+/// The count a write returned, read where the call left it on coroutine `co`'s stack: an
+/// integer from 0 to `len`, or nothing or nil for all of it. False for anything else, which
+/// the caller takes as values and checks.
+///
+/// # Safety
+/// `co` just returned `nres` results.
+unsafe fn write_peek(
+    co: *mut mlua::ffi::lua_State,
+    nres: std::ffi::c_int,
+    len: usize,
+    count: &std::cell::Cell<u32>,
+) -> bool {
+    use mlua::ffi;
+    unsafe {
+        if !(1..=2).contains(&nres)
+            || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
+            || ffi::lua_toboolean(co, 1) == 0
+        {
+            return false;
+        }
+        let n = if nres == 1 || ffi::lua_type(co, 2) == ffi::LUA_TNIL {
+            len
+        } else if ffi::lua_isinteger(co, 2) != 0 {
+            match usize::try_from(ffi::lua_tointegerx(co, 2, std::ptr::null_mut())) {
+                Ok(n) if n <= len => n,
+                _ => return false,
+            }
+        } else {
+            return false;
+        };
+        match u32::try_from(n) {
+            Ok(n) => {
+                count.set(n);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }

@@ -114,6 +114,8 @@ pub(super) enum Returned {
 enum Outcome {
     Peeked,
     Raised(i64),
+    /// `true` alone: the call returned nothing (most operations), with no values made.
+    Nothing,
     Values(MultiValue),
 }
 
@@ -849,6 +851,13 @@ impl Dispatch {
                             ffi::lua_settop(co, 0);
                             return Resumed::Finished(Ok(Outcome::Peeked));
                         }
+                        if nres == 1
+                            && ffi::lua_type(co, 1) == ffi::LUA_TBOOLEAN
+                            && ffi::lua_toboolean(co, 1) != 0
+                        {
+                            ffi::lua_settop(co, 0);
+                            return Resumed::Finished(Ok(Outcome::Nothing));
+                        }
                         // The handler's errno code after `false`.
                         if nres == 2
                             && ffi::lua_type(co, 1) == ffi::LUA_TBOOLEAN
@@ -988,6 +997,7 @@ impl Dispatch {
         let outcome = outcome.0;
         let result = match outcome {
             Ok(Outcome::Peeked) => Ok(Returned::Peeked),
+            Ok(Outcome::Nothing) => Ok(Returned::Values(MultiValue::new())),
             Ok(Outcome::Raised(code)) => Err(Errno::from_i32(code as i32)),
             Ok(Outcome::Values(mut out)) => match out.pop_front() {
                 // A `flu.errno` value returned (a call that yielded; see `returned_errno`).
