@@ -50,6 +50,9 @@ pub struct Inodes {
     children: HashMap<u64, HashMap<Name, u64>>,
     by_script_ino: HashMap<u64, u64>,
     next: u64,
+    /// Counts changes of a node's primary name or directory (renames, and the rarer ways a
+    /// path changes): a path made when it had another value may be out of date.
+    moves: u64,
 }
 
 impl Default for Inodes {
@@ -79,6 +82,7 @@ impl Inodes {
             children: HashMap::new(),
             by_script_ino: HashMap::new(),
             next: ROOT + 1,
+            moves: 0,
         }
     }
 
@@ -86,6 +90,11 @@ impl Inodes {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// See `moves`.
+    pub fn moves(&self) -> u64 {
+        self.moves
     }
 
     /// The path of a node ("/" for the root). Removed nodes keep their last path.
@@ -232,6 +241,7 @@ impl Inodes {
                 n.parent = parent;
                 n.name = Name::from_slice(name);
                 n.removed = false;
+                self.moves += 1;
             } else {
                 n.alt.push((parent, name.to_vec()));
             }
@@ -292,6 +302,7 @@ impl Inodes {
             n.parent = parent;
             n.name = Name::from_slice(name);
             n.removed = false;
+            self.moves += 1;
         } else {
             n.alt.push((parent, name.to_vec()));
         }
@@ -382,6 +393,7 @@ impl Inodes {
                 if let Some((p, nm)) = n.alt.pop() {
                     n.parent = p;
                     n.name = Name::from_vec(nm);
+                    self.moves += 1;
                 } else {
                     n.removed = true;
                 }
@@ -414,6 +426,7 @@ impl Inodes {
             if n.parent == parent && n.name.as_slice() == name {
                 n.parent = newparent;
                 n.name = Name::from_slice(newname);
+                self.moves += 1;
             } else {
                 for alt in n.alt.iter_mut() {
                     if alt.0 == parent && alt.1 == name {
@@ -442,6 +455,7 @@ impl Inodes {
                 if n.parent == from.0 && n.name.as_slice() == from.1 {
                     n.parent = to.0;
                     n.name = Name::from_slice(to.1);
+                    self.moves += 1;
                 } else {
                     for alt in n.alt.iter_mut() {
                         if alt.0 == from.0 && alt.1 == from.1 {

@@ -9,7 +9,7 @@ use common::{Mount, TempDir, errno, fixture, fuse_available, is_mounted, sh};
 use std::collections::HashSet;
 use std::ffi::{CString, OsString};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -631,6 +631,42 @@ fn recorder_file_io_and_open_flags() {
         .collect();
     assert_eq!(ids.len(), 4, "{lines:?}");
     assert_eq!(fs::read(r.p("new")).unwrap(), b"hello world");
+    r.no_script_failures();
+}
+
+#[test]
+fn recorder_open_file_gets_its_path_after_renames() {
+    if !fuse_available() {
+        return;
+    }
+    let r = Rec::new();
+    fs::create_dir(r.p("d")).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(r.p("d/f"))
+        .unwrap();
+    let mk = r.mark();
+    f.write_all(b"one").unwrap();
+    r.find(mk, "write(\"/d/f\", \"one\", 0, fi#");
+    // The file renamed while open: its reads and writes name the new path.
+    fs::rename(r.p("d/f"), r.p("d/g")).unwrap();
+    let mk = r.mark();
+    f.write_all(b"two").unwrap();
+    r.find(mk, "write(\"/d/g\", \"two\", 3, fi#");
+    // Its directory renamed: the path changes without the file being named.
+    fs::rename(r.p("d"), r.p("e")).unwrap();
+    let mk = r.mark();
+    f.write_all(b"three").unwrap();
+    r.find(mk, "write(\"/e/g\", \"three\", 6, fi#");
+    let mut back = String::new();
+    f.seek(std::io::SeekFrom::Start(0)).unwrap();
+    f.read_to_string(&mut back).unwrap();
+    assert_eq!(back, "onetwothree");
+    let mk = r.mark();
+    drop(f);
+    r.find(mk, "release(\"/e/g\", fi#");
     r.no_script_failures();
 }
 

@@ -57,6 +57,7 @@ impl Dispatch {
                 fi,
                 dir: None,
                 dir_stamp: 0,
+                path: None,
             },
         );
         fh
@@ -146,13 +147,12 @@ impl Dispatch {
         size: u32,
         slot: &std::cell::Cell<Option<crate::replies::ReplyData>>,
     ) -> Result<Option<(mlua::LuaString, std::ops::Range<usize>)>, Fail> {
-        let path = self.path(ino)?;
-        let lpath = Bytes(&path);
+        let (path, fi) = self.open_file(ino, fh)?;
         // SAFETY: `call_peek` calls it on a coroutine that just finished, before anything else
         // runs in the Lua state; the data is sent (or copied) before it returns.
         let peek = |co, nres| unsafe { read_peek(co, nres, size, slot) };
         let mut out = match self
-            .call_peek(OpName::Read, (lpath, size, offset, self.fi(fh)), peek)
+            .call_peek(OpName::Read, (&path, size, offset, fi), peek)
             .await?
         {
             Returned::Peeked => return Ok(None),
@@ -163,6 +163,7 @@ impl Dispatch {
             _ => None,
         };
         out.truncate(1);
+        let path = path.as_bytes();
         let s = self.want_string(OpName::Read, &path, out)?;
         let n = s.as_bytes().len();
         let range = match range {
@@ -193,12 +194,11 @@ impl Dispatch {
         offset: u64,
         data: &[u8],
     ) -> Result<u32, Fail> {
-        let path = self.path(ino)?;
-        let lpath = Bytes(&path);
+        let (path, fi) = self.open_file(ino, fh)?;
         let count = std::cell::Cell::new(0);
         // SAFETY: `call_peek` calls it on a coroutine that just finished.
         let peek = |co, nres| unsafe { write_peek(co, nres, data.len(), &count) };
-        let args = (lpath, Bytes(data), offset, self.fi(fh));
+        let args = (&path, Bytes(data), offset, fi);
         let out = match self.call_peek(OpName::Write, args, peek).await? {
             Returned::Peeked => return Ok(count.get()),
             Returned::Values(v) => v,
@@ -206,23 +206,22 @@ impl Dispatch {
         if matches!(out.front(), None | Some(Value::Nil)) {
             return Ok(data.len() as u32);
         }
-        Ok(self.want_count(OpName::Write, &path, out, data.len() as u64)? as u32)
+        Ok(self.want_count(OpName::Write, &path.as_bytes(), out, data.len() as u64)? as u32)
     }
 
     pub(super) async fn flush(&self, ino: u64, fh: u64) -> Result<(), Fail> {
         if !self.has(OpName::Flush) {
             return Ok(());
         }
-        let path = self.path(ino)?;
-        let lpath = Bytes(&path);
-        self.call_unit(OpName::Flush, (lpath, self.fi(fh))).await
+        let (path, fi) = self.open_file(ino, fh)?;
+        self.call_unit(OpName::Flush, (&path, fi)).await
     }
 
     /// release or releasedir: the handle goes whatever the script answers.
     pub(super) async fn release(&self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
         let r = if self.has(op) {
-            match self.path(ino) {
-                Ok(p) => self.call_unit(op, (Bytes(&p), self.fi(fh))).await,
+            match self.open_file(ino, fh) {
+                Ok((path, fi)) => self.call_unit(op, (&path, fi)).await,
                 Err(e) => Err(e),
             }
         } else {
@@ -242,9 +241,8 @@ impl Dispatch {
         fh: u64,
         datasync: bool,
     ) -> Result<(), Fail> {
-        let path = self.path(ino)?;
-        let lpath = Bytes(&path);
-        self.call_unit(op, (lpath, datasync, self.fi(fh))).await
+        let (path, fi) = self.open_file(ino, fh)?;
+        self.call_unit(op, (&path, datasync, fi)).await
     }
 
     async fn lock_call(
