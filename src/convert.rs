@@ -375,12 +375,13 @@ impl Names {
         }
     }
 
-    /// A new `fi`: `flags` as an open-flag set, `direct_io` and `keep_cache` as given,
-    /// `nonseekable` false.
+    /// A new `fi`: `flags` as an open-flag set (or, with `flags_as_number`, as it is),
+    /// `direct_io` and `keep_cache` as given, `nonseekable` false.
     pub fn fi(
         &self,
         lua: &Lua,
         flags: i32,
+        flags_as_number: bool,
         direct_io: bool,
         keep_cache: bool,
     ) -> mlua::Result<Table> {
@@ -390,8 +391,12 @@ impl Names {
             // the stack as it was.
             unsafe {
                 ffi::lua_rawgeti(state, names, FI_AT as ffi::lua_Integer);
-                ffi::lua_createtable(state, 0, 8);
-                Names::fill_open_flags(state, names, fi + 2, flags);
+                if flags_as_number {
+                    ffi::lua_pushinteger(state, ffi::lua_Integer::from(flags));
+                } else {
+                    ffi::lua_createtable(state, 0, 8);
+                    Names::fill_open_flags(state, names, fi + 2, flags);
+                }
                 ffi::lua_rawset(state, fi);
                 for (field, on) in [(1, direct_io), (2, keep_cache), (3, false)] {
                     ffi::lua_rawgeti(state, names, (FI_AT + field) as ffi::lua_Integer);
@@ -1679,7 +1684,7 @@ mod tests {
         let names = Names::new(&lua).unwrap();
         let flags_of = |f| {
             names
-                .fi(&lua, f, false, false)
+                .fi(&lua, f, false, false, false)
                 .unwrap()
                 .get::<Table>("flags")
                 .unwrap()
@@ -1714,7 +1719,7 @@ mod tests {
                 .fold(libc::O_WRONLY, |a, &(_, b)| a | b),
         );
         for flags in combos {
-            let fi = names.fi(&lua, flags, flags % 2 == 1, true).unwrap();
+            let fi = names.fi(&lua, flags, false, flags % 2 == 1, true).unwrap();
             assert_eq!(fi.get::<bool>("direct_io").unwrap(), flags % 2 == 1);
             assert!(fi.get::<bool>("keep_cache").unwrap());
             assert!(!fi.get::<bool>("nonseekable").unwrap());
@@ -1739,7 +1744,7 @@ mod tests {
     fn fi_flags_reads_what_a_script_set_by_truthiness() {
         let lua = lua();
         let names = Names::new(&lua).unwrap();
-        let fi = names.fi(&lua, libc::O_RDONLY, true, false).unwrap();
+        let fi = names.fi(&lua, libc::O_RDONLY, false, true, false).unwrap();
         assert_eq!(names.fi_flags(&lua, &fi), [true, false, false, false]);
         // As a script sets them: any true value counts, nil and false do not.
         fi.set("direct_io", false).unwrap();
@@ -1749,6 +1754,15 @@ mod tests {
         assert_eq!(names.fi_flags(&lua, &fi), [false, true, true, true]);
         fi.set("keep_cache", mlua::Value::Nil).unwrap();
         assert_eq!(names.fi_flags(&lua, &fi), [false, false, true, true]);
+        // With flags as a number, `flags` is the open(2) flags themselves.
+        let fi = names
+            .fi(&lua, libc::O_WRONLY | libc::O_TRUNC, true, false, true)
+            .unwrap();
+        assert_eq!(
+            fi.get::<i64>("flags").unwrap(),
+            i64::from(libc::O_WRONLY | libc::O_TRUNC)
+        );
+        assert_eq!(names.fi_flags(&lua, &fi), [false, true, false, false]);
     }
 
     /// Mode sets hold the type's name and one name per permission bit, nothing else.

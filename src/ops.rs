@@ -71,6 +71,11 @@ pub struct Ops {
     /// `fs.handle_killpriv = true`: the script drops set-user-ID and set-group-ID bits itself
     /// on write, truncate and chown, as Linux does (libfuse's FUSE_CAP_HANDLE_KILLPRIV_V2).
     pub handle_killpriv: bool,
+    /// `fs.modes_as_numbers = true`: create, mknod, mkdir and chmod get the mode as an
+    /// integer, not a Flu mode set.
+    pub modes_as_numbers: bool,
+    /// `fs.flags_as_numbers = true`: `fi.flags` is the integer of open(2) flags, not a set.
+    pub flags_as_numbers: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -120,17 +125,22 @@ impl Ops {
                 "'{k}' is not a filesystem operation and will never be called{hint}"
             ));
         }
-        let handle_killpriv = match fs.get::<Value>("handle_killpriv")? {
-            Value::Boolean(b) => b,
-            Value::Nil => false,
-            other => {
-                warnings.push(format!(
-                    "'handle_killpriv' is a {}, not a boolean; ignored",
-                    other.type_name()
-                ));
-                false
-            }
+        let mut setting = |name: &str| -> mlua::Result<bool> {
+            Ok(match fs.get::<Value>(name)? {
+                Value::Boolean(b) => b,
+                Value::Nil => false,
+                other => {
+                    warnings.push(format!(
+                        "'{name}' is a {}, not a boolean; ignored",
+                        other.type_name()
+                    ));
+                    false
+                }
+            })
         };
+        let handle_killpriv = setting("handle_killpriv")?;
+        let modes_as_numbers = setting("modes_as_numbers")?;
+        let flags_as_numbers = setting("flags_as_numbers")?;
         let params_of: Option<Function> = fs
             .weak_lua()
             .try_upgrade()
@@ -150,6 +160,8 @@ impl Ops {
             Ops {
                 funcs,
                 handle_killpriv,
+                modes_as_numbers,
+                flags_as_numbers,
                 params,
             },
             warnings,

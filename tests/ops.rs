@@ -1208,6 +1208,58 @@ fn readdir_filler_stat_tables_give_entry_types() {
 }
 
 #[test]
+fn modes_and_open_flags_as_numbers_when_the_script_asks() {
+    if !fuse_available() {
+        return;
+    }
+    set_umask();
+    let m = Mount::new(&fixture("ops_numbers.lua"), &[]);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(m.path("a"))
+        .unwrap_or_else(|e| panic!("create: {e}\n{}", m.log()));
+    drop(f);
+    fs::DirBuilder::new()
+        .mode(0o750)
+        .create(m.path("d"))
+        .unwrap();
+    fs::set_permissions(m.path("a"), fs::Permissions::from_mode(0o600)).unwrap();
+    drop(OpenOptions::new().append(true).open(m.path("a")).unwrap());
+    let seen = fs::read_to_string(m.path("seen")).unwrap();
+    let lines: Vec<Vec<&str>> = seen.lines().map(|l| l.split(' ').collect()).collect();
+    let line = |op: &str| {
+        lines
+            .iter()
+            .find(|l| l[0] == op)
+            .unwrap_or_else(|| panic!("no {op} in {seen}"))
+            .clone()
+    };
+    let flags = |l: &[&str]| -> i32 {
+        assert_eq!(l[l.len() - 2], "integer", "fi.flags is an integer: {seen}");
+        l[l.len() - 1].parse().unwrap()
+    };
+    let create = line("create");
+    assert_eq!(&create[1..3], ["integer", "33184"], "0o100640: {seen}");
+    let cf = flags(&create);
+    assert_eq!(cf & libc::O_ACCMODE, libc::O_WRONLY, "{seen}");
+    assert_ne!(cf & libc::O_CREAT, 0, "{seen}");
+    assert_ne!(cf & libc::O_EXCL, 0, "{seen}");
+    assert_eq!(&line("mkdir")[1..3], ["integer", "488"], "0o750: {seen}");
+    assert_eq!(
+        &line("chmod")[1..3],
+        ["integer", "33152"],
+        "0o100600: {seen}"
+    );
+    let open = line("open");
+    assert_eq!(open[1], "-");
+    let of = flags(&open);
+    assert_eq!(of & libc::O_ACCMODE, libc::O_WRONLY, "{seen}");
+    assert_ne!(of & libc::O_APPEND, 0, "{seen}");
+}
+
+#[test]
 fn readdir_filler_takes_a_table_of_entries() {
     if !fuse_available() {
         return;

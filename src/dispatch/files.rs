@@ -13,7 +13,13 @@ impl Dispatch {
     /// A new `fi` table for an open with `flags`, with the mount's defaults.
     fn new_fi(&self, flags: i32) -> Result<Table, Fail> {
         self.names
-            .fi(&self.lua, flags, self.cfg.direct_io, self.cfg.kernel_cache)
+            .fi(
+                &self.lua,
+                flags,
+                self.ops.flags_as_numbers,
+                self.cfg.direct_io,
+                self.cfg.kernel_cache,
+            )
             .map_err(|_| Errno::ENOMEM)
     }
 

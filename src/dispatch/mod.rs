@@ -1185,9 +1185,14 @@ impl Dispatch {
         None
     }
 
-    fn modeset(&self, mode: u32) -> Result<Table, Fail> {
+    /// A mode argument: a Flu mode set, or the integer with `fs.modes_as_numbers`.
+    fn modeset(&self, mode: u32) -> Result<Value, Fail> {
+        if self.ops.modes_as_numbers {
+            return Ok(Value::Integer(mode.into()));
+        }
         self.names
             .mode_set(&self.lua, mode)
+            .map(Value::Table)
             .map_err(|_| Errno::ENOMEM)
     }
 
