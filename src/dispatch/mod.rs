@@ -111,8 +111,8 @@ pub(super) enum Returned {
 }
 
 /// What the trampoline gave back, as `run_coroutine` hands it on: `Returned`, or the errno
-/// of an error the script raised, read off the stack (`false, code`: the commonest failure,
-/// a missing name or attribute, costs no values).
+/// of an error the script raised or of a `flu.errno` value it returned, read off the stack
+/// (the commonest failure, a missing name or attribute, costs no values).
 enum Outcome {
     Peeked,
     Raised(i64),
