@@ -1508,6 +1508,16 @@ fn wrong_return_types_give_eio_and_mount_keeps_serving() {
     );
     still_serving(&m);
 
+    let before = m.log().len();
+    let r = fs::read_dir(m.path("badbulkname")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+    expect_errno(r, libc::EIO, "filler given a table with an invalid name");
+    assert!(
+        m.log()[before..].contains("filler: invalid entry name \"a/b\""),
+        "the invalid name in a table of entries is not logged: {}",
+        &m.log()[before..]
+    );
+    still_serving(&m);
+
     // the root listing is unaffected
     let mut names = names_of(&m.mnt).unwrap();
     names.sort();

@@ -123,7 +123,8 @@ enum Refusal {
     /// `filler(t)`: a key of `t` that is not a string.
     KeyNotString(c_int),
     StackFull,
-    BadName,
+    /// The invalid name is at this (absolute) stack index.
+    BadName(c_int),
     BadOffset(c_int),
     NotTable(c_int),
     Closed,
@@ -209,7 +210,7 @@ unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a 
         let p = ffi::lua_tolstring(state, at, &mut len) as *const u8;
         let name = std::slice::from_raw_parts(p, len);
         if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
-            return Err(Refusal::BadName);
+            return Err(Refusal::BadName(ffi::lua_absindex(state, at)));
         }
         Ok(name)
     }
@@ -311,9 +312,9 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
                 t,
                 c"",
             ),
-            Refusal::BadName => {
+            Refusal::BadName(at) => {
                 ffi::lua_pushstring(state, c"filler: invalid entry name \"".as_ptr());
-                ffi::lua_pushvalue(state, 1);
+                ffi::lua_pushvalue(state, at);
                 ffi::lua_pushstring(state, c"\"".as_ptr());
                 ffi::lua_concat(state, 3);
             }
