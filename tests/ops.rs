@@ -1487,36 +1487,34 @@ fn wrong_return_types_give_eio_and_mount_keeps_serving() {
     );
     still_serving(&m);
 
-    let before = m.log().len();
-    let r = fs::read_dir(m.path("baddir")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    expect_errno(r, libc::EIO, "filler called with a boolean");
-    assert!(
-        m.log()[before..].contains("filler: bad argument #1 (string expected, got boolean)"),
-        "the bad filler call is not logged in Lua's words: {}",
-        &m.log()[before..]
-    );
-    still_serving(&m);
-
-    let before = m.log().len();
-    let r = fs::read_dir(m.path("badbulk")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    expect_errno(r, libc::EIO, "filler given a table with a number key");
-    assert!(
-        m.log()[before..]
-            .contains("filler: a table of entries has names as keys, got a number key"),
-        "the bad table of entries is not logged: {}",
-        &m.log()[before..]
-    );
-    still_serving(&m);
-
-    let before = m.log().len();
-    let r = fs::read_dir(m.path("badbulkname")).and_then(|d| d.collect::<Result<Vec<_>, _>>());
-    expect_errno(r, libc::EIO, "filler given a table with an invalid name");
-    assert!(
-        m.log()[before..].contains("filler: invalid entry name \"a/b\""),
-        "the invalid name in a table of entries is not logged: {}",
-        &m.log()[before..]
-    );
-    still_serving(&m);
+    // Bad filler calls: the listing fails with EIO and the Lua error is logged in its words.
+    for (dir, what, logged) in [
+        (
+            "baddir",
+            "filler called with a boolean",
+            "filler: bad argument #1 (string expected, got boolean)",
+        ),
+        (
+            "badbulk",
+            "filler given a table with a number key",
+            "filler: a table of entries has names as keys, got a number key",
+        ),
+        (
+            "badbulkname",
+            "filler given a table with an invalid name",
+            "filler: invalid entry name \"a/b\"",
+        ),
+    ] {
+        let before = m.log().len();
+        let r = fs::read_dir(m.path(dir)).and_then(|d| d.collect::<Result<Vec<_>, _>>());
+        expect_errno(r, libc::EIO, what);
+        assert!(
+            m.log()[before..].contains(logged),
+            "{what}: not logged as {logged:?}: {}",
+            &m.log()[before..]
+        );
+        still_serving(&m);
+    }
 
     // the root listing is unaffected
     let mut names = names_of(&m.mnt).unwrap();
