@@ -742,14 +742,11 @@ enum Src<'a> {
 }
 
 /// Decodes stat tables. The common form (integer mode and fields, integer or `{sec=,nsec=}`
-/// times, Flu names, no metatables) is read straight off the Lua stack with raw gets, keyed by
-/// strings made once (no Lua call, no intermediate values); anything else goes through
-/// `Stat::from_lua`.
+/// times, Flu names, no metatables) is read through Lua's own table lookups (`luaraw`), keyed
+/// by strings made once (no Lua call, no intermediate values); anything else goes through
+/// `Stat::from_lua`, as every table does on a Lua that fails `luaraw`'s layout checks.
 pub struct StatReader {
-    /// The field names, in `Stat::from_ints` order, then "sec" and "nsec".
-    keys: Table,
-    /// The same keys for reads through Lua's own table lookups (`luaraw`); `None` when this
-    /// Lua does not pass its layout checks, and the C API is used.
+    /// `STAT_KEYS` for the raw reads; `None` when this Lua does not pass the layout checks.
     raw: Option<RawTables>,
 }
 
@@ -821,12 +818,11 @@ impl StatReader {
         let keys = lua.create_sequence_from(STAT_KEYS)?;
         Ok(StatReader {
             raw: RawTables::new(lua, &keys),
-            keys,
         })
     }
 
-    pub fn decode(&self, lua: &Lua, t: &Table, d: &StatDefaults) -> Conv<Stat> {
-        match self.read_plain(lua, Src::Table(t), 9) {
+    pub fn decode(&self, t: &Table, d: &StatDefaults) -> Conv<Stat> {
+        match self.read_plain(Src::Table(t), 9) {
             Some(v) => Stat::from_ints(&v, d),
             None => Stat::from_lua(t, d),
         }
@@ -867,8 +863,8 @@ impl StatReader {
     }
 
     /// `decode` of `tables[i]` (a readdir listing keeps its stat tables in one Lua array).
-    pub fn decode_item(&self, lua: &Lua, tables: &Table, i: i64, d: &StatDefaults) -> Conv<Stat> {
-        match self.read_plain(lua, Src::Item(tables, i), 9) {
+    pub fn decode_item(&self, tables: &Table, i: i64, d: &StatDefaults) -> Conv<Stat> {
+        match self.read_plain(Src::Item(tables, i), 9) {
             Some(v) => Stat::from_ints(&v, d),
             None => Stat::from_lua(&Self::item(tables, i)?, d),
         }
@@ -876,27 +872,13 @@ impl StatReader {
 
     /// Only the mode and the script's ino of `tables[i]` (what a plain READDIR entry needs):
     /// two reads in the common form.
-    pub fn mode_ino_item(
-        &self,
-        lua: &Lua,
-        tables: &Table,
-        i: i64,
-        d: &StatDefaults,
-    ) -> Conv<(u32, u64)> {
+    pub fn mode_ino_item(&self, tables: &Table, i: i64, d: &StatDefaults) -> Conv<(u32, u64)> {
         if let Some(raw) = self.raw.as_ref()
             && let Some(mode_ino) = raw_mode_ino(raw, tables, i)
         {
             return Ok(mode_ino);
         }
-        if let Some(v) = self.read_plain(lua, Src::Item(tables, i), 2)
-            && let Some(mode) = v[0].and_then(|m| u32::try_from(m).ok())
-            && mode <= 0o177777
-        {
-            let ino = v[1].and_then(|i| u64::try_from(i).ok()).unwrap_or(0);
-            return Ok((mode, ino));
-        }
-        self.decode_item(lua, tables, i, d)
-            .map(|st| (st.mode, st.ino))
+        self.decode_item(tables, i, d).map(|st| (st.mode, st.ino))
     }
 
     fn item(tables: &Table, i: i64) -> Conv<Table> {
@@ -906,101 +888,15 @@ impl StatReader {
     }
 
     /// The first `ints` integer fields and, when all 9 are asked for, the times of a table
-    /// in the common form (15 fields, absent ones `None`); `None` for any other form.
-    fn read_plain(&self, lua: &Lua, src: Src, ints: usize) -> Option<[Option<i64>; 15]> {
-        if let Some(raw) = &self.raw {
-            return read_raw(raw, src, ints);
-        }
-        use mlua::ffi;
-        lua.exec_raw_lua(|raw| unsafe {
-            let state = raw.state();
-            if ffi::lua_checkstack(state, 6) == 0 {
-                return None;
-            }
-            let top = ffi::lua_gettop(state);
-            (&self.keys).push_into_stack(raw).ok()?;
-            match src {
-                Src::Table(t) => t.push_into_stack(raw).ok()?,
-                Src::Item(tables, i) => {
-                    tables.push_into_stack(raw).ok()?;
-                    ffi::lua_rawgeti(state, -1, i);
-                    ffi::lua_remove(state, -2);
-                }
-            }
-            if ffi::lua_type(state, -1) != ffi::LUA_TTABLE {
-                ffi::lua_settop(state, top);
-                return None;
-            }
-            let (keys, tbl) = (top + 1, top + 2);
-            // The integer at key number `k` of the table at `at` (None: absent; Err: other type).
-            let int = |at: i32, k: i64| -> Result<Option<i64>, ()> {
-                let h = ffi::lua_gettop(state);
-                ffi::lua_rawgeti(state, keys, k);
-                let r = match ffi::lua_rawget(state, at) {
-                    ffi::LUA_TNIL => Ok(None),
-                    ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
-                        Ok(Some(ffi::lua_tointeger(state, -1)))
-                    }
-                    _ => Err(()),
-                };
-                ffi::lua_settop(state, h);
-                r
-            };
-            // Field `k` (from 0) of the stat table: absent only when none of its names is
-            // there (see `aliases`).
-            let field = |k: usize| -> Result<Option<i64>, ()> {
-                match int(tbl, k as i64 + 1)? {
-                    None if aliases(k).any(|a| int(tbl, a as i64 + 1) != Ok(None)) => Err(()),
-                    r => Ok(r),
-                }
-            };
-            let out = (|| {
-                // Raw reads only: a table without metatable has no metamethods to run.
-                if ffi::lua_getmetatable(state, tbl) != 0 {
-                    return None;
-                }
-                let mut v = [None; 15];
-                for (i, slot) in v.iter_mut().take(ints.min(9)).enumerate() {
-                    *slot = field(i).ok()?;
-                }
-                v[0]?;
-                let times = if ints >= 9 { 3 } else { 0 };
-                for i in 0..times {
-                    ffi::lua_rawgeti(state, keys, 10 + i as i64);
-                    let (sec, nsec) = match ffi::lua_rawget(state, tbl) {
-                        ffi::LUA_TNIL if field(9 + i).is_ok() => (None, None),
-                        ffi::LUA_TNUMBER if ffi::lua_isinteger(state, -1) != 0 => {
-                            let sec = ffi::lua_tointeger(state, -1);
-                            match field(14 + i) {
-                                Ok(n) => (Some(sec), Some(n.unwrap_or(0))),
-                                Err(()) => return None,
-                            }
-                        }
-                        ffi::LUA_TTABLE if ffi::lua_getmetatable(state, -1) == 0 => {
-                            let time = tbl + 1;
-                            let sec = int(time, 13);
-                            let nsec = int(time, 14);
-                            match (sec, nsec) {
-                                (Ok(Some(s)), Ok(n)) => (Some(s), Some(n.unwrap_or(0))),
-                                _ => return None,
-                            }
-                        }
-                        _ => return None,
-                    };
-                    ffi::lua_settop(state, tbl);
-                    v[9 + 2 * i] = sec;
-                    v[10 + 2 * i] = nsec;
-                }
-                Some(v)
-            })();
-            ffi::lua_settop(state, top);
-            out
-        })
+    /// in the common form (15 fields, absent ones `None`); `None` for any other form, and
+    /// for every table on a Lua that fails `luaraw`'s layout checks.
+    fn read_plain(&self, src: Src, ints: usize) -> Option<[Option<i64>; 15]> {
+        read_raw(self.raw.as_ref()?, src, ints)
     }
 }
 
-/// `StatReader::read_plain` through Lua's own table lookups: the same reads, in a fraction of
-/// the time (no stack traffic, one hash probe per field).
+/// `StatReader::read_plain` through Lua's own table lookups (no stack traffic, one hash probe
+/// per field).
 fn read_raw(raw: &RawTables, src: Src, ints: usize) -> Option<[Option<i64>; 15]> {
     use crate::luaraw::Field;
     // SAFETY: the tables are alive (held by `src`, or by the table holding them) and nothing
@@ -1492,17 +1388,15 @@ mod tests {
         }
     }
 
-    /// The reads through Lua's own table lookups (`luaraw`) and through the C API (used when
-    /// the layout checks fail) see the same fields in every form of table, or both give up.
+    /// Whenever the fast reads through Lua's own table lookups (`luaraw`) take a table, they
+    /// see what the general decoder (`Stat::from_lua`, used for every other table and on a
+    /// Lua that fails the layout checks) sees, in every form of table.
     #[test]
-    fn raw_and_c_api_stat_reads_agree() {
+    fn raw_stat_reads_agree_with_the_general_decoder() {
         let lua = lua();
+        let d = defaults();
         let raw = StatReader::new(&lua).unwrap();
         assert!(raw.raw.is_some(), "this Lua passes the layout checks");
-        let api = StatReader {
-            raw: None,
-            keys: raw.keys.clone(),
-        };
         let forms = [
             "{mode = 33188}",
             "{mode = 33188, ino = 9, nlink = 3, uid = 1, gid = 2, rdev = 5, size = 4096, \
@@ -1524,23 +1418,28 @@ mod tests {
             "{mode = 33188, st_ino = 5}",
             "{mode = 33188, access = 5, st_access_nsec = 5}",
         ];
+        let mut taken = 0;
         for src in forms {
             let t: Table = lua.load(format!("return {src}")).eval().unwrap();
-            for ints in [2, 9] {
-                assert_eq!(
-                    raw.read_plain(&lua, Src::Table(&t), ints),
-                    api.read_plain(&lua, Src::Table(&t), ints),
-                    "{src} ({ints} fields)"
-                );
+            let general = Stat::from_lua(&t, &d).ok();
+            if let Some(v) = raw.read_plain(Src::Table(&t), 9) {
+                taken += 1;
+                assert_eq!(Stat::from_ints(&v, &d).ok(), general, "{src}");
+            }
+            // A plain READDIR entry reads only mode and ino.
+            if let (Some(v), Some(g)) = (raw.read_plain(Src::Table(&t), 2), &general) {
+                let ino = v[1].unwrap_or(0);
+                assert_eq!((v[0], ino), (Some(g.mode.into()), g.ino as i64), "{src}");
             }
             let list = lua.create_sequence_from([t]).unwrap();
             assert_eq!(
-                raw.read_plain(&lua, Src::Item(&list, 1), 9),
-                api.read_plain(&lua, Src::Item(&list, 1), 9),
+                raw.decode_item(&list, 1, &d).ok(),
+                general,
                 "{src} in a list"
             );
-            assert_eq!(raw.read_plain(&lua, Src::Item(&list, 2), 9), None);
+            assert_eq!(raw.read_plain(Src::Item(&list, 2), 9), None);
         }
+        assert!(taken >= 5, "the fast reads took only {taken} of the forms");
     }
 
     #[test]
@@ -1553,7 +1452,7 @@ mod tests {
         let t: Table = lua.load(src).eval().unwrap();
         // The fast read and the general decode agree.
         for st in [
-            reader.decode(&lua, &t, &d).unwrap(),
+            reader.decode(&t, &d).unwrap(),
             Stat::from_lua(&t, &d).unwrap(),
         ] {
             assert_eq!((st.atime.sec, st.atime.nsec), (5, 6));
@@ -1567,7 +1466,7 @@ mod tests {
         ] {
             let t: Table = lua.load(mixed).eval().unwrap();
             assert_eq!(
-                reader.decode(&lua, &t, &d).unwrap(),
+                reader.decode(&t, &d).unwrap(),
                 Stat::from_lua(&t, &d).unwrap(),
                 "{mixed}"
             );
@@ -1579,7 +1478,7 @@ mod tests {
             "return {mode = 33188, access = 5, access_nsec = 'x'}",
         ] {
             let t: Table = lua.load(bad).eval().unwrap();
-            assert!(reader.decode(&lua, &t, &d).is_err(), "{bad}");
+            assert!(reader.decode(&t, &d).is_err(), "{bad}");
         }
     }
 

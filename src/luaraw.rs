@@ -8,8 +8,9 @@
 //! beyond their signatures is Lua 5.4's value layout: a `TValue` is an 8-byte value followed by
 //! its type tag, and a `Table` holds its metatable pointer at byte 40. `RawTables::new` checks
 //! all of it against the C API on tables it builds, and gives nothing when any check fails:
-//! callers then read through the C API as before. Reads allocate nothing and run no Lua code,
-//! so no collection can happen while a pointer is held.
+//! callers then decode every stat table with `Stat::from_lua`, the general (slower) way.
+//! Reads allocate nothing and run no Lua code, so no collection can happen while a pointer
+//! is held.
 
 use std::ffi::c_void;
 

@@ -50,7 +50,7 @@ impl Dispatch {
             }
         };
         self.stat_reader
-            .decode(&self.lua, &table, &self.defaults)
+            .decode(&table, &self.defaults)
             .map_err(|e| self.bad_value(op, path, e))
     }
 
@@ -131,7 +131,7 @@ impl Dispatch {
         match first(out) {
             Some(Value::Table(t)) => self
                 .stat_reader
-                .decode(&self.lua, &t, &self.defaults)
+                .decode(&t, &self.defaults)
                 .map(Some)
                 .map_err(|e| self.bad_value(op, path, e)),
             _ => Ok(None),

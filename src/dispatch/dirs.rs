@@ -473,7 +473,7 @@ impl Dispatch {
     fn entry_stat(&self, dir: u64, name: &[u8], tables: &Table, i: usize) -> Option<Stat> {
         let r = self
             .stat_reader
-            .decode_item(&self.lua, tables, i as i64, &self.defaults);
+            .decode_item(tables, i as i64, &self.defaults);
         self.entry_value(dir, name, r)
     }
 
@@ -487,7 +487,7 @@ impl Dispatch {
     ) -> Option<(u32, u64)> {
         let r = self
             .stat_reader
-            .mode_ino_item(&self.lua, tables, i as i64, &self.defaults);
+            .mode_ino_item(tables, i as i64, &self.defaults);
         self.entry_value(dir, name, r)
     }
 

@@ -1318,7 +1318,7 @@ mod perf_probe {
         t.raw_set("mode", 33188).unwrap();
         t.raw_set("nlink", 1).unwrap();
         time("Stat::decode", &mut || {
-            d.stat_reader.decode(&d.lua, &t, &d.defaults).unwrap();
+            d.stat_reader.decode(&t, &d.defaults).unwrap();
         });
         time("create table + string", &mut || {
             let _ = d.table().unwrap();
