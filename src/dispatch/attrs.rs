@@ -10,10 +10,6 @@ use crate::convert::{Stat, Timespec};
 use crate::kernel::SetAttr;
 use crate::ops::OpName;
 
-/// What an operation answering with a stat table came back with: the table's fields read in
-/// place into `Dispatch::peeked` (`StatReader::peek`), or its results.
-pub(super) type StatOut = Returned;
-
 impl Dispatch {
     /// Reads a returned stat table in place (see `call_peek`) into `self.peeked`.
     pub(super) fn stat_peek(
@@ -106,7 +102,7 @@ impl Dispatch {
         parent: u64,
         name: &[u8],
         path: &[u8],
-        out: StatOut,
+        out: Returned,
     ) -> Result<(u64, Stat), Fail> {
         let st = match self.returned_stat(op, path, out)? {
             Some(st) => st,
@@ -122,7 +118,7 @@ impl Dispatch {
         &self,
         op: OpName,
         path: &[u8],
-        out: StatOut,
+        out: Returned,
     ) -> Result<Option<Stat>, Fail> {
         let out = match out {
             Returned::Peeked => return self.peeked_stat(op, path).map(Some),

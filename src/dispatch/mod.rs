@@ -987,9 +987,8 @@ impl Dispatch {
             let shown = argv.iter().map(show).collect::<Vec<_>>().join(", ");
             // Boxed: rare, and it would widen every call's future. Nothing is peeked, so that
             // the trace shows the results.
-            let unpeeked = no_peek;
             (
-                Box::pin(self.run_coroutine(f, argv, unpeeked)).await,
+                Box::pin(self.run_coroutine(f, argv, no_peek)).await,
                 Some(shown),
             )
         } else {
