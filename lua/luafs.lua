@@ -909,18 +909,12 @@ function fs.utimens(path, atime, mtime, fi)
 	touch_c(node, s, ns)
 end
 
--- Whether open flags (an integer: fs.flags_as_numbers below; a Flu set when called by
--- something else) include `bit` (`name` in a set).
-local function has_flag(flags, bit, name)
-	if type(flags) == "number" then return flags & bit ~= 0 end
-	return flags ~= nil and flags[name] == true
-end
-
+-- fi.flags is the open(2) flags integer (fs.flags_as_numbers below).
 local O_EXCL, O_TRUNC = 0x80, 0x200
 
 local function open_node(node, fi)
 	if node.data then
-		if has_flag(fi.flags, O_TRUNC, "trunc") then
+		if fi.flags & O_TRUNC ~= 0 then
 			if node.mode & S_SETID ~= 0 then drop_setid(node) end
 			set_size(node, 0)
 			local s, ns = now()
@@ -939,7 +933,7 @@ function fs.create(path, modeset, fi)
 	local dir, name = parent_of(path)
 	local node = dir.entries[name]
 	if node then -- the kernel only creates new names; be safe anyway
-		if has_flag(fi.flags, O_EXCL, "excl") then error(EEXIST) end
+		if fi.flags & O_EXCL ~= 0 then error(EEXIST) end
 		if node.entries then error(EISDIR) end
 		open_node(node, fi)
 		return node
