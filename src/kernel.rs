@@ -271,13 +271,27 @@ pub struct Request {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Features {
     pub posix_locks: bool,
-    pub readdirplus: bool,
+    pub readdirplus: Readdirplus,
     /// The script drops setid bits itself: the kernel need not ask for security.capability
     /// (a getxattr) before every write.
     pub handle_killpriv: bool,
     pub writeback_cache: bool,
     pub max_write: u32,
     pub max_readahead: u32,
+}
+
+/// When the kernel lists a directory with READDIRPLUS (entries with their attributes, so
+/// that no LOOKUP follows for each) rather than READDIR.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Readdirplus {
+    /// The kernel decides (FUSE_READDIRPLUS_AUTO, libfuse's default): the first chunk of a
+    /// listing, and chunks after lookups in the directory.
+    #[default]
+    Auto,
+    /// Every chunk: for a script whose readdir gives stat tables at no cost.
+    Always,
+    /// Never (also when the script has no readdir).
+    Never,
 }
 
 /// The `fuser::Filesystem` that forwards every request.
@@ -332,8 +346,12 @@ impl fuser::Filesystem for Kernel {
         if f.posix_locks {
             want |= InitFlags::FUSE_POSIX_LOCKS;
         }
-        if f.readdirplus {
-            want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        match f.readdirplus {
+            Readdirplus::Auto => {
+                want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO
+            }
+            Readdirplus::Always => want |= InitFlags::FUSE_DO_READDIRPLUS,
+            Readdirplus::Never => {}
         }
         if f.writeback_cache {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;

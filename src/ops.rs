@@ -1,6 +1,7 @@
 //! The operation names a script may define, resolved once to Lua functions at mount time, and
 //! the check that reports unknown names (typos) with the closest real one.
 
+use crate::kernel::Readdirplus;
 use mlua::{Function, Table, Value};
 
 macro_rules! ops {
@@ -76,6 +77,8 @@ pub struct Ops {
     pub modes_as_numbers: bool,
     /// `fs.flags_as_numbers = true`: `fi.flags` is the integer of open(2) flags, not a set.
     pub flags_as_numbers: bool,
+    /// `fs.readdirplus = "auto" | "always" | "never"`: when listings carry attributes.
+    pub readdirplus: Readdirplus,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -141,6 +144,22 @@ impl Ops {
         let handle_killpriv = setting("handle_killpriv")?;
         let modes_as_numbers = setting("modes_as_numbers")?;
         let flags_as_numbers = setting("flags_as_numbers")?;
+        let readdirplus = match fs.get::<Value>("readdirplus")? {
+            Value::Nil => Readdirplus::Auto,
+            Value::String(s) if s.as_bytes().as_ref() == b"auto" => Readdirplus::Auto,
+            Value::String(s) if s.as_bytes().as_ref() == b"always" => Readdirplus::Always,
+            Value::String(s) if s.as_bytes().as_ref() == b"never" => Readdirplus::Never,
+            other => {
+                warnings.push(format!(
+                    "'readdirplus' is {}, not \"auto\", \"always\" or \"never\"; \"auto\" is used",
+                    match &other {
+                        Value::String(s) => format!("\"{}\"", s.to_string_lossy()),
+                        v => format!("a {}", v.type_name()),
+                    }
+                ));
+                Readdirplus::Auto
+            }
+        };
         let params_of: Option<Function> = fs
             .weak_lua()
             .try_upgrade()
@@ -162,6 +181,7 @@ impl Ops {
                 handle_killpriv,
                 modes_as_numbers,
                 flags_as_numbers,
+                readdirplus,
                 params,
             },
             warnings,

@@ -449,6 +449,116 @@ fn one_hundred_thousand_files_in_one_directory_are_all_listed() {
     assert_eq!(out.trim(), N.to_string());
 }
 
+/// An open directory read with getdents64 into a small buffer, so that a listing takes many
+/// calls and can be paused between them.
+struct Dents(File);
+
+impl Dents {
+    fn open(dir: &Path) -> Dents {
+        Dents(File::open(dir).unwrap())
+    }
+
+    /// One getdents64 call with a buffer of `size` bytes: the names it gave (none at the end).
+    fn step(&mut self, size: usize) -> Vec<OsString> {
+        use std::os::fd::AsRawFd;
+        let mut buf = vec![0u8; size];
+        // SAFETY: the buffer is `size` bytes and outlives the call.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr(),
+                size,
+            )
+        };
+        assert!(n >= 0, "getdents64: errno {}", last_errno());
+        let mut names = Vec::new();
+        let mut at = 0;
+        while at < n as usize {
+            // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name (NUL-ended).
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let name = &buf[at + 19..at + reclen];
+            let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+            let name = OsStr::from_bytes(&name[..len]);
+            if name != "." && name != ".." {
+                names.push(name.to_os_string());
+            }
+            at += reclen;
+        }
+        names
+    }
+
+    /// The rest of the listing.
+    fn rest(&mut self, size: usize) -> Vec<OsString> {
+        let mut all = Vec::new();
+        loop {
+            let got = self.step(size);
+            if got.is_empty() {
+                return all;
+            }
+            all.extend(got);
+        }
+    }
+}
+
+fn sorted(mut v: Vec<OsString>) -> Vec<OsString> {
+    v.sort();
+    v
+}
+
+/// luafs lets the kernel cache its listings (`fi.keep_cache` in opendir). The kernel fills
+/// that cache from whichever open directory continues it at the offset where it stopped, and
+/// drops it when the directory changes. Here an open directory whose listing was taken before
+/// a change continues after the cache was restarted by a listing taken after the change, at
+/// the same position: its entries must not go into the cache (the next listings would come
+/// from the cache, stale, until the directory changed again).
+#[test]
+fn the_kernels_listing_cache_never_mixes_listings_from_before_and_after_a_change() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    let before: Vec<OsString> = (0..300).map(|i| format!("entry-{i:04}").into()).collect();
+    for n in &before {
+        File::create(d.join(n)).unwrap();
+    }
+    const STEP: usize = 1024;
+    // A's listing is taken and begins the cache; X, in steps of the same size, reaches A's
+    // offset, continues the cache from there and completes it.
+    let mut a = Dents::open(&d);
+    let mut seen_a = a.step(STEP);
+    assert!(!seen_a.is_empty() && seen_a.len() < before.len());
+    let x = Dents::open(&d).rest(STEP);
+    assert_eq!(sorted(x), before);
+    // A change (a name of the same length: a listing taken after it has as many entries per
+    // step), then B: the cache is stale, so B's listing restarts it.
+    let after_name = OsString::from("entry-9999");
+    File::create(d.join(&after_name)).unwrap();
+    let mut after = before.clone();
+    after.push(after_name);
+    let after = sorted(after);
+    let mut b = Dents::open(&d);
+    let mut seen_b = b.step(STEP);
+    // A goes on with the listing it took before the change, from where B's first step ended.
+    seen_a.extend(a.rest(STEP));
+    seen_b.extend(b.rest(STEP));
+    // A listing taken before a creation may miss the new entry, but has every other once.
+    let seen_a: Vec<OsString> = sorted(seen_a);
+    assert!(seen_a == before || seen_a == after, "A listed {seen_a:?}");
+    assert_eq!(sorted(seen_b), after, "B's listing");
+    // Later listings (from the kernel's cache) show the directory as it is.
+    for _ in 0..2 {
+        let names: Vec<OsString> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(sorted(names), after, "a listing after the change");
+        assert_eq!(sorted(Dents::open(&d).rest(STEP)), after);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // rename
 

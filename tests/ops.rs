@@ -1296,6 +1296,52 @@ fn readdir_filler_takes_a_table_of_entries() {
     );
 }
 
+/// `fs.readdirplus`: "always" lists every chunk with attributes (no getattr per entry
+/// afterwards), "never" none (a getattr per entry looked up), "auto" (the default, and what a
+/// bad value falls back to, with a warning) lets the kernel decide: the first chunk only here.
+#[test]
+fn readdirplus_setting_decides_which_listings_carry_attributes() {
+    if !fuse_available() {
+        return;
+    }
+    let mut counts = Vec::new();
+    for mode in ["always", "never", "auto", "sometimes"] {
+        let log = TempDir::new("rdplus");
+        let logfile = log.path.join("calls");
+        let m = Mount::with_args(
+            &fixture("ops_readdirplus.lua"),
+            &["-o", "entry_timeout=60,attr_timeout=60"],
+            &[mode, logfile.to_str().unwrap()],
+        );
+        let mut names = names_of(&m.path("d")).unwrap();
+        names.sort();
+        assert_eq!(names.len(), 1000, "{mode}");
+        for (i, n) in names.iter().enumerate() {
+            let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
+            assert_eq!(md.len(), i as u64 + 1, "{mode}: size of {n:?}");
+        }
+        let calls = fs::read_to_string(&logfile)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let warned = m
+            .log()
+            .contains("'readdirplus' is \"sometimes\", not \"auto\"");
+        assert_eq!(warned, mode == "sometimes", "{mode}: {}", m.log());
+        counts.push(calls);
+    }
+    let [always, never, auto, bad] = counts[..] else {
+        unreachable!()
+    };
+    assert_eq!(always, 0, "always: every entry came with its attributes");
+    assert_eq!(never, 1000, "never: one lookup per entry");
+    assert!(
+        auto > 0 && auto < 1000,
+        "auto: the first chunk only ({auto})"
+    );
+    assert_eq!(bad, auto, "a bad value is auto");
+}
+
 #[test]
 fn readdir_offset_mode_lists_5000_entries_in_order() {
     if !fuse_available() {

@@ -42,6 +42,23 @@ pub(super) struct Listing {
     tables: Table,
     /// By entry position; empty when every entry came with a table.
     stats: Vec<Option<Stat>>,
+    /// What the offsets of this listing's entries carry above their position (`cookie`).
+    cookie: u64,
+}
+
+/// The offset of an entry of a listing served by flufs is its position (from 1) in the low 32
+/// bits. For a directory opened with the kernel's listing cache (FOPEN_CACHE_DIR) the bits
+/// above hold the listing's id: the kernel fills its cache from whichever open continues it
+/// at the offset where it stopped, and a listing taken before the directory changed must not
+/// continue one taken after (the kernel would keep the mix). With ids in the offsets, an
+/// offset of one listing is never an offset of another.
+fn cookie(listing_id: u64) -> u64 {
+    (listing_id & 0x7fff_ffff) << 32
+}
+
+/// The position in a listing that an offset stands for.
+fn position(offset: u64) -> u64 {
+    offset & 0xffff_ffff
 }
 
 impl Listing {
@@ -417,11 +434,13 @@ impl Dispatch {
         if let Err(e) = r {
             return reply.error(e);
         }
+        let cache_dir = self.handles.borrow().get(&fh).is_some_and(|h| h.cache_dir);
         let mut listing = Listing {
             entries,
             names,
             tables,
             stats: Vec::new(),
+            cookie: if cache_dir { cookie(id) } else { 0 },
         };
         self.complete(&path, &mut listing).await;
         if used_offsets {
@@ -531,7 +550,7 @@ impl Dispatch {
     ) {
         let entries = &listing.entries;
         let tables = &listing.tables;
-        let skip = index_from.map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
+        let skip = index_from.map_or(0, |o| usize::try_from(position(o)).unwrap_or(usize::MAX));
         // Attributes in a listing taken by an earlier request may be stale by now, and the
         // kernel would take them as fresh (a file's size could go backwards): re-read them.
         let dir_path = if stale && skip > 0 && matches!(reply, DirReply::Plus(_)) {
@@ -551,7 +570,7 @@ impl Dispatch {
                 _ => (listing.stat(i), e.has_table),
             };
             let off = if index_from.is_some() {
-                i as u64 + 1
+                (i as u64 + 1) | listing.cookie
             } else {
                 e.offset
             };

@@ -67,6 +67,9 @@ struct Handle {
     dir: Option<dirs::Listing>,
     /// `Dispatch::changes` when the listing was taken.
     dir_stamp: u64,
+    /// Opened with the kernel's listing cache (FOPEN_CACHE_DIR): the offsets of its listings
+    /// carry the listing's id (`dirs::cookie`).
+    cache_dir: bool,
     /// The path as a Lua string, and `Inodes::moves` when it was made (see `open_file`).
     path: Option<(u64, mlua::LuaString)>,
 }
@@ -327,6 +330,11 @@ impl Dispatch {
     /// Whether the script drops set-user-ID/set-group-ID bits itself (`fs.handle_killpriv`).
     pub fn handles_killpriv(&self) -> bool {
         self.ops.handle_killpriv
+    }
+
+    /// When listings should be READDIRPLUS (`fs.readdirplus`).
+    pub fn readdirplus(&self) -> crate::kernel::Readdirplus {
+        self.ops.readdirplus
     }
 
     /// Call the script's `init`, if any.
