@@ -998,13 +998,17 @@ function fs.fallocate(path, mode, offset, length, fi)
 	end
 end
 
--- No fi.keep_cache / fi.cache_readdir: luafs's offsets are positions in a listing taken per
--- open (Lua's table order), and the kernel fills its cache from concurrent listings, joining
--- them at an offset; a directory changed while listed could then stay listed stale.
+-- fi.keep_cache: the kernel keeps the listing in its page cache across opens and lists the
+-- directory again without calling readdir, until it changes through the mount (the kernel then
+-- drops the cache itself) or its mtime does: every change to a luafs directory comes through
+-- the mount. (flufs puts each listing's id in its offsets, so a listing taken before a change
+-- never continues, in the cache, one taken after it.) A listing from the cache leaves the
+-- directory's atime alone, where readdir would have updated it only after a change (relatime).
 function fs.opendir(path, fi)
 	local node = lookup(path)
 	if not node.entries then error(ENOTDIR) end
 	fi.fh = node
+	fi.keep_cache = true
 end
 
 function fs.readdir(path, filler, fi)
@@ -1096,5 +1100,10 @@ fs.handle_killpriv = true
 -- (1000 creates: ~8% of flufs's instructions).
 fs.modes_as_numbers = true
 fs.flags_as_numbers = true
+
+-- Every listing carries the entries' attributes (READDIRPLUS for every chunk, not only the
+-- first): readdir hands over the nodes, which are their own stat tables, so attributes cost
+-- luafs nothing, and `ls -l`, `find -size` and the like need no LOOKUP per entry afterwards.
+fs.readdirplus = "always"
 
 return fs
