@@ -945,6 +945,9 @@ function fs.create(path, modeset, fi)
 	node.opens = 1
 	link_in(dir, name, node)
 	fi.fh = node
+	-- The kernel's next request on a new file is the getxattr of security.capability before
+	-- its first write, by path: a walk from the root saved.
+	remember_path(path, node)
 	return node
 end
 
