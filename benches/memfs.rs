@@ -2,10 +2,9 @@
 //! reference ("the limit for this design") that `scripts/bench` compares flufs + luafs.lua
 //! against, so it mirrors what flufs does around the filesystem code:
 //!
-//! - the same INIT negotiation as flufs (src/kernel.rs `init`) with luafs.lua (readdir,
-//!   `fs.readdirplus = "always"`, no lock): AUTO_INVAL_DATA, PARALLEL_DIROPS, ASYNC_DIO,
-//!   CACHE_SYMLINKS, DO_READDIRPLUS without READDIRPLUS_AUTO (every listing chunk is
-//!   READDIRPLUS), max_write and max_readahead 1 MiB, no writeback cache; and, as
+//! - the same INIT negotiation as flufs (src/kernel.rs `init`) with luafs.lua (readdir, no
+//!   lock): AUTO_INVAL_DATA, PARALLEL_DIROPS, ASYNC_DIO, CACHE_SYMLINKS, DO_READDIRPLUS and
+//!   READDIRPLUS_AUTO, max_write and max_readahead 1 MiB, no writeback cache; and, as
 //!   flufs does after mounting, the mount's /sys/class/bdi/*/read_ahead_kb raised to 1 MiB;
 //! - attr/entry time-outs of 1 s and no negative caching (flufs defaults), overridable with
 //!   `-o attr_timeout=S,entry_timeout=S,negative_timeout=S`;
@@ -15,6 +14,8 @@
 //!   from it for the following offsets (as flufs does); readdirplus entries carry the entry
 //!   time-out and count a lookup each; opendir asks the kernel to cache the listing across
 //!   opens (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE), as luafs's opendir does (`fi.keep_cache`);
+//! - no flush (fuser answers ENOSYS, as flufs does for a script without flush and lock: the
+//!   kernel sends no more FLUSH);
 //! - ENODATA for absent xattrs (luafs stores xattrs, so `ls -l` costs the same requests).
 //!
 //! Everything is kept in one `Mutex<State>`: an inode table (HashMap), directories as HashMaps
@@ -339,6 +340,7 @@ impl fuser::Filesystem for MemFs {
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let supported = config.capabilities() & want;
         let _ = config.add_capabilities(supported);
@@ -787,17 +789,6 @@ impl fuser::Filesystem for MemFs {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
-    }
-
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
     }
 
     fn release(
