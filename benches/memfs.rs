@@ -12,8 +12,7 @@
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
 //! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
 //!   from it for the following offsets (as flufs does); readdirplus entries carry the entry
-//!   time-out and count a lookup each; opendir asks the kernel to cache the listing across
-//!   opens (FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE), as luafs's opendir does (`fi.keep_cache`);
+//!   time-out and count a lookup each;
 //! - no flush (fuser answers ENOSYS, as flufs does for a script without flush and lock: the
 //!   kernel sends no more FLUSH);
 //! - ENODATA for absent xattrs (luafs stores xattrs, so `ls -l` costs the same requests).
@@ -828,10 +827,7 @@ impl fuser::Filesystem for MemFs {
         let fh = st.next_fh;
         st.next_fh += 1;
         st.dirs.insert(fh, None);
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-        );
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(

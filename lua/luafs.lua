@@ -1001,17 +1001,16 @@ function fs.fallocate(path, mode, offset, length, fi)
 	end
 end
 
--- fi.keep_cache: the kernel keeps the listing in its page cache across opens and lists the
--- directory again without calling readdir, until it changes through the mount (the kernel then
--- drops the cache itself) or its mtime does: every change to a luafs directory comes through
--- the mount. (flufs puts each listing's id in its offsets, so a listing taken before a change
--- never continues, in the cache, one taken after it.) A listing from the cache leaves the
--- directory's atime alone, where readdir would have updated it only after a change (relatime).
+-- No fi.keep_cache / fi.cache_readdir: luafs's offsets are positions in a listing taken per
+-- open (Lua's table order), and the kernel fills its cache from concurrent listings, joining
+-- them at an offset; a directory changed while listed could then stay listed stale. (Offsets
+-- that name their listing keep listings apart, but then a reader whose offset is not in the
+-- cache can get a premature end of the listing from the kernel when the cache ends on a page
+-- boundary, even in a directory that does not change: tried, and dropped.)
 function fs.opendir(path, fi)
 	local node = lookup(path)
 	if not node.entries then error(ENOTDIR) end
 	fi.fh = node
-	fi.keep_cache = true
 end
 
 function fs.readdir(path, filler, fi)

@@ -1316,6 +1316,9 @@ fn readdirplus_setting_decides_which_listings_carry_attributes() {
         let mut names = names_of(&m.path("d")).unwrap();
         names.sort();
         assert_eq!(names.len(), 1000, "{mode}");
+        // A request that may change attributes: flufs no longer answers lookups from the
+        // listing (see the next test), so what the kernel got with it decides.
+        fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o755)).unwrap();
         for (i, n) in names.iter().enumerate() {
             let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
             assert_eq!(md.len(), i as u64 + 1, "{mode}: size of {n:?}");
@@ -1340,6 +1343,62 @@ fn readdirplus_setting_decides_which_listings_carry_attributes() {
         "auto: the first chunk only ({auto})"
     );
     assert_eq!(bad, auto, "a bad value is auto");
+}
+
+/// A directory listed whole and then statted entry by entry: the LOOKUPs are answered from
+/// the stat tables readdir gave, without a getattr call, until a request that may change
+/// attributes comes in or the attribute time-out passes; with attr_timeout=0, never.
+#[test]
+fn lookups_after_a_listing_take_the_attributes_readdir_gave() {
+    if !fuse_available() {
+        return;
+    }
+    // (mount options, change between listing and stats, getattr calls expected: none, or
+    // one per entry but those of the first chunk, which came as READDIRPLUS)
+    type Case = (&'static str, bool, fn(usize) -> bool);
+    let cases: [Case; 3] = [
+        ("entry_timeout=60,attr_timeout=60", false, |n| n == 0),
+        ("entry_timeout=60,attr_timeout=60", true, |n| {
+            n > 0 && n < 1000
+        }),
+        ("entry_timeout=60,attr_timeout=0", false, |n| {
+            n > 0 && n <= 1000
+        }),
+    ];
+    for (opts, change, want) in cases {
+        let log = TempDir::new("listed");
+        let logfile = log.path.join("calls");
+        let m = Mount::with_args(
+            &fixture("ops_readdirplus.lua"),
+            &["-o", opts],
+            &["auto", logfile.to_str().unwrap()],
+        );
+        let mut names = names_of(&m.path("d")).unwrap();
+        names.sort();
+        if change {
+            fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        for (i, n) in names.iter().enumerate() {
+            let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
+            assert_eq!(md.len(), i as u64 + 1, "{opts} {change}: size of {n:?}");
+            assert!(md.is_file());
+        }
+        let calls = fs::read_to_string(&logfile)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        assert!(
+            want(calls),
+            "{opts}, change {change}: {calls} getattr calls"
+        );
+        // A name not in the listing still gets getattr's answer.
+        assert_eq!(
+            fs::symlink_metadata(m.path("d/nothere"))
+                .map_err(|e| errno(&e))
+                .err(),
+            Some(libc::ENOENT)
+        );
+    }
 }
 
 #[test]

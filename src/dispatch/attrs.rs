@@ -86,6 +86,9 @@ impl Dispatch {
         parent: u64,
         name: &[u8],
     ) -> Result<Option<(u64, Stat)>, Fail> {
+        if let Some(st) = self.listed_stat(parent, name) {
+            return Ok(Some((self.remember(parent, name, &st), st)));
+        }
         let path = self.child_path(parent, name)?;
         match self.stat(&path, None).await {
             Ok(st) => Ok(Some((self.remember(parent, name, &st), st))),

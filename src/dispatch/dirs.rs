@@ -3,12 +3,19 @@
 //! (at offset 0) and served across as many kernel requests as it needs; with offsets
 //! (`filler(name, st, off)`), each kernel request calls readdir again from its offset and
 //! `filler` returns false once a kernel buffer's worth is collected.
+//!
+//! A directory's last listing is kept, also after its close, for as long as the kernel would
+//! keep attributes (`Kept`): a LOOKUP of a listed name then gets the stat table readdir gave
+//! it, as READDIRPLUS would have, instead of a getattr call.
 
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 use std::cell::{Cell, RefCell};
 use std::ffi::{OsStr, c_int};
+use std::hash::BuildHasher;
 use std::os::unix::ffi::OsStrExt;
+use std::rc::Rc;
+use std::time::Instant;
 
 use fuser::{Errno, FileType, Generation, INodeNo};
 
@@ -42,23 +49,8 @@ pub(super) struct Listing {
     tables: Table,
     /// By entry position; empty when every entry came with a table.
     stats: Vec<Option<Stat>>,
-    /// What the offsets of this listing's entries carry above their position (`cookie`).
-    cookie: u64,
-}
-
-/// The offset of an entry of a listing served by flufs is its position (from 1) in the low 32
-/// bits. For a directory opened with the kernel's listing cache (FOPEN_CACHE_DIR) the bits
-/// above hold the listing's id: the kernel fills its cache from whichever open continues it
-/// at the offset where it stopped, and a listing taken before the directory changed must not
-/// continue one taken after (the kernel would keep the mix). With ids in the offsets, an
-/// offset of one listing is never an offset of another.
-fn cookie(listing_id: u64) -> u64 {
-    (listing_id & 0x7fff_ffff) << 32
-}
-
-/// The position in a listing that an offset stands for.
-fn position(offset: u64) -> u64 {
-    offset & 0xffff_ffff
+    /// When readdir was called for it.
+    taken: Instant,
 }
 
 impl Listing {
@@ -129,10 +121,52 @@ pub(super) struct Lister {
     /// How many entries the last listing of a directory had: the table a listing's stat
     /// tables go into is made that size, and does not grow (and rehash) entry by entry.
     sizes: RefCell<HashMap<u64, u32>>,
+    /// The last listings of closed directories, by directory.
+    kept: RefCell<HashMap<u64, Kept>>,
 }
 
 /// Directories whose listing size `Lister` remembers (forgotten all at once beyond).
 const SIZES_KEPT: usize = 4096;
+
+/// Directories whose last listing `Lister` keeps (see `Kept`).
+const LISTINGS_KEPT: usize = 64;
+
+/// The last listing of a directory (shared with the open directory it was taken for, kept
+/// after its close) while the kernel would trust attributes sent with it (attr_timeout and
+/// entry_timeout from when it was taken), and while no request that may change attributes
+/// has come in since (`Dispatch::changes`). A LOOKUP of a name in it is answered from the
+/// entry's stat table (as READDIRPLUS would have sent it) without calling getattr: a
+/// directory listed and then statted (`os.listdir` and `os.lstat`, `du`, `ls -l` chunk by
+/// chunk) costs one script call, not one per entry.
+struct Kept {
+    listing: Rc<Listing>,
+    stamp: u64,
+    until: Instant,
+    /// Position of each name by its hash, made at the first lookup (`u32::MAX`: two names
+    /// share the hash; they are looked up the usual way).
+    index: Option<HashMap<u64, u32>>,
+}
+
+impl Kept {
+    fn position(&mut self, name: &[u8]) -> Option<usize> {
+        let hasher = foldhash::fast::FixedState::with_seed(0x5eed);
+        let listing = &self.listing;
+        let index = self.index.get_or_insert_with(|| {
+            let mut index = HashMap::with_capacity(listing.entries.len());
+            for (i, e) in listing.entries.iter().enumerate() {
+                let h = hasher.hash_one(listing.name(e));
+                index
+                    .entry(h)
+                    .and_modify(|at| *at = u32::MAX)
+                    .or_insert(i as u32);
+            }
+            index
+        });
+        let i = *index.get(&hasher.hash_one(name))? as usize;
+        let e = listing.entries.get(i)?;
+        (listing.name(e) == name).then_some(i)
+    }
+}
 
 /// Why `filler` refuses an entry.
 enum Refusal {
@@ -352,6 +386,7 @@ impl Lister {
             sinks: Box::leak(Box::new(RefCell::new(HashMap::new()))),
             next: Cell::new(1),
             sizes: RefCell::new(HashMap::new()),
+            kept: RefCell::new(HashMap::new()),
         }
     }
 
@@ -418,6 +453,7 @@ impl Dispatch {
             return reply.error(Errno::ENOSYS);
         }
         let stamp = self.changes.get();
+        let taken = Instant::now();
         let (id, filler, tables) = match self.dirs.open(&self.lua, ino, reply.plus()) {
             Ok(f) => f,
             Err(_) => return reply.error(Errno::ENOMEM),
@@ -434,13 +470,12 @@ impl Dispatch {
         if let Err(e) = r {
             return reply.error(e);
         }
-        let cache_dir = self.handles.borrow().get(&fh).is_some_and(|h| h.cache_dir);
         let mut listing = Listing {
             entries,
             names,
             tables,
             stats: Vec::new(),
-            cookie: if cache_dir { cookie(id) } else { 0 },
+            taken,
         };
         self.complete(&path, &mut listing).await;
         if used_offsets {
@@ -449,6 +484,8 @@ impl Dispatch {
             self.fill(ino, &listing, None, &mut reply, false).await;
             return reply.ok();
         }
+        let listing = Rc::new(listing);
+        self.keep_listing(ino, listing.clone(), stamp);
         let unkept = match self.handles.borrow_mut().get_mut(&fh) {
             Some(h) => {
                 h.dir = Some(listing);
@@ -473,7 +510,7 @@ impl Dispatch {
             .handles
             .borrow_mut()
             .get_mut(&fh)
-            .and_then(|h| Some((h.dir.take()?, h.dir_stamp)));
+            .and_then(|h| Some((h.dir.clone()?, h.dir_stamp)));
         let Some((listing, stamp)) = taken else {
             return reply.ok();
         };
@@ -482,10 +519,62 @@ impl Dispatch {
         let stale = stamp != self.changes.get();
         self.fill(ino, &listing, Some(offset), &mut reply, stale)
             .await;
-        if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
-            h.dir = Some(listing);
-        }
         reply.ok();
+    }
+
+    /// Keep the listing of directory `dir`, just taken, when `changes` was `stamp` (see
+    /// `Kept`).
+    fn keep_listing(&self, dir: u64, listing: Rc<Listing>, stamp: u64) {
+        let ttl = self.cfg.attr_ttl.min(self.cfg.entry_ttl);
+        if ttl.is_zero() || stamp != self.changes.get() {
+            return;
+        }
+        let until = listing.taken + ttl;
+        let mut kept = self.dirs.kept.borrow_mut();
+        if !kept.is_empty() {
+            // Those past their time go (they hold their stat tables).
+            let now = Instant::now();
+            kept.retain(|_, k| k.until > now && k.stamp == stamp);
+            if kept.len() >= LISTINGS_KEPT {
+                kept.clear();
+            }
+        }
+        kept.insert(
+            dir,
+            Kept {
+                listing,
+                stamp,
+                until,
+                index: None,
+            },
+        );
+    }
+
+    /// The attributes the kept listing of `dir` gives `name`, while they are good (see
+    /// `Kept`).
+    pub(super) fn listed_stat(&self, dir: u64, name: &[u8]) -> Option<Stat> {
+        let mut all = self.dirs.kept.borrow_mut();
+        if all.is_empty() {
+            return None;
+        }
+        let kept = all.get_mut(&dir)?;
+        if kept.stamp != self.changes.get() || Instant::now() >= kept.until {
+            all.remove(&dir);
+            return None;
+        }
+        let i = kept.position(name)?;
+        let listing = &kept.listing;
+        let e = &listing.entries[i];
+        if let Some(st) = listing.stat(i) {
+            return Some(*st);
+        }
+        if !e.has_table {
+            return None;
+        }
+        // A table that does not decode is left to getattr (and to its error).
+        self.stat_reader
+            .decode_item(&listing.tables, i as i64 + 1, &self.defaults)
+            .ok()
     }
 
     /// The attributes of entry `i` (from 1) from the table its filler call gave.
@@ -550,7 +639,7 @@ impl Dispatch {
     ) {
         let entries = &listing.entries;
         let tables = &listing.tables;
-        let skip = index_from.map_or(0, |o| usize::try_from(position(o)).unwrap_or(usize::MAX));
+        let skip = index_from.map_or(0, |o| usize::try_from(o).unwrap_or(usize::MAX));
         // Attributes in a listing taken by an earlier request may be stale by now, and the
         // kernel would take them as fresh (a file's size could go backwards): re-read them.
         let dir_path = if stale && skip > 0 && matches!(reply, DirReply::Plus(_)) {
@@ -570,7 +659,7 @@ impl Dispatch {
                 _ => (listing.stat(i), e.has_table),
             };
             let off = if index_from.is_some() {
-                (i as u64 + 1) | listing.cookie
+                i as u64 + 1
             } else {
                 e.offset
             };

@@ -52,7 +52,7 @@ impl Dispatch {
         f
     }
 
-    fn register(&self, ino: u64, fi: Table, cache_dir: bool) -> u64 {
+    fn register(&self, ino: u64, fi: Table) -> u64 {
         let fh = self.next_fh.get();
         self.next_fh.set(fh + 1);
         self.inodes.borrow_mut().opened(ino);
@@ -63,7 +63,6 @@ impl Dispatch {
                 fi,
                 dir: None,
                 dir_stamp: 0,
-                cache_dir,
                 path: None,
             },
         );
@@ -85,8 +84,7 @@ impl Dispatch {
             self.call_unit(op, (lpath, fi.clone())).await?;
         }
         let flags = self.fopen_flags(&fi, dir);
-        let cache_dir = flags.contains(FopenFlags::FOPEN_CACHE_DIR);
-        Ok((self.register(ino, fi, cache_dir), flags))
+        Ok((self.register(ino, fi), flags))
     }
 
     /// create; without it the kernel falls back to mknod + open.
@@ -115,7 +113,7 @@ impl Dispatch {
         };
         let ino = self.remember(parent, name, &st);
         let flags = self.fopen_flags(&fi, false);
-        let fh = self.register(ino, fi, false);
+        let fh = self.register(ino, fi);
         Ok((ino, st, fh, flags))
     }
 

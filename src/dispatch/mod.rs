@@ -64,12 +64,9 @@ struct Handle {
     ino: u64,
     fi: Table,
     /// Directory listing captured at offset 0 (for scripts that do not use offsets).
-    dir: Option<dirs::Listing>,
+    dir: Option<Rc<dirs::Listing>>,
     /// `Dispatch::changes` when the listing was taken.
     dir_stamp: u64,
-    /// Opened with the kernel's listing cache (FOPEN_CACHE_DIR): the offsets of its listings
-    /// carry the listing's id (`dirs::cookie`).
-    cache_dir: bool,
     /// The path as a Lua string, and `Inodes::moves` when it was made (see `open_file`).
     path: Option<(u64, mlua::LuaString)>,
 }
