@@ -1,14 +1,21 @@
 //! `--op-timeout`: interrupts a request whose Lua code runs too long. Each call of a script
 //! operation runs in its own coroutine; while the executor resumes one, that coroutine is
-//! *armed* here with a deadline. A watchdog thread checks every 100 ms and, once the deadline
-//! has passed, installs a Lua count hook on that coroutine (lua_sethook is safe to call
-//! asynchronously, as the standalone `lua` does from its SIGINT handler); the hook raises an
-//! error inside the runaway code. No hook is installed while calls finish in time, so Lua runs
-//! at full speed. Time a request spends suspended (network, timers) is not counted: the clock
-//! runs only while its coroutine runs, and each resumption gets the whole timeout.
+//! *armed* here. A watchdog thread looks every 100 ms and, once the same resumption has been
+//! running for longer than the timeout, installs a Lua count hook on that coroutine
+//! (lua_sethook is safe to call asynchronously, as the standalone `lua` does from its SIGINT
+//! handler); the hook raises an error inside the runaway code. No hook is installed while calls
+//! finish in time, so Lua runs at full speed. Time a request spends suspended (network, timers)
+//! is not counted: only a running coroutine is armed, and each resumption gets the whole
+//! timeout.
+//!
+//! Arming and disarming are a few atomic operations (no lock, no clock: they happen for every
+//! request): each resumption gets a generation number, odd while it runs, and the watchdog
+//! thread times the generation it sees. It works on a coroutine only with `busy` set, and
+//! `disarm` waits for `busy` to clear once the generation has moved on, so once `disarm`
+//! returns the watchdog no longer touches that coroutine (it may then be freed).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use mlua::ffi;
@@ -16,31 +23,28 @@ use mlua::ffi;
 /// The message the interrupted request fails with.
 pub const MESSAGE: &str = "operation interrupted: it ran longer than --op-timeout";
 
-/// The coroutine being resumed and its deadline. Disarming takes the lock, so once `disarm`
-/// returns the watchdog thread no longer touches that coroutine (it may then be freed).
-struct Slot {
-    state: usize,
-    deadline: Option<Instant>,
-}
-
 struct Shared {
-    slot: Mutex<Slot>,
+    /// The resumption's generation: odd while a coroutine is armed (running), even otherwise.
+    generation: AtomicU64,
+    /// The armed coroutine's state (valid while `generation` is odd).
+    state: AtomicUsize,
+    /// The generation the installed hook is for: a hook that fires in a later resumption of
+    /// the same coroutine does nothing.
+    target: AtomicU64,
+    /// The watchdog thread is installing a hook.
+    busy: AtomicBool,
     fired: AtomicBool,
 }
 
 static SHARED: OnceLock<Arc<Shared>> = OnceLock::new();
 
-fn slot(s: &Shared) -> MutexGuard<'_, Slot> {
-    s.slot.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 unsafe extern "C-unwind" fn timeout_hook(state: *mut ffi::lua_State, _ar: *mut ffi::lua_Debug) {
     unsafe { ffi::lua_sethook(state, None, 0, 0) };
     let Some(s) = SHARED.get() else { return };
-    let expired = {
-        let g = slot(s);
-        g.state == state as usize && g.deadline.is_some_and(|d| Instant::now() > d)
-    };
+    let g = s.generation.load(Ordering::Acquire);
+    let expired = !g.is_multiple_of(2)
+        && g == s.target.load(Ordering::Acquire)
+        && s.state.load(Ordering::Relaxed) == state as usize;
     if !expired {
         return;
     }
@@ -54,7 +58,6 @@ unsafe extern "C-unwind" fn timeout_hook(state: *mut ffi::lua_State, _ar: *mut f
 /// The per-call side of the watchdog (one per process: the Lua state is one too).
 pub struct Watchdog {
     shared: Arc<Shared>,
-    timeout: Duration,
 }
 
 impl Watchdog {
@@ -63,10 +66,10 @@ impl Watchdog {
         let shared = SHARED
             .get_or_init(|| {
                 Arc::new(Shared {
-                    slot: Mutex::new(Slot {
-                        state: 0,
-                        deadline: None,
-                    }),
+                    generation: AtomicU64::new(0),
+                    state: AtomicUsize::new(0),
+                    target: AtomicU64::new(0),
+                    busy: AtomicBool::new(false),
                     fired: AtomicBool::new(false),
                 })
             })
@@ -81,35 +84,55 @@ impl Watchdog {
                     libc::sigfillset(&mut all);
                     libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
                 }
+                // The running generation last seen, and when it was first seen.
+                let mut seen = (0u64, Instant::now());
                 loop {
                     std::thread::sleep(Duration::from_millis(100));
-                    let g = slot(&s);
-                    if g.state != 0 && g.deadline.is_some_and(|d| Instant::now() > d) {
-                        let state = g.state as *mut ffi::lua_State;
+                    let g = s.generation.load(Ordering::Acquire);
+                    if g.is_multiple_of(2) {
+                        continue;
+                    }
+                    if g != seen.0 {
+                        seen = (g, Instant::now());
+                        continue;
+                    }
+                    if seen.1.elapsed() <= timeout || s.target.load(Ordering::Relaxed) == g {
+                        continue;
+                    }
+                    s.busy.store(true, Ordering::SeqCst);
+                    // Still the same resumption: `disarm` has not returned (it waits for
+                    // `busy`), so the coroutine is alive.
+                    if s.generation.load(Ordering::SeqCst) == g {
+                        s.target.store(g, Ordering::Release);
+                        let state = s.state.load(Ordering::Relaxed) as *mut ffi::lua_State;
                         unsafe {
                             ffi::lua_sethook(state, Some(timeout_hook), ffi::LUA_MASKCOUNT, 1000)
                         };
                     }
+                    s.busy.store(false, Ordering::SeqCst);
                 }
             })?;
-        Ok(Watchdog { shared, timeout })
+        Ok(Watchdog { shared })
     }
 
     /// Coroutine `state` is about to run.
     pub fn arm(&self, state: *const std::ffi::c_void) {
-        self.shared.fired.store(false, Ordering::Relaxed);
-        let mut g = slot(&self.shared);
-        g.state = state as usize;
-        g.deadline = Some(Instant::now() + self.timeout);
+        let s = &self.shared;
+        s.fired.store(false, Ordering::Relaxed);
+        s.state.store(state as usize, Ordering::Relaxed);
+        // Even to odd; publishes `state`.
+        s.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The coroutine stopped running (finished or suspended); returns whether it was
     /// interrupted.
     pub fn disarm(&self) -> bool {
-        let mut g = slot(&self.shared);
-        g.state = 0;
-        g.deadline = None;
-        drop(g);
-        self.shared.fired.load(Ordering::Acquire)
+        let s = &self.shared;
+        // Odd to even, then wait for a hook being installed on the coroutine to be in place.
+        s.generation.fetch_add(1, Ordering::SeqCst);
+        while s.busy.load(Ordering::SeqCst) {
+            std::hint::spin_loop();
+        }
+        s.fired.load(Ordering::Acquire)
     }
 }
