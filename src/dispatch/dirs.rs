@@ -49,8 +49,10 @@ pub(super) struct Listing {
     tables: Table,
     /// By entry position; empty when every entry came with a table.
     stats: Vec<Option<Stat>>,
-    /// When readdir was called for it.
+    /// When readdir was called for it, and `Dispatch::changes` then: a listing taken when
+    /// it had another value may hold stale attributes.
     taken: Instant,
+    stamp: u64,
 }
 
 impl Listing {
@@ -121,7 +123,7 @@ pub(super) struct Lister {
     /// How many entries the last listing of a directory had: the table a listing's stat
     /// tables go into is made that size, and does not grow (and rehash) entry by entry.
     sizes: RefCell<HashMap<u64, u32>>,
-    /// The last listings of closed directories, by directory.
+    /// The last listing of each directory listed lately (see `Kept`).
     kept: RefCell<HashMap<u64, Kept>>,
 }
 
@@ -140,7 +142,6 @@ const LISTINGS_KEPT: usize = 64;
 /// chunk) costs one script call, not one per entry.
 struct Kept {
     listing: Rc<Listing>,
-    stamp: u64,
     until: Instant,
     /// Position of each name by its hash, made at the first lookup (`u32::MAX`: two names
     /// share the hash; they are looked up the usual way).
@@ -476,6 +477,7 @@ impl Dispatch {
             tables,
             stats: Vec::new(),
             taken,
+            stamp,
         };
         self.complete(&path, &mut listing).await;
         if used_offsets {
@@ -485,11 +487,10 @@ impl Dispatch {
             return reply.ok();
         }
         let listing = Rc::new(listing);
-        self.keep_listing(ino, listing.clone(), stamp);
+        self.keep_listing(ino, listing.clone());
         let unkept = match self.handles.borrow_mut().get_mut(&fh) {
             Some(h) => {
                 h.dir = Some(listing);
-                h.dir_stamp = stamp;
                 None
             }
             None => Some(listing),
@@ -510,31 +511,30 @@ impl Dispatch {
             .handles
             .borrow_mut()
             .get_mut(&fh)
-            .and_then(|h| Some((h.dir.clone()?, h.dir_stamp)));
-        let Some((listing, stamp)) = taken else {
+            .and_then(|h| h.dir.clone());
+        let Some(listing) = taken else {
             return reply.ok();
         };
         // Requests that may have changed attributes since the listing was taken make its
         // attributes suspect.
-        let stale = stamp != self.changes.get();
+        let stale = listing.stamp != self.changes.get();
         self.fill(ino, &listing, Some(offset), &mut reply, stale)
             .await;
         reply.ok();
     }
 
-    /// Keep the listing of directory `dir`, just taken, when `changes` was `stamp` (see
-    /// `Kept`).
-    fn keep_listing(&self, dir: u64, listing: Rc<Listing>, stamp: u64) {
+    /// Keep the listing of directory `dir`, just taken (see `Kept`).
+    fn keep_listing(&self, dir: u64, listing: Rc<Listing>) {
         let ttl = self.cfg.attr_ttl.min(self.cfg.entry_ttl);
-        if ttl.is_zero() || stamp != self.changes.get() {
+        if ttl.is_zero() || listing.stamp != self.changes.get() {
             return;
         }
         let until = listing.taken + ttl;
         let mut kept = self.dirs.kept.borrow_mut();
         if !kept.is_empty() {
-            // Those past their time go (they hold their stat tables).
-            let now = Instant::now();
-            kept.retain(|_, k| k.until > now && k.stamp == stamp);
+            // Those past their time or stale go (they hold their stat tables).
+            let (now, stamp) = (listing.taken, listing.stamp);
+            kept.retain(|_, k| k.until > now && k.listing.stamp == stamp);
             if kept.len() >= LISTINGS_KEPT {
                 kept.clear();
             }
@@ -543,7 +543,6 @@ impl Dispatch {
             dir,
             Kept {
                 listing,
-                stamp,
                 until,
                 index: None,
             },
@@ -558,7 +557,7 @@ impl Dispatch {
             return None;
         }
         let kept = all.get_mut(&dir)?;
-        if kept.stamp != self.changes.get() || Instant::now() >= kept.until {
+        if kept.listing.stamp != self.changes.get() || Instant::now() >= kept.until {
             all.remove(&dir);
             return None;
         }

@@ -62,7 +62,6 @@ impl Dispatch {
                 ino,
                 fi,
                 dir: None,
-                dir_stamp: 0,
                 path: None,
             },
         );

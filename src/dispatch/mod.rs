@@ -65,8 +65,6 @@ struct Handle {
     fi: Table,
     /// Directory listing captured at offset 0 (for scripts that do not use offsets).
     dir: Option<Rc<dirs::Listing>>,
-    /// `Dispatch::changes` when the listing was taken.
-    dir_stamp: u64,
     /// The path as a Lua string, and `Inodes::moves` when it was made (see `open_file`).
     path: Option<(u64, mlua::LuaString)>,
 }
