@@ -14,7 +14,7 @@ use fuser::{Config as FuserConfig, MountOption, Session, SessionACL};
 use mlua::{Lua, Table};
 
 use crate::dispatch::{self, CurrentCtx, Dispatch, Engine};
-use crate::kernel::{Features, Kernel, Readdirplus};
+use crate::kernel::{Features, Kernel};
 use crate::ops::OpName;
 use crate::options::MountOptions;
 
@@ -322,11 +322,7 @@ pub fn serve(
         .map_err(|e| format!("cannot read the operations table: {e}"))?;
     let features = Features {
         posix_locks: dispatch.has(OpName::Lock),
-        readdirplus: if dispatch.has(OpName::Readdir) {
-            dispatch.readdirplus()
-        } else {
-            Readdirplus::Never
-        },
+        readdirplus: dispatch.readdirplus(),
         handle_killpriv: dispatch.handles_killpriv(),
         writeback_cache: o.writeback_cache,
         max_write: o.max_write.unwrap_or(1 << 20),

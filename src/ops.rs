@@ -77,7 +77,8 @@ pub struct Ops {
     pub modes_as_numbers: bool,
     /// `fs.flags_as_numbers = true`: `fi.flags` is the integer of open(2) flags, not a set.
     pub flags_as_numbers: bool,
-    /// `fs.readdirplus = "auto" | "always" | "never"`: when listings carry attributes.
+    /// `fs.readdirplus = "auto" | "always" | "never"`: when listings carry attributes
+    /// (never without readdir).
     pub readdirplus: Readdirplus,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
@@ -175,17 +176,19 @@ impl Ops {
                 _ => usize::MAX,
             })
             .collect();
-        Ok((
-            Ops {
-                funcs,
-                handle_killpriv,
-                modes_as_numbers,
-                flags_as_numbers,
-                readdirplus,
-                params,
-            },
-            warnings,
-        ))
+        let mut ops = Ops {
+            funcs,
+            handle_killpriv,
+            modes_as_numbers,
+            flags_as_numbers,
+            readdirplus,
+            params,
+        };
+        // With no readdir there is nothing to answer READDIRPLUS with.
+        if !ops.has(OpName::Readdir) {
+            ops.readdirplus = Readdirplus::Never;
+        }
+        Ok((ops, warnings))
     }
 
     pub fn get(&self, op: OpName) -> Option<&Function> {
