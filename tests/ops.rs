@@ -1296,6 +1296,38 @@ fn readdir_filler_takes_a_table_of_entries() {
     );
 }
 
+/// Mount ops_readdirplus.lua (`fs.readdirplus = mode`, mount options `opts`), list /d, run
+/// `between`, then lstat every entry (checking the size its stat table gives). Returns how
+/// many getattr calls the script saw on entries of /d, and the mount.
+fn statted_after_listing(mode: &str, opts: &str, between: impl FnOnce(&Mount)) -> (usize, Mount) {
+    let log = TempDir::new("rdplus");
+    let logfile = log.path.join("calls");
+    let m = Mount::with_args(
+        &fixture("ops_readdirplus.lua"),
+        &["-o", opts],
+        &[mode, logfile.to_str().unwrap()],
+    );
+    let mut names = names_of(&m.path("d")).unwrap();
+    names.sort();
+    assert_eq!(names.len(), 1000, "{mode} {opts}");
+    between(&m);
+    for (i, n) in names.iter().enumerate() {
+        let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
+        assert_eq!(md.len(), i as u64 + 1, "{mode} {opts}: size of {n:?}");
+        assert!(md.is_file());
+    }
+    let calls = fs::read_to_string(&logfile)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    (calls, m)
+}
+
+/// A request that may change attributes (the fixture's chmod does nothing else).
+fn chmod_d(m: &Mount) {
+    fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// `fs.readdirplus`: "always" lists every chunk with attributes (no getattr per entry
 /// afterwards), "never" none (a getattr per entry looked up), "auto" (the default, and what a
 /// bad value falls back to, with a warning) lets the kernel decide: the first chunk only here.
@@ -1306,27 +1338,9 @@ fn readdirplus_setting_decides_which_listings_carry_attributes() {
     }
     let mut counts = Vec::new();
     for mode in ["always", "never", "auto", "sometimes"] {
-        let log = TempDir::new("rdplus");
-        let logfile = log.path.join("calls");
-        let m = Mount::with_args(
-            &fixture("ops_readdirplus.lua"),
-            &["-o", "entry_timeout=60,attr_timeout=60"],
-            &[mode, logfile.to_str().unwrap()],
-        );
-        let mut names = names_of(&m.path("d")).unwrap();
-        names.sort();
-        assert_eq!(names.len(), 1000, "{mode}");
-        // A request that may change attributes: flufs no longer answers lookups from the
-        // listing (see the next test), so what the kernel got with it decides.
-        fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o755)).unwrap();
-        for (i, n) in names.iter().enumerate() {
-            let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
-            assert_eq!(md.len(), i as u64 + 1, "{mode}: size of {n:?}");
-        }
-        let calls = fs::read_to_string(&logfile)
-            .unwrap_or_default()
-            .lines()
-            .count();
+        // The chmod: flufs no longer answers lookups from the listing (see the next test),
+        // so what the kernel got with it decides.
+        let (calls, m) = statted_after_listing(mode, "entry_timeout=60,attr_timeout=60", chmod_d);
         let warned = m
             .log()
             .contains("'readdirplus' is \"sometimes\", not \"auto\"");
@@ -1366,27 +1380,11 @@ fn lookups_after_a_listing_take_the_attributes_readdir_gave() {
         }),
     ];
     for (opts, change, want) in cases {
-        let log = TempDir::new("listed");
-        let logfile = log.path.join("calls");
-        let m = Mount::with_args(
-            &fixture("ops_readdirplus.lua"),
-            &["-o", opts],
-            &["auto", logfile.to_str().unwrap()],
-        );
-        let mut names = names_of(&m.path("d")).unwrap();
-        names.sort();
-        if change {
-            fs::set_permissions(m.path("d"), fs::Permissions::from_mode(0o755)).unwrap();
-        }
-        for (i, n) in names.iter().enumerate() {
-            let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
-            assert_eq!(md.len(), i as u64 + 1, "{opts} {change}: size of {n:?}");
-            assert!(md.is_file());
-        }
-        let calls = fs::read_to_string(&logfile)
-            .unwrap_or_default()
-            .lines()
-            .count();
+        let (calls, m) = statted_after_listing("auto", opts, |m| {
+            if change {
+                chmod_d(m)
+            }
+        });
         assert!(
             want(calls),
             "{opts}, change {change}: {calls} getattr calls"
