@@ -1108,4 +1108,10 @@ fs.flags_as_numbers = true
 -- 19.5 -> 8.8 ms), but every listing would make the kernel build an inode per entry (a first
 -- listing of 10,000 names, as `find` or `ls -f` do: 5.5 -> 27 ms, 4x passthrough_ll's).
 
+-- Every change to luafs comes through the mount, so a listing taken a moment ago (within
+-- attr_timeout, with no change since) is still what readdir would give: flufs serves a new
+-- open of the directory from it without calling readdir (listing 10,000 names again: daemon
+-- CPU ~3.9 -> ~2.5 ms).
+fs.reuse_listings = true
+
 return fs

@@ -80,6 +80,9 @@ pub struct Ops {
     /// `fs.readdirplus = "auto" | "always" | "never"`: when listings carry attributes
     /// (never without readdir).
     pub readdirplus: Readdirplus,
+    /// `fs.reuse_listings = true`: a new open of a directory is served the listing an earlier
+    /// one took, without a readdir call, while that listing is kept (see `dispatch::dirs`).
+    pub reuse_listings: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -145,6 +148,7 @@ impl Ops {
         let handle_killpriv = setting("handle_killpriv")?;
         let modes_as_numbers = setting("modes_as_numbers")?;
         let flags_as_numbers = setting("flags_as_numbers")?;
+        let reuse_listings = setting("reuse_listings")?;
         let readdirplus = match fs.get::<Value>("readdirplus")? {
             Value::Nil => Readdirplus::Auto,
             Value::String(s) if s.as_bytes().as_ref() == b"auto" => Readdirplus::Auto,
@@ -182,6 +186,7 @@ impl Ops {
             modes_as_numbers,
             flags_as_numbers,
             readdirplus,
+            reuse_listings,
             params,
         };
         // With no readdir there is nothing to answer READDIRPLUS with.

@@ -1316,11 +1316,16 @@ fn statted_after_listing(mode: &str, opts: &str, between: impl FnOnce(&Mount)) -
         assert_eq!(md.len(), i as u64 + 1, "{mode} {opts}: size of {n:?}");
         assert!(md.is_file());
     }
-    let calls = fs::read_to_string(&logfile)
+    (calls_logged(&logfile, "getattr "), m)
+}
+
+/// The calls the readdirplus fixture logged whose line starts with `what`.
+fn calls_logged(logfile: &Path, what: &str) -> usize {
+    fs::read_to_string(logfile)
         .unwrap_or_default()
         .lines()
-        .count();
-    (calls, m)
+        .filter(|l| l.starts_with(what))
+        .count()
 }
 
 /// A request that may change attributes (the fixture's chmod does nothing else).
@@ -1396,6 +1401,49 @@ fn lookups_after_a_listing_take_the_attributes_readdir_gave() {
                 .err(),
             Some(libc::ENOENT)
         );
+    }
+}
+
+/// `fs.reuse_listings`: a new open of a directory is served the last listing without a
+/// readdir call while that listing is good (no request that may change attributes since, and
+/// within the attribute time-out); without the setting, or with attr_timeout=0, every listing
+/// calls readdir.
+#[test]
+fn reuse_listings_serves_a_new_open_from_the_last_listing_until_a_change() {
+    if !fuse_available() {
+        return;
+    }
+    // (mount options, fixture's third argument, readdir calls after each of the four
+    // listings; a chmod comes between the second and the third)
+    let cases = [
+        ("entry_timeout=60,attr_timeout=60", "reuse", [1, 1, 2, 2]),
+        ("entry_timeout=60,attr_timeout=60", "", [1, 2, 3, 4]),
+        ("entry_timeout=60,attr_timeout=0", "reuse", [1, 2, 3, 4]),
+    ];
+    for (opts, reuse, want) in cases {
+        let log = TempDir::new("reuse");
+        let logfile = log.path.join("calls");
+        let m = Mount::with_args(
+            &fixture("ops_readdirplus.lua"),
+            &["-o", opts],
+            &["auto", logfile.to_str().unwrap(), reuse],
+        );
+        let mut first: Option<Vec<OsString>> = None;
+        let mut got = [0; 4];
+        for (i, calls) in got.iter_mut().enumerate() {
+            if i == 2 {
+                chmod_d(&m);
+            }
+            let mut names = names_of(&m.path("d")).unwrap();
+            names.sort();
+            assert_eq!(names.len(), 1000, "{opts} {reuse:?}: listing {i}");
+            match &first {
+                None => first = Some(names),
+                Some(f) => assert!(*f == names, "{opts} {reuse:?}: listing {i} differs"),
+            }
+            *calls = calls_logged(&logfile, "readdir ");
+        }
+        assert_eq!(got, want, "{opts} {reuse:?}: readdir calls\n{}", m.log());
     }
 }
 

@@ -11,6 +11,7 @@
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::ffi::{OsStr, c_int};
 use std::hash::BuildHasher;
 use std::os::unix::ffi::OsStrExt;
@@ -453,6 +454,17 @@ impl Dispatch {
         if !self.has(OpName::Readdir) {
             return reply.error(Errno::ENOSYS);
         }
+        if self.ops.reuse_listings
+            && let Some(listing) = self.kept_listing(ino)
+        {
+            if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
+                h.dir = Some(listing.clone());
+            }
+            let mut reply = reply;
+            self.fill(ino, &listing, Some(offset), &mut reply, false)
+                .await;
+            return reply.ok();
+        }
         let stamp = self.changes.get();
         let taken = Instant::now();
         let (id, filler, tables) = match self.dirs.open(&self.lua, ino, reply.plus()) {
@@ -549,18 +561,38 @@ impl Dispatch {
         );
     }
 
+    /// The kept listing of `dir`, while it is good (see `Kept`).
+    fn kept_listing(&self, dir: u64) -> Option<Rc<Listing>> {
+        let mut all = self.dirs.kept.borrow_mut();
+        let kept = self.good_kept(&mut all, dir)?;
+        Some(kept.listing.clone())
+    }
+
+    /// `dir`'s entry in `all` while it is good; one past its time or stale is dropped.
+    fn good_kept<'a>(&self, all: &'a mut HashMap<u64, Kept>, dir: u64) -> Option<&'a mut Kept> {
+        if all.is_empty() {
+            return None;
+        }
+        match all.entry(dir) {
+            Entry::Occupied(k)
+                if k.get().listing.stamp == self.changes.get()
+                    && Instant::now() < k.get().until =>
+            {
+                Some(k.into_mut())
+            }
+            Entry::Occupied(k) => {
+                k.remove();
+                None
+            }
+            Entry::Vacant(_) => None,
+        }
+    }
+
     /// The attributes the kept listing of `dir` gives `name`, while they are good (see
     /// `Kept`).
     pub(super) fn listed_stat(&self, dir: u64, name: &[u8]) -> Option<Stat> {
         let mut all = self.dirs.kept.borrow_mut();
-        if all.is_empty() {
-            return None;
-        }
-        let kept = all.get_mut(&dir)?;
-        if kept.listing.stamp != self.changes.get() || Instant::now() >= kept.until {
-            all.remove(&dir);
-            return None;
-        }
+        let kept = self.good_kept(&mut all, dir)?;
         let i = kept.position(name)?;
         let listing = &kept.listing;
         let e = &listing.entries[i];
