@@ -154,6 +154,13 @@ impl Inodes {
         self.children.get(&parent)?.get(name).copied()
     }
 
+    /// The node currently known under `name` in `parent`, with its file type bits last seen
+    /// (what a plain READDIR entry needs).
+    pub fn child_kind(&self, parent: u64, name: &[u8]) -> Option<(u64, u32)> {
+        let id = self.child(parent, name)?;
+        Some((id, self.nodes.get(&id)?.kind))
+    }
+
     /// The directory a node's primary name is in (the root is its own parent).
     pub fn parent(&self, ino: u64) -> Option<u64> {
         self.nodes.get(&ino).map(|n| n.parent)

@@ -262,7 +262,8 @@ unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a 
         let mut len = 0usize;
         let p = ffi::lua_tolstring(state, at, &mut len) as *const u8;
         let name = std::slice::from_raw_parts(p, len);
-        if name.is_empty() || name.len() > 255 || name.contains(&b'/') || name.contains(&0) {
+        // One pass over the (short) name, not two memchr calls.
+        if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b == b'/' || b == 0) {
             return Err(Refusal::BadName(ffi::lua_absindex(state, at)));
         }
         Ok(name)
@@ -699,14 +700,13 @@ impl Dispatch {
                 DirReply::Plain(r) => {
                     // A name the kernel already holds: its node id and type are known here,
                     // and the script's table need not be read (it may be anywhere in memory).
-                    let known = if dot {
-                        None
-                    } else {
-                        self.inodes.borrow().child(dir, bytes)
+                    let (known, known_kind) = match dot {
+                        true => (None, None),
+                        false => match self.inodes.borrow().child_kind(dir, bytes) {
+                            Some((id, k)) => (Some(id), Some(k).filter(|k| *k != 0)),
+                            None => (None, None),
+                        },
                     };
-                    let known_kind = known
-                        .and_then(|id| self.inodes.borrow().kind(id))
-                        .filter(|k| *k != 0);
                     let mode_ino = match (stat, has_table) {
                         (Some(st), _) => Some((st.mode, st.ino)),
                         (None, _) if known_kind.is_some() => None,
