@@ -53,6 +53,10 @@ pub struct Inodes {
     /// Counts changes of a node's primary name or directory (renames, and the rarer ways a
     /// path changes): a path made when it had another value may be out of date.
     moves: u64,
+    /// Counts what may give a name or a script ino another node id (a name removed or
+    /// replaced: unlink, rename, exchange, a node dropped; a script ino mapped anew): a node
+    /// id found for a name when it had another value may be out of date.
+    unnamings: u64,
 }
 
 impl Default for Inodes {
@@ -83,6 +87,7 @@ impl Inodes {
             by_script_ino: HashMap::new(),
             next: ROOT + 1,
             moves: 0,
+            unnamings: 0,
         }
     }
 
@@ -95,6 +100,11 @@ impl Inodes {
     /// See `moves`.
     pub fn moves(&self) -> u64 {
         self.moves
+    }
+
+    /// See `unnamings`.
+    pub fn unnamings(&self) -> u64 {
+        self.unnamings
     }
 
     /// The path of a node ("/" for the root). Removed nodes keep their last path.
@@ -264,6 +274,7 @@ impl Inodes {
             match self.by_script_ino.entry(script_ino) {
                 Entry::Occupied(o) if !self.nodes.contains_key(o.get()) => *o.get(),
                 Entry::Occupied(mut o) => {
+                    self.unnamings += 1;
                     self.next += 1;
                     o.insert(self.next - 1);
                     self.next - 1
@@ -324,7 +335,9 @@ impl Inodes {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.script_ino = script_ino;
         }
-        self.by_script_ino.insert(script_ino, id);
+        if self.by_script_ino.insert(script_ino, id).is_some() {
+            self.unnamings += 1;
+        }
     }
 
     /// The kernel dropped `n` references.
@@ -379,6 +392,7 @@ impl Inodes {
     }
 
     fn remove_name(&mut self, parent: u64, name: &[u8], ino: u64) {
+        self.unnamings += 1;
         if let Some(c) = self.children.get_mut(&parent)
             && c.get(name) == Some(&ino)
         {
@@ -453,6 +467,7 @@ impl Inodes {
     pub fn exchange(&mut self, parent: u64, name: &[u8], newparent: u64, newname: &[u8]) {
         let a = self.child(parent, name);
         let b = self.child(newparent, newname);
+        self.unnamings += 1;
         for (id, from, to) in [
             (a, (parent, name), (newparent, newname)),
             (b, (newparent, newname), (parent, name)),
@@ -493,6 +508,7 @@ impl Inodes {
     }
 
     fn remove_name_any(&mut self, parent: u64, name: &[u8]) {
+        self.unnamings += 1;
         if let Some(c) = self.children.get_mut(&parent) {
             c.remove(name);
         }
@@ -634,5 +650,40 @@ mod tests {
         let f = t.lookup(ROOT, b"x", 0, REG, 1);
         let d = t.lookup(ROOT, b"x", 0, DIR, 2);
         assert_ne!(f, d);
+    }
+
+    /// `unnamings` moves whenever a name's node id found before may no longer be its node,
+    /// and not for lookups, new names or forgets that drop nothing.
+    #[test]
+    fn unnamings_count_what_may_give_a_name_another_node() {
+        let mut t = Inodes::new();
+        let mut last = t.unnamings();
+        let mut moved = |t: &Inodes| {
+            let m = t.unnamings() != last;
+            last = t.unnamings();
+            m
+        };
+        let f = t.lookup(ROOT, b"f", 7, REG, 1);
+        t.lookup(ROOT, b"f", 7, REG, 1);
+        t.lookup(ROOT, b"g", 8, REG, 1);
+        assert_eq!(t.id_for(9), t.id_for(9));
+        t.forget(f, 1);
+        assert!(
+            !moved(&t),
+            "lookups, id_for and a forget leaving a reference"
+        );
+        t.rename(ROOT, b"f", ROOT, b"h");
+        assert!(moved(&t), "rename");
+        t.exchange(ROOT, b"h", ROOT, b"g");
+        assert!(moved(&t), "exchange");
+        t.unlink(ROOT, b"g");
+        assert!(moved(&t), "unlink");
+        let d = t.lookup(ROOT, b"d", 10, REG, 1);
+        t.forget(d, 1);
+        assert!(moved(&t), "a node dropped");
+        // Script ino 8 (the node now named h) under another name with nlink 1 (no hard
+        // link): a new node, and the script ino maps to it.
+        t.lookup(ROOT, b"k", 8, REG, 1);
+        assert!(moved(&t), "a script ino mapped anew");
     }
 }

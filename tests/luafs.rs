@@ -1632,3 +1632,74 @@ fn executable_bits_decide_whether_a_file_can_be_run() {
     assert_eq!(code, 0, "running a 0755 script: {err}");
     assert_eq!(out, "ran from luafs\n");
 }
+
+/// Every entry of a listing of `dir` checked against lstat: d_ino is st_ino and d_type the
+/// file's type. Returns how many entries there were. The whole listing is read before any
+/// lstat: a lookup in between would make the kernel ask for the next chunk with attributes
+/// (READDIRPLUS), and plain READDIR chunks are what this checks most.
+fn listing_agrees_with_stat(dir: &Path, when: &str) -> usize {
+    use std::os::unix::fs::DirEntryExt;
+    let mut n = 0;
+    let entries: Vec<fs::DirEntry> = fs::read_dir(dir).unwrap().map(|e| e.unwrap()).collect();
+    for e in entries {
+        let md = fs::symlink_metadata(e.path()).unwrap();
+        let name = e.file_name();
+        assert_eq!(e.ino(), md.ino(), "{when}: d_ino of {name:?}");
+        assert_eq!(
+            e.file_type().unwrap(),
+            md.file_type(),
+            "{when}: d_type of {name:?}"
+        );
+        n += 1;
+    }
+    n
+}
+
+/// readdir's inode numbers and types are stat's, in a first listing, in listings served again
+/// (luafs sets fs.reuse_listings), and after renames, unlinks, a name given to another file,
+/// and the kernel forgetting its nodes.
+#[test]
+fn listings_give_the_inode_numbers_and_types_stat_gives() {
+    if !common::fuse_available() {
+        return;
+    }
+    let m = luafs();
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..300 {
+        fs::write(d.join(format!("f{i}")), b"x").unwrap();
+    }
+    fs::create_dir(d.join("sub")).unwrap();
+    std::os::unix::fs::symlink("f1", d.join("link")).unwrap();
+    assert_eq!(listing_agrees_with_stat(&d, "first"), 302);
+    assert_eq!(listing_agrees_with_stat(&d, "again"), 302);
+    fs::rename(d.join("f1"), d.join("f2")).unwrap();
+    fs::remove_file(d.join("f3")).unwrap();
+    fs::create_dir(d.join("f3")).unwrap();
+    fs::remove_file(d.join("f4")).unwrap();
+    fs::rename(d.join("sub"), d.join("f4")).unwrap();
+    assert_eq!(listing_agrees_with_stat(&d, "after renames"), 300);
+    assert_eq!(listing_agrees_with_stat(&d, "again after renames"), 300);
+    if !root_for("dropping the kernel's caches") {
+        return;
+    }
+    assert!(
+        drop_kernel_caches(),
+        "cannot write /proc/sys/vm/drop_caches"
+    );
+    // Names the kernel no longer holds: their numbers come from the listing's stat tables.
+    let inos: Vec<(OsString, u64)> = {
+        use std::os::unix::fs::DirEntryExt;
+        fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| (e.file_name(), e.ino()))
+            .collect()
+    };
+    assert!(drop_kernel_caches());
+    assert_eq!(listing_agrees_with_stat(&d, "after forgetting"), 300);
+    for (name, ino) in inos {
+        let md = fs::symlink_metadata(d.join(&name)).unwrap();
+        assert_eq!(ino, md.ino(), "forgotten: d_ino of {name:?}");
+    }
+}

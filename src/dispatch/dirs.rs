@@ -54,6 +54,12 @@ pub(super) struct Listing {
     /// it had another value may hold stale attributes.
     taken: Instant,
     stamp: u64,
+    /// The node id and type each entry was sent with in a plain READDIR ((0, _): not yet),
+    /// good while the inode table's `unnamings` count is `nodes_at`: a listing served again
+    /// (a new open of an unchanged directory, `fs.reuse_listings`) looks no name up and reads
+    /// no stat table.
+    nodes: RefCell<Vec<(u64, FileType)>>,
+    nodes_at: Cell<u64>,
 }
 
 impl Listing {
@@ -491,6 +497,8 @@ impl Dispatch {
             stats: Vec::new(),
             taken,
             stamp,
+            nodes: RefCell::new(Vec::new()),
+            nodes_at: Cell::new(0),
         };
         self.complete(&path, &mut listing).await;
         if used_offsets {
@@ -641,6 +649,65 @@ impl Dispatch {
         .ok()
     }
 
+    /// The node id (d_ino) and type of entry `i` (from 0) of `listing` of `dir` in a plain
+    /// READDIR, `stat` its attributes if known: from the listing's copy when it was sent
+    /// before and no name or script ino has got another node since.
+    fn plain_entry(
+        &self,
+        dir: u64,
+        listing: &Listing,
+        i: usize,
+        stat: Option<&Stat>,
+        has_table: bool,
+    ) -> (u64, FileType) {
+        let e = &listing.entries[i];
+        let bytes = listing.name(e);
+        if bytes == b"." {
+            return (dir, FileType::Directory);
+        }
+        if bytes == b".." {
+            let parent = self.inodes.borrow().parent(dir);
+            return (parent.unwrap_or(0xffff_ffff), FileType::Directory);
+        }
+        let now = self.inodes.borrow().unnamings();
+        if listing.nodes_at.get() != now {
+            listing.nodes.borrow_mut().clear();
+            listing.nodes_at.set(now);
+        }
+        if let Some(&(id, kind)) = listing.nodes.borrow().get(i)
+            && id != 0
+        {
+            return (id, kind);
+        }
+        // A name the kernel already holds: its node id and type are known here, and the
+        // script's table need not be read (it may be anywhere in memory).
+        let known = self.inodes.borrow().child_kind(dir, bytes);
+        let known_kind = known.map(|(_, k)| k).filter(|k| *k != 0);
+        let mode_ino = match (stat, has_table) {
+            (Some(st), _) => Some((st.mode, st.ino)),
+            (None, _) if known_kind.is_some() => None,
+            (None, true) => self.entry_mode_ino(dir, bytes, &listing.tables, i + 1),
+            (None, false) => None,
+        };
+        let kind = match (mode_ino, known_kind) {
+            (Some((mode, _)), _) => convert::file_type(mode),
+            (None, Some(k)) => convert::file_type(k),
+            (None, None) => FileType::RegularFile,
+        };
+        let ino = known
+            .map(|(id, _)| id)
+            .or_else(|| mode_ino.and_then(|(_, ino)| self.inodes.borrow_mut().id_for(ino)));
+        let Some(ino) = ino else {
+            return (0xffff_ffff, kind);
+        };
+        let mut nodes = listing.nodes.borrow_mut();
+        if nodes.len() < listing.entries.len() {
+            nodes.resize(listing.entries.len(), (0, FileType::RegularFile));
+        }
+        nodes[i] = (ino, kind);
+        (ino, kind)
+    }
+
     /// Give entries without a stat table attributes from getattr (for their type, and for
     /// READDIRPLUS).
     async fn complete(&self, dir: &[u8], listing: &mut Listing) {
@@ -698,37 +765,7 @@ impl Dispatch {
             let name = OsStr::from_bytes(bytes);
             let full = match reply {
                 DirReply::Plain(r) => {
-                    // A name the kernel already holds: its node id and type are known here,
-                    // and the script's table need not be read (it may be anywhere in memory).
-                    let (known, known_kind) = match dot {
-                        true => (None, None),
-                        false => match self.inodes.borrow().child_kind(dir, bytes) {
-                            Some((id, k)) => (Some(id), Some(k).filter(|k| *k != 0)),
-                            None => (None, None),
-                        },
-                    };
-                    let mode_ino = match (stat, has_table) {
-                        (Some(st), _) => Some((st.mode, st.ino)),
-                        (None, _) if known_kind.is_some() => None,
-                        (None, true) => self.entry_mode_ino(dir, bytes, tables, i + 1),
-                        (None, false) => None,
-                    };
-                    let kind = match (mode_ino, known_kind) {
-                        (Some((mode, _)), _) => convert::file_type(mode),
-                        (None, Some(k)) => convert::file_type(k),
-                        (None, None) if dot => FileType::Directory,
-                        (None, None) => FileType::RegularFile,
-                    };
-                    let ino = if bytes == b".." {
-                        self.inodes.borrow().parent(dir)
-                    } else if dot {
-                        Some(dir)
-                    } else {
-                        known.or_else(|| {
-                            mode_ino.and_then(|(_, ino)| self.inodes.borrow_mut().id_for(ino))
-                        })
-                    };
-                    let ino = ino.unwrap_or(0xffff_ffff);
+                    let (ino, kind) = self.plain_entry(dir, listing, i, stat, has_table);
                     r.add(INodeNo(ino), off, kind, name)
                 }
                 DirReply::Plus(r) => {
