@@ -117,18 +117,19 @@ impl Inodes {
         self.path_with(parent, Some(name))
     }
 
-    /// The path of `ino`, with `/name` after it when `child` is given: measured first, then
-    /// written from its end in one allocation (one per request; a lookup's path took three).
+    /// The path of `ino`, with `/name` after it when `child` is given: one walk up the parent
+    /// links collecting the names, then written forward into one allocation of the exact size
+    /// (one per request; a lookup's path took three).
     fn path_with(&self, ino: u64, child: Option<&[u8]>) -> Option<Vec<u8>> {
+        let mut names: smallvec::SmallVec<[&[u8]; 8]> = smallvec::SmallVec::new();
         let mut len = 0;
         let mut cur = ino;
-        let mut depth = 0;
         while cur != ROOT {
             let n = self.nodes.get(&cur)?;
             len += n.name.len() + 1;
+            names.push(&n.name);
             cur = n.parent;
-            depth += 1;
-            if depth > 100_000 {
+            if names.len() > 100_000 {
                 return None;
             }
         }
@@ -136,20 +137,14 @@ impl Inodes {
         if total == 0 {
             return Some(b"/".to_vec());
         }
-        let mut out = vec![0u8; total];
-        let mut end = len;
-        cur = ino;
-        while cur != ROOT {
-            let n = self.nodes.get(&cur)?;
-            let start = end - n.name.len();
-            out[start..end].copy_from_slice(&n.name);
-            out[start - 1] = b'/';
-            end = start - 1;
-            cur = n.parent;
+        let mut out = Vec::with_capacity(total);
+        for name in names.iter().rev() {
+            out.push(b'/');
+            out.extend_from_slice(name);
         }
         if let Some(c) = child {
-            out[len] = b'/';
-            out[len + 1..].copy_from_slice(c);
+            out.push(b'/');
+            out.extend_from_slice(c);
         }
         Some(out)
     }
