@@ -169,7 +169,10 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
     if !ok {
         let msg = match out.pop_front() {
             Some(Value::String(s)) => s.to_string_lossy(),
-            Some(v) => format!("{v:?}"),
+            // A non-string error (`error(flu.errno.EEXIST)`, a table): as `tostring` shows it.
+            Some(v) => v
+                .to_string()
+                .unwrap_or_else(|_| format!("a {}", v.type_name())),
             None => "unknown error".into(),
         };
         return Err(format!("script failed: {msg}"));

@@ -482,6 +482,35 @@ fn script_raising_an_error_at_load_time_fails_with_its_message_first() {
     }
 }
 
+/// An error raised at load time with a value that is not a string (a `flu.errno` value, a
+/// table) is shown as `tostring` shows it, not as a Rust debug dump.
+#[test]
+fn script_raising_a_non_string_error_at_load_time_names_it() {
+    if !common::fuse_available() {
+        return;
+    }
+    let g = BgGuard::new();
+    for (name, src, want) in [
+        (
+            "errno.lua",
+            "error(flu.errno.EEXIST)\n",
+            "script failed: File exists",
+        ),
+        ("table.lua", "error({})\n", "script failed: table: 0x"),
+    ] {
+        let script = write_script(&g.dir, name, src);
+        let out = run_flufs(&[os("-f"), script.as_os_str(), g.mnt.as_os_str()], 20);
+        assert!(matches!(out.code, Some(c) if c != 0), "{name}: {out:?}");
+        let first = out.stderr.lines().next().unwrap_or("");
+        assert!(
+            first.contains(want),
+            "{name}: first line {first:?}, want {want:?}"
+        );
+        assert!(!out.stderr.contains("UserData"), "{name}: {out:?}");
+        assert!(!is_mounted(&g.mnt));
+    }
+}
+
 #[test]
 fn unknown_mount_option_fails_with_one_line_naming_it() {
     if !common::fuse_available() {
