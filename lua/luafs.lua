@@ -175,8 +175,17 @@ end
 local paths, npaths = {}, 0
 local PATHS_MAX = 16384
 
+-- The last path walk found missing in an existing directory, with that directory and the
+-- missing name: the kernel looks a name up before it creates it (LOOKUP, then CREATE, MKDIR,
+-- MKNOD or SYMLINK of the same path), and parent_of then takes them from here instead of
+-- splitting the path and walking to its directory again (~3% of a created file's
+-- instructions). Forgotten with the paths: the directory could be gone or elsewhere after an
+-- unlink, rmdir or rename.
+local miss_path, miss_dir, miss_name
+
 local function forget_paths()
 	if npaths > 0 then paths, npaths = {}, 0 end
+	miss_path, miss_dir, miss_name = nil, nil, nil
 end
 
 local function remember_path(path, node)
@@ -207,6 +216,7 @@ local function walk(path)
 			local child = ents[name]
 			if not child then
 				if #name > NAME_MAX then return nil, ENAMETOOLONG end
+				if not e then miss_path, miss_dir, miss_name = path, node, name end
 				return nil, ENOENT
 			end
 			node = child
@@ -225,6 +235,7 @@ end
 
 -- The directory holding path, and the last name of path.
 local function parent_of(path)
+	if path == miss_path then return miss_dir, miss_name end
 	-- Split at the last "/": one `find` (a C call that scans once) costs less than a byte
 	-- loop from the end (a `byte` call per character of the name), and far less than
 	-- "^(.*)/([^/]+)$" (which backtracks from the end).

@@ -1703,3 +1703,38 @@ fn listings_give_the_inode_numbers_and_types_stat_gives() {
         assert_eq!(ino, md.ino(), "forgotten: d_ino of {name:?}");
     }
 }
+
+/// A name found missing, then created after its directory was renamed, replaced or removed,
+/// with no lookup in between (luafs remembers the directory of the last missing name for the
+/// create that usually follows it; the kernel looks names up again itself, so the fixture
+/// calls luafs's operations directly): each lands in the directory its path names then.
+#[test]
+fn names_created_after_their_directory_moved_land_where_the_path_says() {
+    if !common::fuse_available() {
+        return;
+    }
+    let luafs = shipped("luafs.lua");
+    let m = Mount::with_args(
+        &common::fixture("luafs_moved_parent.lua"),
+        &[],
+        &[luafs.to_str().unwrap()],
+    );
+    let names = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(m.path(d))
+            .unwrap_or_else(|e| panic!("{d}: {e}\n{}", m.log()))
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(""), ["a", "b", "d"]);
+    assert_eq!(
+        names("a"),
+        ["y"],
+        "created in the directory renamed over /a"
+    );
+    assert!(names("b").is_empty(), "x went into the renamed directory");
+    assert!(fs::metadata(m.path("a/y")).unwrap().is_dir());
+    assert_eq!(names("d"), ["z"], "created in the new /d");
+    assert!(fs::symlink_metadata(m.path("d/z")).unwrap().is_symlink());
+}
