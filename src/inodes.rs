@@ -26,6 +26,9 @@ struct Node {
     kind: u32,
     /// No name refers to this node any more (unlinked while still referenced).
     removed: bool,
+    /// Names in this directory whose node was dropped (forgotten by the kernel) and will get
+    /// a new id when looked up again (no script ino): see `unnamings`.
+    child_drops: u64,
 }
 
 /// The path of `name` inside the directory at path `dir`.
@@ -54,8 +57,12 @@ pub struct Inodes {
     /// path changes): a path made when it had another value may be out of date.
     moves: u64,
     /// Counts what may give a name or a script ino another node id (a name removed or
-    /// replaced: unlink, rename, exchange, a node dropped; a script ino mapped anew): a node
-    /// id found for a name when it had another value may be out of date.
+    /// replaced: unlink, rename, exchange; a directory dropped; a script ino mapped anew).
+    /// With a directory's `child_drops` (its names whose node the kernel forgot, and which
+    /// had no script ino to get their id back by), this is
+    /// `unnamings(dir)`: a node id found for a name in `dir` when it had another value may be
+    /// out of date. Forgetting nodes elsewhere (thousands at a time after `drop_caches`)
+    /// leaves a directory's count alone.
     unnamings: u64,
 }
 
@@ -79,6 +86,7 @@ impl Inodes {
                 script_ino: 0,
                 kind: libc::S_IFDIR,
                 removed: false,
+                child_drops: 0,
             },
         );
         Inodes {
@@ -103,8 +111,9 @@ impl Inodes {
     }
 
     /// See `unnamings`.
-    pub fn unnamings(&self) -> u64 {
-        self.unnamings
+    pub fn unnamings(&self, dir: u64) -> (u64, u64) {
+        let drops = self.nodes.get(&dir).map_or(u64::MAX, |n| n.child_drops);
+        (self.unnamings, drops)
     }
 
     /// The path of a node ("/" for the root). Removed nodes keep their last path.
@@ -294,6 +303,7 @@ impl Inodes {
                 script_ino: if remember { script_ino } else { 0 },
                 kind,
                 removed: false,
+                child_drops: 0,
             },
         );
         self.children
@@ -330,7 +340,11 @@ impl Inodes {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.script_ino = script_ino;
         }
-        if self.by_script_ino.insert(script_ino, id).is_some() {
+        if self
+            .by_script_ino
+            .insert(script_ino, id)
+            .is_some_and(|old| old != id)
+        {
             self.unnamings += 1;
         }
     }
@@ -373,11 +387,23 @@ impl Inodes {
         let Some(n) = self.nodes.remove(&ino) else {
             return;
         };
+        if n.kind == libc::S_IFDIR {
+            self.unnamings += 1;
+        }
+        // A node with a script ino gets its id back when its name is looked up again (see
+        // `resolve`): ids found for its names stay good.
+        let same_id_again = n.script_ino != 0;
         if !n.removed {
             self.remove_name(n.parent, &n.name, ino);
+            if !same_id_again {
+                self.child_dropped(n.parent);
+            }
         }
         for (p, name) in &n.alt {
             self.remove_name(*p, name, ino);
+            if !same_id_again {
+                self.child_dropped(*p);
+            }
         }
         self.children.remove(&ino);
         // The parent may now be droppable too.
@@ -386,8 +412,13 @@ impl Inodes {
         }
     }
 
+    fn child_dropped(&mut self, dir: u64) {
+        if let Some(d) = self.nodes.get_mut(&dir) {
+            d.child_drops += 1;
+        }
+    }
+
     fn remove_name(&mut self, parent: u64, name: &[u8], ino: u64) {
-        self.unnamings += 1;
         if let Some(c) = self.children.get_mut(&parent)
             && c.get(name) == Some(&ino)
         {
@@ -403,6 +434,7 @@ impl Inodes {
         let Some(id) = self.child(parent, name) else {
             return;
         };
+        self.unnamings += 1;
         self.remove_name(parent, name, id);
         if let Some(n) = self.nodes.get_mut(&id) {
             if n.parent == parent && n.name.as_slice() == name {
@@ -426,6 +458,7 @@ impl Inodes {
             return;
         }
         let moving = self.child(parent, name);
+        self.unnamings += 1;
         if let Some(target) = self.child(newparent, newname) {
             if Some(target) == moving {
                 // Renaming one hard link onto another of the same node: the source name goes.
@@ -652,10 +685,10 @@ mod tests {
     #[test]
     fn unnamings_count_what_may_give_a_name_another_node() {
         let mut t = Inodes::new();
-        let mut last = t.unnamings();
+        let mut last = t.unnamings(ROOT);
         let mut moved = |t: &Inodes| {
-            let m = t.unnamings() != last;
-            last = t.unnamings();
+            let m = t.unnamings(ROOT) != last;
+            last = t.unnamings(ROOT);
             m
         };
         let f = t.lookup(ROOT, b"f", 7, REG, 1);
@@ -673,12 +706,36 @@ mod tests {
         assert!(moved(&t), "exchange");
         t.unlink(ROOT, b"g");
         assert!(moved(&t), "unlink");
-        let d = t.lookup(ROOT, b"d", 10, REG, 1);
+        let d = t.lookup(ROOT, b"d", 0, REG, 1);
         t.forget(d, 1);
-        assert!(moved(&t), "a node dropped");
+        assert!(moved(&t), "a node without a script ino dropped");
         // Script ino 8 (the node now named h) under another name with nlink 1 (no hard
         // link): a new node, and the script ino maps to it.
         t.lookup(ROOT, b"k", 8, REG, 1);
         assert!(moved(&t), "a script ino mapped anew");
+        // A file forgotten in another directory leaves the root's count alone; a directory
+        // dropped moves every count.
+        let sub = t.lookup(ROOT, b"sub", 11, DIR, 2);
+        let f = t.lookup(sub, b"f", 12, REG, 1);
+        let g = t.lookup(sub, b"g", 0, REG, 1);
+        let before = t.unnamings(sub);
+        assert!(!moved(&t));
+        t.forget(f, 1);
+        assert_eq!(
+            t.unnamings(sub),
+            before,
+            "a file with a script ino dropped in sub"
+        );
+        assert_eq!(t.lookup(sub, b"f", 12, REG, 1), f, "it gets its id back");
+        t.forget(g, 1);
+        assert!(!moved(&t), "a file dropped elsewhere");
+        assert_ne!(
+            t.unnamings(sub),
+            before,
+            "a file without a script ino dropped in sub"
+        );
+        t.forget(f, 2);
+        t.forget(sub, 1);
+        assert!(moved(&t), "a directory dropped");
     }
 }

@@ -1,7 +1,7 @@
 //! lua/luafs.lua mounted for real: it should behave like tmpfs for everything a user does.
 mod common;
 
-use common::{Mount, errno, sh, shipped};
+use common::{Mount, drop_kernel_caches, errno, root_for, sh, shipped};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -43,23 +43,6 @@ impl XorShift {
     fn bytes(&mut self, n: usize) -> Vec<u8> {
         (0..n).map(|_| (self.next() >> 24) as u8).collect()
     }
-}
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Whether the root-only part `what` can run. Without root it is skipped, except with
-/// `CI=true`: `.ci/run` runs as root, so a skip there would hide a part that never ran.
-fn root_for(what: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("not root but CI=true: {what} must run in CI (.ci/run runs as root)");
-    }
-    eprintln!("not root: skipping {what}");
-    false
 }
 
 fn require_tool(tool: &str) {
@@ -1558,19 +1541,6 @@ fn parallel_workers_see_only_their_own_data() {
     let listings = lister.join().expect("lister failed");
     assert!(listings > 0);
     assert_eq!(fs::read_dir(&root).unwrap().count(), 0);
-}
-
-/// Makes the kernel forget every unused dentry and inode (root only), so the next access to
-/// any path in the mount is a fresh LOOKUP.
-fn drop_kernel_caches() -> bool {
-    if !is_root() {
-        return false;
-    }
-    unsafe { libc::sync() };
-    let ok = fs::write("/proc/sys/vm/drop_caches", "2").is_ok();
-    // FORGET messages reach the daemon asynchronously.
-    std::thread::sleep(Duration::from_millis(200));
-    ok
 }
 
 #[test]

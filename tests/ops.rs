@@ -1447,6 +1447,68 @@ fn reuse_listings_serves_a_new_open_from_the_last_listing_until_a_change() {
     }
 }
 
+/// A script whose stat tables carry no `ino` (node ids are flufs's own, and a forgotten
+/// name gets a new one when looked up again), with `fs.reuse_listings`: a listing's d_ino is
+/// the name's st_ino when the kernel holds the name, and FUSE's unknown inode number
+/// (0xffffffff, as libfuse's path API sends without `use_ino`) when it does not; never a
+/// number the name had before the kernel forgot it, also when the listing is served again.
+#[test]
+fn reused_listings_give_current_inode_numbers_after_the_kernel_forgets() {
+    use std::os::unix::fs::DirEntryExt;
+    const UNKNOWN: u64 = 0xffff_ffff;
+    if !fuse_available() {
+        return;
+    }
+    let log = TempDir::new("reuse-ino");
+    let logfile = log.path.join("calls");
+    let m = Mount::with_args(
+        &fixture("ops_readdirplus.lua"),
+        &["-o", "entry_timeout=60,attr_timeout=60"],
+        &["never", logfile.to_str().unwrap(), "reuse"],
+    );
+    // `held(name)`: the kernel holds the name when the listing is read.
+    let check = |when: &str, held: &dyn Fn(&str) -> bool| {
+        let entries: Vec<fs::DirEntry> = fs::read_dir(m.path("d"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        assert_eq!(entries.len(), 1000, "{when}");
+        for e in entries {
+            let name = e.file_name().into_string().unwrap();
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            if held(&name) {
+                assert_eq!(e.ino(), md.ino(), "{when}: d_ino of {name}");
+            } else {
+                assert_eq!(e.ino(), UNKNOWN, "{when}: d_ino of {name}");
+            }
+        }
+    };
+    check("first listing", &|_| false);
+    check("listed again", &|_| true);
+    if !common::root_for("dropping the kernel's caches") {
+        return;
+    }
+    // /d stays open (the kernel keeps its node): only the names in it are forgotten.
+    let held_dir = File::open(m.path("d")).unwrap();
+    assert!(
+        common::drop_kernel_caches(),
+        "cannot drop the kernel's caches"
+    );
+    // Some names looked up anew (new node ids) before the listing is served again.
+    let again = |name: &str| name[4..].parse::<u32>().unwrap() % 7 == 0;
+    for i in (7..=1000).step_by(7) {
+        fs::symlink_metadata(m.path(&format!("d/file{i:04}"))).unwrap();
+    }
+    check("after the kernel forgot", &again);
+    drop(held_dir);
+    assert_eq!(
+        calls_logged(&logfile, "readdir "),
+        1,
+        "the listings after the first were served again\n{}",
+        m.log()
+    );
+}
+
 #[test]
 fn readdir_offset_mode_lists_5000_entries_in_order() {
     if !fuse_available() {

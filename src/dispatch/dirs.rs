@@ -55,11 +55,11 @@ pub(super) struct Listing {
     taken: Instant,
     stamp: u64,
     /// The node id and type each entry was sent with in a plain READDIR ((0, _): not yet),
-    /// good while the inode table's `unnamings` count is `nodes_at`: a listing served again
+    /// good while the inode table's `unnamings(dir)` is `nodes_at`: a listing served again
     /// (a new open of an unchanged directory, `fs.reuse_listings`) looks no name up and reads
     /// no stat table.
     nodes: RefCell<Vec<(u64, FileType)>>,
-    nodes_at: Cell<u64>,
+    nodes_at: Cell<(u64, u64)>,
 }
 
 impl Listing {
@@ -498,7 +498,7 @@ impl Dispatch {
             taken,
             stamp,
             nodes: RefCell::new(Vec::new()),
-            nodes_at: Cell::new(0),
+            nodes_at: Cell::new((0, 0)),
         };
         self.complete(&path, &mut listing).await;
         if used_offsets {
@@ -651,7 +651,7 @@ impl Dispatch {
 
     /// The node id (d_ino) and type of entry `i` (from 0) of `listing` of `dir` in a plain
     /// READDIR, `stat` its attributes if known: from the listing's copy when it was sent
-    /// before and no name or script ino has got another node since.
+    /// before (`fill` drops the copy once a name or script ino may have got another node).
     fn plain_entry(
         &self,
         dir: u64,
@@ -668,11 +668,6 @@ impl Dispatch {
         if bytes == b".." {
             let parent = self.inodes.borrow().parent(dir);
             return (parent.unwrap_or(0xffff_ffff), FileType::Directory);
-        }
-        let now = self.inodes.borrow().unnamings();
-        if listing.nodes_at.get() != now {
-            listing.nodes.borrow_mut().clear();
-            listing.nodes_at.set(now);
         }
         if let Some(&(id, kind)) = listing.nodes.borrow().get(i)
             && id != 0
@@ -746,6 +741,15 @@ impl Dispatch {
         } else {
             None
         };
+        if matches!(reply, DirReply::Plain(_)) {
+            // The node ids the listing remembers (`Listing::nodes`) are good while this holds
+            // (nothing in the loop below changes it).
+            let now = self.inodes.borrow().unnamings(dir);
+            if listing.nodes_at.get() != now {
+                listing.nodes.borrow_mut().clear();
+                listing.nodes_at.set(now);
+            }
+        }
         for (i, e) in entries.iter().enumerate().skip(skip) {
             let bytes = listing.name(e);
             let dot = bytes == b"." || bytes == b"..";

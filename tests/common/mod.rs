@@ -335,3 +335,33 @@ pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<i32> {
         }
     }
 }
+
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Whether the root-only part `what` can run. Without root it is skipped, except with
+/// `CI=true`: `.ci/run` runs as root, so a skip there would hide a part that never ran.
+pub fn root_for(what: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("not root but CI=true: {what} must run in CI (.ci/run runs as root)");
+    }
+    eprintln!("not root: skipping {what}");
+    false
+}
+
+/// Makes the kernel forget every unused dentry and inode (root only), so the next access to
+/// any path in the mount is a fresh LOOKUP.
+pub fn drop_kernel_caches() -> bool {
+    if !is_root() {
+        return false;
+    }
+    unsafe { libc::sync() };
+    let ok = std::fs::write("/proc/sys/vm/drop_caches", "2").is_ok();
+    // FORGET messages reach the daemon asynchronously.
+    std::thread::sleep(Duration::from_millis(200));
+    ok
+}
