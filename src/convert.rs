@@ -738,7 +738,22 @@ impl Stat {
 /// Where `read_plain` finds the table.
 enum Src<'a> {
     Table(&'a Table),
-    Item(&'a Table, i64),
+    Item(&'a StatList, i64),
+}
+
+/// A Lua array of stat tables (a readdir listing's), with its table pointer taken once: a
+/// listing reads thousands of items, and taking the pointer through mlua costs ~70
+/// instructions each time.
+pub struct StatList {
+    table: Table,
+    at: *mut std::ffi::c_void,
+}
+
+impl StatList {
+    pub fn new(table: Table) -> StatList {
+        let at = RawTables::ptr(&table);
+        StatList { table, at }
+    }
 }
 
 /// Decodes stat tables. The common form (integer mode and fields, integer or `{sec=,nsec=}`
@@ -863,16 +878,16 @@ impl StatReader {
     }
 
     /// `decode` of `tables[i]` (a readdir listing keeps its stat tables in one Lua array).
-    pub fn decode_item(&self, tables: &Table, i: i64, d: &StatDefaults) -> Conv<Stat> {
+    pub fn decode_item(&self, tables: &StatList, i: i64, d: &StatDefaults) -> Conv<Stat> {
         match self.read_plain(Src::Item(tables, i), 9) {
             Some(v) => Stat::from_ints(&v, d),
-            None => Stat::from_lua(&Self::item(tables, i)?, d),
+            None => Stat::from_lua(&Self::item(&tables.table, i)?, d),
         }
     }
 
     /// Only the mode and the script's ino of `tables[i]` (what a plain READDIR entry needs):
     /// two reads in the common form.
-    pub fn mode_ino_item(&self, tables: &Table, i: i64, d: &StatDefaults) -> Conv<(u32, u64)> {
+    pub fn mode_ino_item(&self, tables: &StatList, i: i64, d: &StatDefaults) -> Conv<(u32, u64)> {
         if let Some(raw) = self.raw.as_ref()
             && let Some(mode_ino) = raw_mode_ino(raw, tables, i)
         {
@@ -904,7 +919,7 @@ fn read_raw(raw: &RawTables, src: Src, ints: usize) -> Option<[Option<i64>; 15]>
     unsafe {
         let t = match src {
             Src::Table(t) => RawTables::ptr(t),
-            Src::Item(tables, i) => match raw.geti(RawTables::ptr(tables), i) {
+            Src::Item(tables, i) => match raw.geti(tables.at, i) {
                 Field::Table(t) => t,
                 _ => return None,
             },
@@ -916,11 +931,12 @@ fn read_raw(raw: &RawTables, src: Src, ints: usize) -> Option<[Option<i64>; 15]>
 
 /// The mode and ino (0 when absent) of `tables[i]` in the common form, through `luaraw`: what
 /// a plain READDIR entry needs, read without the 15-field array of `read_raw`.
-fn raw_mode_ino(raw: &RawTables, tables: &Table, i: i64) -> Option<(u32, u64)> {
+fn raw_mode_ino(raw: &RawTables, tables: &StatList, i: i64) -> Option<(u32, u64)> {
     use crate::luaraw::Field;
-    // SAFETY: `tables` is alive and holds the entry's table; nothing runs in between.
+    // SAFETY: `tables` is alive (its `at` is its table's, which Lua does not move) and holds
+    // the entry's table; nothing runs in between.
     unsafe {
-        let Field::Table(t) = raw.geti(RawTables::ptr(tables), i) else {
+        let Field::Table(t) = raw.geti(tables.at, i) else {
             return None;
         };
         if raw.has_metatable(t) {
@@ -1431,7 +1447,7 @@ mod tests {
                 let ino = v[1].unwrap_or(0);
                 assert_eq!((v[0], ino), (Some(g.mode.into()), g.ino as i64), "{src}");
             }
-            let list = lua.create_sequence_from([t]).unwrap();
+            let list = StatList::new(lua.create_sequence_from([t]).unwrap());
             assert_eq!(
                 raw.decode_item(&list, 1, &d).ok(),
                 general,

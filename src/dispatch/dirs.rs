@@ -25,7 +25,7 @@ use mlua::{Function, IntoLua, Lua, Table, ffi};
 
 use super::Dispatch;
 use crate::convert::Bytes;
-use crate::convert::{self, Stat};
+use crate::convert::{self, Stat, StatList};
 use crate::inodes::join;
 use crate::ops::OpName;
 
@@ -47,7 +47,7 @@ pub(super) struct DirEnt {
 pub(super) struct Listing {
     entries: Vec<DirEnt>,
     names: Vec<u8>,
-    tables: Table,
+    tables: StatList,
     /// By entry position; empty when every entry came with a table.
     stats: Vec<Option<Stat>>,
     /// When readdir was called for it, and `Dispatch::changes` then: a listing taken when
@@ -127,9 +127,10 @@ pub(super) struct Lister {
     /// filler (and call it, getting an error) for as long as the Lua state lives.
     sinks: &'static Sinks,
     next: Cell<u64>,
-    /// How many entries the last listing of a directory had: the table a listing's stat
-    /// tables go into is made that size, and does not grow (and rehash) entry by entry.
-    sizes: RefCell<HashMap<u64, u32>>,
+    /// How many entries the last listing of a directory had, and how many bytes of names: the
+    /// table a listing's stat tables go into, and its entries and names, are made that size
+    /// and do not grow (rehash, copy) entry by entry.
+    sizes: RefCell<HashMap<u64, (u32, u32)>>,
     /// The last listing of each directory listed lately (see `Kept`).
     kept: RefCell<HashMap<u64, Kept>>,
 }
@@ -404,7 +405,7 @@ impl Lister {
     fn open(&self, lua: &Lua, dir: u64, plus: bool) -> mlua::Result<(u64, Function, Table)> {
         let id = self.next.get();
         self.next.set(id + 1);
-        let size = self.sizes.borrow().get(&dir).copied().unwrap_or(0);
+        let (size, name_bytes) = self.sizes.borrow().get(&dir).copied().unwrap_or((0, 0));
         let tables = lua.create_table_with_capacity(size as usize, 0)?;
         // SAFETY: `filler` reads only its arguments, its upvalues and the leaked `sinks`
         // (alive for the rest of the process).
@@ -421,6 +422,8 @@ impl Lister {
             Sink {
                 dir,
                 plus,
+                entries: Vec::with_capacity(size as usize),
+                names: Vec::with_capacity(name_bytes as usize),
                 ..Sink::default()
             },
         );
@@ -434,9 +437,10 @@ impl Lister {
         if sizes.len() >= SIZES_KEPT {
             sizes.clear();
         }
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         sizes.insert(
             sink.dir,
-            u32::try_from(sink.entries.len()).unwrap_or(u32::MAX),
+            (count(sink.entries.len()), count(sink.names.len())),
         );
         sink
     }
@@ -493,7 +497,7 @@ impl Dispatch {
         let mut listing = Listing {
             entries,
             names,
-            tables,
+            tables: StatList::new(tables),
             stats: Vec::new(),
             taken,
             stamp,
@@ -618,7 +622,7 @@ impl Dispatch {
     }
 
     /// The attributes of entry `i` (from 1) from the table its filler call gave.
-    fn entry_stat(&self, dir: u64, name: &[u8], tables: &Table, i: usize) -> Option<Stat> {
+    fn entry_stat(&self, dir: u64, name: &[u8], tables: &StatList, i: usize) -> Option<Stat> {
         let r = self
             .stat_reader
             .decode_item(tables, i as i64, &self.defaults);
@@ -630,7 +634,7 @@ impl Dispatch {
         &self,
         dir: u64,
         name: &[u8],
-        tables: &Table,
+        tables: &StatList,
         i: usize,
     ) -> Option<(u32, u64)> {
         let r = self
