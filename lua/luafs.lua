@@ -1122,7 +1122,7 @@ fs.flags_as_numbers = true
 -- Every change to luafs comes through the mount, so a listing taken a moment ago (within
 -- attr_timeout, with no change since) is still what readdir would give: flufs serves a new
 -- open of the directory from it without calling readdir (listing 10,000 names again: daemon
--- CPU ~3.9 -> ~2.5 ms).
+-- CPU 3.9 -> 0.44 ms, with the node ids the listing remembers).
 fs.reuse_listings = true
 
 return fs
