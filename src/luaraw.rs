@@ -29,6 +29,8 @@ unsafe extern "C" {
 
 /// `LUA_VNUMINT`: makevariant(LUA_TNUMBER, 0).
 const TAG_INT: u8 = 3;
+/// `LUA_VFALSE`: makevariant(LUA_TBOOLEAN, 0).
+const TAG_FALSE: u8 = 1;
 /// `ctb(LUA_VSHRSTR)`: makevariant(LUA_TSTRING, 0) with the collectable bit.
 const TAG_SHORT_STRING: u8 = 4 | (1 << 6);
 /// `ctb(LUA_VTABLE)`: makevariant(LUA_TTABLE, 0) with the collectable bit.
@@ -107,6 +109,21 @@ impl RawTables {
         }
     }
 
+    /// Whether `t[names[k]]`, raw, is true in Lua's sense (neither nil nor false).
+    ///
+    /// # Safety
+    /// As for `get`.
+    pub unsafe fn truthy(&self, t: *mut c_void, k: usize) -> bool {
+        match self.keys.get(k) {
+            // SAFETY: as for `get`.
+            Some(&key) => {
+                let v = unsafe { &*luaH_getshortstr(t, key) };
+                v.tt & 0x0f != 0 && v.tt != TAG_FALSE
+            }
+            None => false,
+        }
+    }
+
     /// `t[i]`, raw.
     ///
     /// # Safety
@@ -143,6 +160,11 @@ impl RawTables {
             t.raw_set(key(2)?, inner.clone())?;
             t.raw_set(key(3)?, 1.5)?;
             t.raw_set(7, 42)?;
+            let flags = lua.create_table()?;
+            flags.raw_set(key(1)?, false)?;
+            flags.raw_set(key(2)?, true)?;
+            flags.raw_set(key(3)?, 0)?;
+            let f = RawTables::ptr(&flags);
             let p = RawTables::ptr(&t);
             // SAFETY: tables alive (held here); nothing runs in between.
             let ok = unsafe {
@@ -152,6 +174,10 @@ impl RawTables {
                     && (self.keys.len() <= 3 || self.get(p, 3) == Field::Absent)
                     && self.geti(p, 7) == Field::Int(42)
                     && self.geti(p, 8) == Field::Absent
+                    && !self.truthy(f, 0)
+                    && self.truthy(f, 1)
+                    && self.truthy(f, 2)
+                    && (self.keys.len() <= 3 || !self.truthy(f, 3))
                     && !self.has_metatable(p)
                     && self.has_metatable(RawTables::ptr(&with_mt))
             };
