@@ -458,23 +458,17 @@ impl Dispatch {
         if cached {
             return self.serve_cached(ino, fh, offset, reply).await;
         }
+        if self.ops.reuse_listings
+            && let Some(listing) = self.kept_listing(ino)
+        {
+            return self.serve_listing(ino, fh, offset, listing, reply).await;
+        }
         let path = match self.path(ino) {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
         if !self.has(OpName::Readdir) {
             return reply.error(Errno::ENOSYS);
-        }
-        if self.ops.reuse_listings
-            && let Some(listing) = self.kept_listing(ino)
-        {
-            if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
-                h.dir = Some(listing.clone());
-            }
-            let mut reply = reply;
-            self.fill(ino, &listing, Some(offset), &mut reply, false)
-                .await;
-            return reply.ok();
         }
         let stamp = self.changes.get();
         let taken = Instant::now();
@@ -513,37 +507,44 @@ impl Dispatch {
         }
         let listing = Rc::new(listing);
         self.keep_listing(ino, listing.clone());
-        let unkept = match self.handles.borrow_mut().get_mut(&fh) {
-            Some(h) => {
-                h.dir = Some(listing);
-                None
-            }
-            None => Some(listing),
-        };
-        match unkept {
-            None => self.serve_cached(ino, fh, offset, reply).await,
-            Some(listing) => {
-                let mut reply = reply;
-                self.fill(ino, &listing, Some(offset), &mut reply, false)
-                    .await;
-                reply.ok()
-            }
-        }
+        self.serve_listing(ino, fh, offset, listing, reply).await
     }
 
-    async fn serve_cached(&self, ino: u64, fh: u64, offset: u64, mut reply: DirReply) {
+    /// Answer from a listing just taken (or a kept one reused), and leave it with open
+    /// directory `fh` for the requests after this one.
+    async fn serve_listing(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        listing: Rc<Listing>,
+        reply: DirReply,
+    ) {
+        if let Some(h) = self.handles.borrow_mut().get_mut(&fh) {
+            h.dir = Some(listing.clone());
+        }
+        self.answer_from(ino, &listing, offset, reply).await
+    }
+
+    /// Answer from the listing open directory `fh` holds (none: the end of the listing).
+    async fn serve_cached(&self, ino: u64, fh: u64, offset: u64, reply: DirReply) {
         let taken = self
             .handles
             .borrow_mut()
             .get_mut(&fh)
             .and_then(|h| h.dir.clone());
-        let Some(listing) = taken else {
-            return reply.ok();
-        };
+        match taken {
+            Some(listing) => self.answer_from(ino, &listing, offset, reply).await,
+            None => reply.ok(),
+        }
+    }
+
+    /// Answer with `listing`'s entries from `offset` on.
+    async fn answer_from(&self, ino: u64, listing: &Listing, offset: u64, mut reply: DirReply) {
         // Requests that may have changed attributes since the listing was taken make its
         // attributes suspect.
         let stale = listing.stamp != self.changes.get();
-        self.fill(ino, &listing, Some(offset), &mut reply, stale)
+        self.fill(ino, listing, Some(offset), &mut reply, stale)
             .await;
         reply.ok();
     }
