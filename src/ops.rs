@@ -87,6 +87,13 @@ pub struct Ops {
     params: Vec<usize>,
 }
 
+/// The values `fs.readdirplus` may take.
+const READDIRPLUS: [(&str, Readdirplus); 3] = [
+    ("auto", Readdirplus::Auto),
+    ("always", Readdirplus::Always),
+    ("never", Readdirplus::Never),
+];
+
 /// The number of declared parameters of a Lua function, or nil when it takes any number.
 const PARAMS: &str = r#"
 local getinfo = debug and debug.getinfo
@@ -149,15 +156,20 @@ impl Ops {
         let modes_as_numbers = setting("modes_as_numbers")?;
         let flags_as_numbers = setting("flags_as_numbers")?;
         let reuse_listings = setting("reuse_listings")?;
-        let readdirplus = match fs.get::<Value>("readdirplus")? {
-            Value::Nil => Readdirplus::Auto,
-            Value::String(s) if s.as_bytes().as_ref() == b"auto" => Readdirplus::Auto,
-            Value::String(s) if s.as_bytes().as_ref() == b"always" => Readdirplus::Always,
-            Value::String(s) if s.as_bytes().as_ref() == b"never" => Readdirplus::Never,
-            other => {
+        let value = fs.get::<Value>("readdirplus")?;
+        let named = match &value {
+            Value::String(s) => READDIRPLUS
+                .iter()
+                .find(|(name, _)| s.as_bytes().as_ref() == name.as_bytes()),
+            _ => None,
+        };
+        let readdirplus = match (named, &value) {
+            (Some(&(_, r)), _) => r,
+            (None, Value::Nil) => Readdirplus::Auto,
+            (None, other) => {
                 warnings.push(format!(
                     "'readdirplus' is {}, not \"auto\", \"always\" or \"never\"; \"auto\" is used",
-                    match &other {
+                    match other {
                         Value::String(s) => format!("\"{}\"", s.to_string_lossy()),
                         v => format!("a {}", v.type_name()),
                     }
