@@ -1690,26 +1690,25 @@ mod tests {
     }
 
     fn fi_flags_by_truthiness(lua: &Lua, names: &Names) {
-        let lua = lua.clone();
-        let fi = names.fi(&lua, libc::O_RDONLY, false, true, false).unwrap();
-        assert_eq!(names.fi_flags(&lua, &fi), [true, false, false, false]);
+        let fi = names.fi(lua, libc::O_RDONLY, false, true, false).unwrap();
+        assert_eq!(names.fi_flags(lua, &fi), [true, false, false, false]);
         // As a script sets them: any true value counts, nil and false do not.
         fi.set("direct_io", false).unwrap();
         fi.set("keep_cache", 1).unwrap();
         fi.set("nonseekable", "yes").unwrap();
         fi.set("cache_readdir", true).unwrap();
-        assert_eq!(names.fi_flags(&lua, &fi), [false, true, true, true]);
+        assert_eq!(names.fi_flags(lua, &fi), [false, true, true, true]);
         fi.set("keep_cache", mlua::Value::Nil).unwrap();
-        assert_eq!(names.fi_flags(&lua, &fi), [false, false, true, true]);
+        assert_eq!(names.fi_flags(lua, &fi), [false, false, true, true]);
         // With flags as a number, `flags` is the open(2) flags themselves.
         let fi = names
-            .fi(&lua, libc::O_WRONLY | libc::O_TRUNC, true, false, true)
+            .fi(lua, libc::O_WRONLY | libc::O_TRUNC, true, false, true)
             .unwrap();
         assert_eq!(
             fi.get::<i64>("flags").unwrap(),
             i64::from(libc::O_WRONLY | libc::O_TRUNC)
         );
-        assert_eq!(names.fi_flags(&lua, &fi), [false, true, false, false]);
+        assert_eq!(names.fi_flags(lua, &fi), [false, true, false, false]);
         // Raw reads: a metatable's __index is not consulted.
         let mt = lua.create_table().unwrap();
         mt.set(
@@ -1718,7 +1717,7 @@ mod tests {
         )
         .unwrap();
         fi.set_metatable(Some(mt)).unwrap();
-        assert_eq!(names.fi_flags(&lua, &fi), [false, true, false, false]);
+        assert_eq!(names.fi_flags(lua, &fi), [false, true, false, false]);
     }
 
     /// Mode sets hold the type's name and one name per permission bit, nothing else.

@@ -3,7 +3,7 @@
 //! were asked, in which order, for what the user did.
 mod common;
 
-use common::{Mount, TempDir, errno, fixture, sh, shipped};
+use common::{Mount, TempDir, errno, fixture, sh, shipped, sorted_names as names};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -19,19 +19,6 @@ fn expect_errno<T: std::fmt::Debug>(r: std::io::Result<T>, want: i32, what: &str
         Ok(v) => panic!("{what}: expected errno {want}, got Ok({v:?})"),
         Err(e) => assert_eq!(errno(&e), want, "{what}: got {e}"),
     }
-}
-
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
 }
 
 fn mode(p: &Path) -> u32 {
@@ -400,7 +387,7 @@ fn metadir_example_is_writable_with_read_only_views_mounted_in_it() {
 
 #[test]
 fn metadir_refuses_changes_from_users_other_than_the_one_who_mounted() {
-    if !common::fuse_available() || !is_root() {
+    if !common::fuse_available() || !common::root_for("running as nobody") {
         return;
     }
     let m = Mount::new(&shipped("fusefs_metadir.lua"), &["-o", "allow_other"]);
@@ -1118,7 +1105,7 @@ fn reader_uid_and_gid_are_those_of_the_calling_process() {
         fs::read_to_string(r.path("whoami")).unwrap(),
         format!("{uid} {gid}\n")
     );
-    if is_root() {
+    if common::root_for("reading as nobody") {
         let (code, out, err) = sh_as_nobody(&format!("cat {}", r.path("whoami").display()));
         assert_eq!((code, out.as_str()), (0, "65534 65534\n"), "{err}");
     }

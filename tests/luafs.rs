@@ -1,7 +1,7 @@
 //! lua/luafs.lua mounted for real: it should behave like tmpfs for everything a user does.
 mod common;
 
-use common::{Mount, drop_kernel_caches, errno, root_for, sh, shipped};
+use common::{Mount, drop_kernel_caches, errno, root_for, sh, shipped, sorted_names};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -1689,14 +1689,7 @@ fn names_created_after_their_directory_moved_land_where_the_path_says() {
         &[],
         &[luafs.to_str().unwrap()],
     );
-    let names = |d: &str| -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(m.path(d))
-            .unwrap_or_else(|e| panic!("{d}: {e}\n{}", m.log()))
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        v.sort();
-        v
-    };
+    let names = |d: &str| sorted_names(&m.path(d));
     assert_eq!(names(""), ["a", "b", "d"]);
     assert_eq!(
         names("a"),

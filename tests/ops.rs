@@ -1296,36 +1296,61 @@ fn readdir_filler_takes_a_table_of_entries() {
     );
 }
 
+/// ops_readdirplus.lua mounted, with the log of the calls it saw (in a directory of its own,
+/// removed after the unmount: `m` is dropped first).
+struct ListingMount {
+    m: Mount,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl ListingMount {
+    /// Mount options `opts`, `fs.readdirplus = mode`, and `fs.reuse_listings` when `reuse`.
+    fn new(opts: &str, mode: &str, reuse: bool) -> ListingMount {
+        let dir = TempDir::new("listing");
+        let log = dir.path.join("calls");
+        let m = Mount::with_args(
+            &fixture("ops_readdirplus.lua"),
+            &["-o", opts],
+            &[
+                mode,
+                log.to_str().unwrap(),
+                if reuse { "reuse" } else { "" },
+            ],
+        );
+        ListingMount { m, log, _dir: dir }
+    }
+
+    /// The calls logged whose line starts with `what`.
+    fn calls(&self, what: &str) -> usize {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(what))
+            .count()
+    }
+}
+
 /// Mount ops_readdirplus.lua (`fs.readdirplus = mode`, mount options `opts`), list /d, run
 /// `between`, then lstat every entry (checking the size its stat table gives). Returns how
 /// many getattr calls the script saw on entries of /d, and the mount.
-fn statted_after_listing(mode: &str, opts: &str, between: impl FnOnce(&Mount)) -> (usize, Mount) {
-    let log = TempDir::new("rdplus");
-    let logfile = log.path.join("calls");
-    let m = Mount::with_args(
-        &fixture("ops_readdirplus.lua"),
-        &["-o", opts],
-        &[mode, logfile.to_str().unwrap()],
-    );
+fn statted_after_listing(
+    mode: &str,
+    opts: &str,
+    between: impl FnOnce(&Mount),
+) -> (usize, ListingMount) {
+    let lm = ListingMount::new(opts, mode, false);
+    let m = &lm.m;
     let mut names = names_of(&m.path("d")).unwrap();
     names.sort();
     assert_eq!(names.len(), 1000, "{mode} {opts}");
-    between(&m);
+    between(m);
     for (i, n) in names.iter().enumerate() {
         let md = fs::symlink_metadata(m.path("d").join(n)).unwrap();
         assert_eq!(md.len(), i as u64 + 1, "{mode} {opts}: size of {n:?}");
         assert!(md.is_file());
     }
-    (calls_logged(&logfile, "getattr "), m)
-}
-
-/// The calls the readdirplus fixture logged whose line starts with `what`.
-fn calls_logged(logfile: &Path, what: &str) -> usize {
-    fs::read_to_string(logfile)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with(what))
-        .count()
+    (lm.calls("getattr "), lm)
 }
 
 /// A request that may change attributes (the fixture's chmod does nothing else).
@@ -1345,7 +1370,8 @@ fn readdirplus_setting_decides_which_listings_carry_attributes() {
     for mode in ["always", "never", "auto", "sometimes"] {
         // The chmod: flufs no longer answers lookups from the listing (see the next test),
         // so what the kernel got with it decides.
-        let (calls, m) = statted_after_listing(mode, "entry_timeout=60,attr_timeout=60", chmod_d);
+        let (calls, lm) = statted_after_listing(mode, "entry_timeout=60,attr_timeout=60", chmod_d);
+        let m = &lm.m;
         let warned = m
             .log()
             .contains("'readdirplus' is \"sometimes\", not \"auto\"");
@@ -1385,11 +1411,12 @@ fn lookups_after_a_listing_take_the_attributes_readdir_gave() {
         }),
     ];
     for (opts, change, want) in cases {
-        let (calls, m) = statted_after_listing("auto", opts, |m| {
+        let (calls, lm) = statted_after_listing("auto", opts, |m| {
             if change {
                 chmod_d(m)
             }
         });
+        let m = &lm.m;
         assert!(
             want(calls),
             "{opts}, change {change}: {calls} getattr calls"
@@ -1413,37 +1440,37 @@ fn reuse_listings_serves_a_new_open_from_the_last_listing_until_a_change() {
     if !fuse_available() {
         return;
     }
-    // (mount options, fixture's third argument, readdir calls after each of the four
-    // listings; a chmod comes between the second and the third)
+    // (mount options, fs.reuse_listings, readdir calls after each of the four listings; a
+    // chmod comes between the second and the third)
     let cases = [
-        ("entry_timeout=60,attr_timeout=60", "reuse", [1, 1, 2, 2]),
-        ("entry_timeout=60,attr_timeout=60", "", [1, 2, 3, 4]),
-        ("entry_timeout=60,attr_timeout=0", "reuse", [1, 2, 3, 4]),
+        ("entry_timeout=60,attr_timeout=60", true, [1, 1, 2, 2]),
+        ("entry_timeout=60,attr_timeout=60", false, [1, 2, 3, 4]),
+        ("entry_timeout=60,attr_timeout=0", true, [1, 2, 3, 4]),
     ];
     for (opts, reuse, want) in cases {
-        let log = TempDir::new("reuse");
-        let logfile = log.path.join("calls");
-        let m = Mount::with_args(
-            &fixture("ops_readdirplus.lua"),
-            &["-o", opts],
-            &["auto", logfile.to_str().unwrap(), reuse],
-        );
+        let lm = ListingMount::new(opts, "auto", reuse);
+        let m = &lm.m;
         let mut first: Option<Vec<OsString>> = None;
         let mut got = [0; 4];
         for (i, calls) in got.iter_mut().enumerate() {
             if i == 2 {
-                chmod_d(&m);
+                chmod_d(m);
             }
             let mut names = names_of(&m.path("d")).unwrap();
             names.sort();
-            assert_eq!(names.len(), 1000, "{opts} {reuse:?}: listing {i}");
+            assert_eq!(names.len(), 1000, "{opts} reuse {reuse}: listing {i}");
             match &first {
                 None => first = Some(names),
-                Some(f) => assert!(*f == names, "{opts} {reuse:?}: listing {i} differs"),
+                Some(f) => assert!(*f == names, "{opts} reuse {reuse}: listing {i} differs"),
             }
-            *calls = calls_logged(&logfile, "readdir ");
+            *calls = lm.calls("readdir ");
         }
-        assert_eq!(got, want, "{opts} {reuse:?}: readdir calls\n{}", m.log());
+        assert_eq!(
+            got,
+            want,
+            "{opts} reuse {reuse}: readdir calls\n{}",
+            m.log()
+        );
     }
 }
 
@@ -1459,13 +1486,8 @@ fn reused_listings_give_current_inode_numbers_after_the_kernel_forgets() {
     if !fuse_available() {
         return;
     }
-    let log = TempDir::new("reuse-ino");
-    let logfile = log.path.join("calls");
-    let m = Mount::with_args(
-        &fixture("ops_readdirplus.lua"),
-        &["-o", "entry_timeout=60,attr_timeout=60"],
-        &["never", logfile.to_str().unwrap(), "reuse"],
-    );
+    let lm = ListingMount::new("entry_timeout=60,attr_timeout=60", "never", true);
+    let m = &lm.m;
     // `held(name)`: the kernel holds the name when the listing is read.
     let check = |when: &str, held: &dyn Fn(&str) -> bool| {
         let entries: Vec<fs::DirEntry> = fs::read_dir(m.path("d"))
@@ -1502,7 +1524,7 @@ fn reused_listings_give_current_inode_numbers_after_the_kernel_forgets() {
     check("after the kernel forgot", &again);
     drop(held_dir);
     assert_eq!(
-        calls_logged(&logfile, "readdir "),
+        lm.calls("readdir "),
         1,
         "the listings after the first were served again\n{}",
         m.log()

@@ -365,3 +365,13 @@ pub fn drop_kernel_caches() -> bool {
     std::thread::sleep(Duration::from_millis(200));
     ok
 }
+
+/// The names in `dir`, sorted (panics naming the directory when it cannot be read).
+pub fn sorted_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
