@@ -1,20 +1,26 @@
-//! Raw reads of Lua tables through Lua 5.4's own table lookups (`luaH_getshortstr`,
-//! `luaH_getint`), for the hot path that reads stat tables: a field costs one hash probe
-//! instead of the half dozen C API calls (push the key, `lua_rawget`, check, convert, pop)
-//! that made reading a stat table the largest single cost of a getattr.
+//! Raw access to Lua tables through Lua 5.4's own internals, for the hot paths: reads of
+//! stat tables through its table lookups (`luaH_getshortstr`, `luaH_getint`; `RawTables`), and
+//! the walk of a table of directory entries with its values copied into an array (`Walker`).
+//! A field costs one hash probe instead of the half dozen C API calls (push the key,
+//! `lua_rawget`, check, convert, pop) that made reading a stat table the largest single cost
+//! of a getattr; an entry of a listing costs a few loads instead of `lua_next` (a hash lookup
+//! of the previous key per step) and `lua_rawseti`.
 //!
 //! These are internal functions of the vendored Lua (linked into the binary; `LUAI_FUNC`
 //! symbols have internal visibility, which a static link resolves). What this module relies on
-//! beyond their signatures is Lua 5.4's value layout: a `TValue` is an 8-byte value followed by
-//! its type tag, and a `Table` holds its metatable pointer at byte 40. `RawTables::new` checks
-//! all of it against the C API on tables it builds, and gives nothing when any check fails:
-//! callers then decode every stat table with `Stat::from_lua`, the general (slower) way.
+//! beyond their signatures is Lua 5.4's object layout: a `TValue` is an 8-byte value followed
+//! by its type tag, a `Table` holds its sizes, array, node and metatable pointers at fixed
+//! places, a hash `Node` is its value then its key, a `TString` its length then its bytes.
+//! `RawTables::new` and `Walker::new` check all of it against the C API on tables they build,
+//! and give nothing when any check fails: callers then go the general (slower) way. The GC
+//! colour bits (`lgc.h`) cannot be checked that way; they are those of the Lua 5.4.9 that
+//! Cargo.lock pins (lua-src 551).
 //! Reads allocate nothing and run no Lua code, so no collection can happen while a pointer
 //! is held.
 
 use std::ffi::c_void;
 
-use mlua::{Lua, Table};
+use mlua::{Lua, Table, ffi};
 
 #[repr(C)]
 struct TValue {
@@ -25,6 +31,9 @@ struct TValue {
 unsafe extern "C" {
     fn luaH_getshortstr(t: *mut c_void, key: *mut c_void) -> *const TValue;
     fn luaH_getint(t: *mut c_void, key: i64) -> *const TValue;
+    fn luaH_realasize(t: *const c_void) -> u32;
+    fn luaH_resizearray(state: *mut ffi::lua_State, t: *mut c_void, nasize: u32);
+    fn luaC_barrierback_(state: *mut ffi::lua_State, o: *mut c_void);
 }
 
 /// `LUA_VNUMINT`: makevariant(LUA_TNUMBER, 0).
@@ -33,6 +42,10 @@ const TAG_INT: u8 = 3;
 const TAG_FALSE: u8 = 1;
 /// `ctb(LUA_VSHRSTR)`: makevariant(LUA_TSTRING, 0) with the collectable bit.
 const TAG_SHORT_STRING: u8 = 4 | (1 << 6);
+/// `ctb(LUA_VLNGSTR)`: makevariant(LUA_TSTRING, 1) with the collectable bit.
+const TAG_LONG_STRING: u8 = 4 | (1 << 4) | (1 << 6);
+/// `BIT_ISCOLLECTABLE`.
+const COLLECTABLE: u8 = 1 << 6;
 /// `ctb(LUA_VTABLE)`: makevariant(LUA_TTABLE, 0) with the collectable bit.
 const TAG_TABLE: u8 = 5 | (1 << 6);
 /// Byte offset of `Table::metatable` (after the GC header, flags, lsizenode, alimit, array,
@@ -187,6 +200,322 @@ impl RawTables {
     }
 }
 
+/// The head of a `Table` (`lobject.h`), as far as a walk reads it.
+#[repr(C)]
+struct TableHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    flags: u8,
+    lsizenode: u8,
+    alimit: u32,
+    array: *mut TValue,
+    node: *const Node,
+    lastfree: *const Node,
+    metatable: *const c_void,
+}
+
+/// A slot of a table's hash part (`Node`): its value, then its key.
+#[repr(C)]
+struct Node {
+    value: u64,
+    tt: u8,
+    key_tt: u8,
+    next: i32,
+    key: u64,
+}
+
+/// The head of a `TString`; its bytes follow at `STRING_BYTES_AT`.
+#[repr(C)]
+struct StringHead {
+    next: *mut c_void,
+    tt: u8,
+    marked: u8,
+    extra: u8,
+    /// The length of a short string; 0xff for a long one, whose length is `lnglen`.
+    shrlen: u8,
+    hash: u32,
+    lnglen: usize,
+}
+
+const STRING_BYTES_AT: usize = std::mem::size_of::<StringHead>();
+
+/// GC colour bits of an object's `marked` byte (`lgc.h`: WHITE0BIT, WHITE1BIT, BLACKBIT).
+const WHITE_BITS: u8 = (1 << 3) | (1 << 4);
+const BLACK_BIT: u8 = 1 << 5;
+
+/// The `marked` byte of collectable object `o` (every `GCObject` starts with `next`, `tt`,
+/// `marked`).
+///
+/// # Safety
+/// `o` is a live collectable object.
+unsafe fn marked(o: *const c_void) -> u8 {
+    unsafe { (o as *const u8).add(9).read() }
+}
+
+/// A value as a table holds it, copied out of the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawValue {
+    value: u64,
+    tt: u8,
+}
+
+impl RawValue {
+    pub fn is_table(self) -> bool {
+        self.tt == TAG_TABLE
+    }
+}
+
+/// A key met by a walk.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Key<'a> {
+    /// A string key's bytes (valid while the table keeps the key).
+    Name(&'a [u8]),
+    /// Any other key, by its Lua type (`LUA_TNUMBER`, ...).
+    Other(std::ffi::c_int),
+}
+
+/// Walks tables and fills arrays the way `lua_next` and `lua_rawseti` do, without the C API
+/// (see `Walker::new`).
+#[derive(Clone, Copy, Debug)]
+pub struct Walker(());
+
+impl Walker {
+    /// A walker, when this Lua passes the layout checks (a walk of tables built here gives
+    /// what `lua_next` gives, and filled arrays read back through the C API).
+    pub fn new(lua: &Lua) -> Option<Walker> {
+        let w = Walker(());
+        w.layout_matches(lua).then_some(w)
+    }
+
+    /// Call `f` with every entry of table `t` (array part, then hash part: `next`'s order)
+    /// until it returns false.
+    ///
+    /// # Safety
+    /// `t` is a live table of this Lua state, and `f` runs no Lua code and changes no table.
+    pub unsafe fn each(self, t: *const c_void, mut f: impl FnMut(Key, RawValue) -> bool) {
+        unsafe {
+            let h = &*(t as *const TableHead);
+            let asize = luaH_realasize(t) as usize;
+            for i in 0..asize {
+                let v = &*h.array.add(i);
+                if v.tt & 0x0f != 0
+                    && !f(
+                        Key::Other(ffi::LUA_TNUMBER),
+                        RawValue {
+                            value: v.value,
+                            tt: v.tt,
+                        },
+                    )
+                {
+                    return;
+                }
+            }
+            // A table without a hash part points at Lua's one empty dummy node (size 1).
+            for i in 0..1usize << h.lsizenode {
+                let n = &*h.node.add(i);
+                if n.tt & 0x0f == 0 {
+                    continue; // empty (a dead key has an empty value too)
+                }
+                let key = match n.key_tt {
+                    TAG_SHORT_STRING | TAG_LONG_STRING => {
+                        Key::Name(string_bytes(n.key as usize as *const c_void))
+                    }
+                    tt => Key::Other(std::ffi::c_int::from(tt & 0x0f)),
+                };
+                if !f(
+                    key,
+                    RawValue {
+                        value: n.value,
+                        tt: n.tt,
+                    },
+                ) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Make table `t`'s array part hold at least `n` items (keeping its contents).
+    ///
+    /// # Safety
+    /// `t` is a live table of `state`'s Lua state. Lua raises its memory error by a long jump
+    /// out of this call: call it where nothing of Rust's needs dropping.
+    pub unsafe fn reserve(self, state: *mut ffi::lua_State, t: *mut c_void, n: usize) {
+        unsafe {
+            if (luaH_realasize(t) as usize) < n
+                && let Ok(n) = u32::try_from(n)
+            {
+                luaH_resizearray(state, t, n);
+            }
+        }
+    }
+
+    /// Raw writes into table `t`'s array part, `lua_rawseti`'s (see `ArrayFill`).
+    ///
+    /// # Safety
+    /// `t` is a live table of `state`'s Lua state, and no Lua code runs and nothing is
+    /// allocated in that state while the fill lives.
+    pub unsafe fn fill(self, state: *mut ffi::lua_State, t: *mut c_void) -> ArrayFill {
+        ArrayFill {
+            state,
+            t,
+            size: unsafe { luaH_realasize(t) } as usize,
+            white: false,
+        }
+    }
+
+    fn layout_matches(self, lua: &Lua) -> bool {
+        let check = || -> mlua::Result<bool> {
+            let long = "a key of more than forty bytes, which Lua keeps as a long string";
+            let t: Table = lua
+                .load(format!(
+                    "return {{ a = {{}}, bc = true, ['{long}'] = {{}}, [2.5] = 1, [{{}}] = 2, \
+                     d = 'x', e = {{}} }}"
+                ))
+                .eval()?;
+            let mut next = Vec::new();
+            for pair in t.clone().pairs::<mlua::Value, mlua::Value>() {
+                let (k, v) = pair?;
+                let key = match &k {
+                    mlua::Value::String(s) => Ok(s.as_bytes().to_vec()),
+                    other => Err(match other {
+                        mlua::Value::Number(_) => ffi::LUA_TNUMBER,
+                        mlua::Value::Table(_) => ffi::LUA_TTABLE,
+                        _ => -1,
+                    }),
+                };
+                next.push((key, v.as_table().map(RawTables::ptr)));
+            }
+            let mut walked = Vec::new();
+            let p = RawTables::ptr(&t);
+            // SAFETY: `t` is alive (held here) and the closure runs no Lua code.
+            unsafe {
+                self.each(p, |k, v| {
+                    let key = match k {
+                        Key::Name(b) => Ok(b.to_vec()),
+                        Key::Other(t) => Err(t),
+                    };
+                    let table = v.is_table().then_some(v.value as usize as *mut c_void);
+                    walked.push((key, table));
+                    true
+                });
+            }
+            let values_match = next == walked;
+            let array: Table = lua.load("return {10, 20, x = 1}").eval()?;
+            let mut kinds = Vec::new();
+            // SAFETY: as above.
+            unsafe {
+                self.each(RawTables::ptr(&array), |k, _| {
+                    kinds.push(matches!(k, Key::Other(ffi::LUA_TNUMBER)));
+                    true
+                })
+            };
+            let array_matches = kinds == [true, true, false];
+            // Fills: one within the array part, then three after growing it from nothing.
+            let items = [
+                lua.create_table()?,
+                lua.create_table()?,
+                lua.create_table()?,
+            ];
+            let source = lua.create_sequence_from(items.iter().cloned())?;
+            let small = lua.create_table_with_capacity(1, 0)?;
+            let grown = lua.create_table()?;
+            let fills_match = lua.exec_raw_lua(|raw| {
+                let state = raw.state();
+                let mut values = Vec::new();
+                // SAFETY: the tables are alive (held here); nothing runs while filling.
+                unsafe {
+                    self.each(RawTables::ptr(&source), |_, v| {
+                        values.push(v);
+                        true
+                    });
+                    self.reserve(state, RawTables::ptr(&grown), 3);
+                    let mut f = self.fill(state, RawTables::ptr(&small));
+                    let fits = f.set(1, values[0]) && !f.set(2, values[1]);
+                    drop(f);
+                    let mut g = self.fill(state, RawTables::ptr(&grown));
+                    let all = values.iter().enumerate().all(|(i, v)| g.set(i + 1, *v));
+                    fits && all
+                }
+            });
+            let read_back = |t: &Table, i: i64| -> mlua::Result<*const c_void> {
+                Ok(t.raw_get::<mlua::Value>(i)?.to_pointer())
+            };
+            let fills_match = fills_match
+                && read_back(&small, 1)? == items[0].to_pointer()
+                && small.raw_get::<mlua::Value>(2)?.is_nil()
+                && (1..=3)
+                    .all(|i| read_back(&grown, i).ok() == Some(items[i as usize - 1].to_pointer()))
+                && grown.raw_len() == 3;
+            Ok(values_match && array_matches && fills_match)
+        };
+        check().unwrap_or(false)
+    }
+}
+
+/// The bytes of string object `ts`.
+///
+/// # Safety
+/// `ts` is a live `TString`; the bytes are used while it lives.
+unsafe fn string_bytes<'a>(ts: *const c_void) -> &'a [u8] {
+    unsafe {
+        let h = &*(ts as *const StringHead);
+        let len = if h.shrlen != 0xff {
+            h.shrlen as usize
+        } else {
+            h.lnglen
+        };
+        std::slice::from_raw_parts((ts as *const u8).add(STRING_BYTES_AT), len)
+    }
+}
+
+/// Raw writes into a table's array part (from `Walker::fill`). Lua's collector needs to hear
+/// of a reference stored into a table it has already traversed (black) to an object it has
+/// not marked (white), or it frees that object at the end of its cycle: `lua_rawseti` tells
+/// it at each write (`luaC_barrierback`). A fill tells it once, when it drops, which is the
+/// same as long as no collection step runs in between (nothing runs or allocates in Lua
+/// while a fill lives).
+pub struct ArrayFill {
+    state: *mut ffi::lua_State,
+    t: *mut c_void,
+    size: usize,
+    /// Whether a white object was written.
+    white: bool,
+}
+
+impl ArrayFill {
+    /// `t[i] = v` (from 1); false (nothing written) when `i` is beyond the array part.
+    ///
+    /// # Safety
+    /// `v` was read just now from a live table of the same Lua state (a walk's value).
+    pub unsafe fn set(&mut self, i: usize, v: RawValue) -> bool {
+        if i == 0 || i > self.size {
+            return false;
+        }
+        unsafe {
+            let slot = &mut *(*(self.t as *const TableHead)).array.add(i - 1);
+            slot.value = v.value;
+            slot.tt = v.tt;
+            if v.tt & COLLECTABLE != 0 {
+                self.white |= marked(v.value as usize as *const c_void) & WHITE_BITS != 0;
+            }
+        }
+        true
+    }
+}
+
+impl Drop for ArrayFill {
+    fn drop(&mut self) {
+        // SAFETY: `t` is alive (see `Walker::fill`); this is `luaC_barrierback`'s test.
+        unsafe {
+            if self.white && marked(self.t) & BLACK_BIT != 0 {
+                luaC_barrierback_(self.state, self.t);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +560,117 @@ mod tests {
             ])
             .unwrap();
         assert!(RawTables::new(&lua, &keys).is_none());
+    }
+
+    /// Run `walk_into(source, anchor)`: `source`'s values into `anchor`'s array part from 1,
+    /// as a listing anchors its stat tables.
+    fn walk_into(lua: &Lua, w: Walker, source: &Table, anchor: &Table) -> usize {
+        lua.exec_raw_lua(|raw| {
+            let state = raw.state();
+            let mut values = Vec::new();
+            unsafe {
+                w.each(RawTables::ptr(source), |_, v| {
+                    values.push(v);
+                    true
+                });
+                w.reserve(state, RawTables::ptr(anchor), values.len());
+                let mut fill = w.fill(state, RawTables::ptr(anchor));
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, v)| fill.set(i + 1, **v))
+                    .count()
+            }
+        })
+    }
+
+    #[test]
+    fn filled_arrays_keep_their_values_through_collections() {
+        // Anchors made early are black by the time new (white) tables go into them while the
+        // collector is mid-cycle; the sources are dropped at once, so only the anchors keep
+        // the tables. Without the write barrier the collector takes them for garbage at the
+        // end of its cycle: their finalizers (which record their ids) run while an anchor
+        // still holds them.
+        for mode in ["generational", "incremental"] {
+            let lua = Lua::new();
+            // A heap large enough that an incremental cycle takes many steps.
+            lua.load(format!(
+                "collectgarbage('{mode}') ballast = {{}} \
+                 for i = 1, 50000 do ballast[i] = {{}} end"
+            ))
+            .exec()
+            .unwrap();
+            anchored_tables_survive(&lua, mode);
+        }
+    }
+
+    fn anchored_tables_survive(lua: &Lua, mode: &str) {
+        let w = Walker::new(lua).expect("this Lua passes the layout checks");
+        let anchors: Vec<Table> = (0..8).map(|_| lua.create_table().unwrap()).collect();
+        let make = lua
+            .load(
+                "dead = {} \
+                 local mt = {__gc = function(t) dead[t.id] = true end} \
+                 return function(round) \
+                   local t = {} \
+                   for i = 1, 64 do \
+                     t['n' .. i] = setmetatable({id = round * 1000 + i, pad = {}}, mt) \
+                   end \
+                   return t \
+                 end",
+            )
+            .eval::<mlua::Function>()
+            .unwrap();
+        let dead: Table = lua.globals().get("dead").unwrap();
+        for round in 0..600i64 {
+            let anchor = &anchors[round as usize % anchors.len()];
+            let source: Table = make.call(round).unwrap();
+            assert_eq!(walk_into(lua, w, &source, anchor), 64);
+            drop(source);
+            for _ in 0..(round % 5) {
+                lua.gc_step().unwrap();
+            }
+            for a in &anchors {
+                for i in 1..=a.raw_len() as i64 {
+                    let id: i64 = a.raw_get::<Table>(i).unwrap().raw_get("id").unwrap();
+                    let gone: bool = dead.raw_get(id).unwrap();
+                    assert!(
+                        !gone,
+                        "{mode}, round {round}: {id} finalized while anchored"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn walks_give_what_next_gives() {
+        let lua = Lua::new();
+        let w = Walker::new(&lua).expect("this Lua passes the layout checks");
+        let t: Table = lua
+            .load("local t = {x = 1, [1] = 'a', [true] = 2} t.gone = 3 t.gone = nil return t")
+            .eval()
+            .unwrap();
+        let mut seen = Vec::new();
+        unsafe {
+            w.each(RawTables::ptr(&t), |k, _| {
+                seen.push(match k {
+                    Key::Name(b) => String::from_utf8_lossy(b).into_owned(),
+                    Key::Other(t) => format!("<{t}>"),
+                });
+                true
+            })
+        };
+        let mut want = Vec::new();
+        for pair in t.pairs::<mlua::Value, mlua::Value>() {
+            let (k, _) = pair.unwrap();
+            want.push(match k {
+                mlua::Value::String(s) => s.to_string_lossy(),
+                mlua::Value::Integer(_) => format!("<{}>", ffi::LUA_TNUMBER),
+                _ => format!("<{}>", ffi::LUA_TBOOLEAN),
+            });
+        }
+        assert_eq!(seen, want);
+        assert_eq!(seen.len(), 3, "{seen:?}");
     }
 }

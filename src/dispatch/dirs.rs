@@ -12,7 +12,7 @@ use foldhash::HashMap;
 use foldhash::HashMapExt;
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::Entry;
-use std::ffi::{OsStr, c_int};
+use std::ffi::{OsStr, c_int, c_void};
 use std::hash::BuildHasher;
 use std::os::unix::ffi::OsStrExt;
 use std::rc::Rc;
@@ -27,6 +27,7 @@ use super::Dispatch;
 use crate::convert::Bytes;
 use crate::convert::{self, Stat, StatList};
 use crate::inodes::join;
+use crate::luaraw::{Key, Walker};
 use crate::ops::OpName;
 
 /// One collected entry.
@@ -121,11 +122,18 @@ struct Sink {
 /// The sinks of the readdir calls in progress (several may be suspended at once), by id.
 type Sinks = RefCell<HashMap<u64, Sink>>;
 
+/// What every filler of a mount reaches through its first upvalue.
+struct Shared {
+    sinks: Sinks,
+    /// How `filler(t)` walks `t` when this Lua passes `luaraw`'s checks; the C API otherwise.
+    walker: Option<Walker>,
+}
+
 /// Makes one `filler` per readdir call and collects what it is given.
 pub(super) struct Lister {
     /// Leaked once per mount: every filler holds a pointer to it, and a script may keep a
     /// filler (and call it, getting an error) for as long as the Lua state lives.
-    sinks: &'static Sinks,
+    shared: &'static Shared,
     next: Cell<u64>,
     /// How many entries the last listing of a directory had, and how many bytes of names: the
     /// table a listing's stat tables go into, and its entries and names, are made that size
@@ -200,19 +208,20 @@ enum Refusal {
 /// entries in a table lists them with no Lua loop and no call per entry.
 unsafe extern "C-unwind" fn filler(state: *mut ffi::lua_State) -> c_int {
     unsafe {
-        let sinks = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Sinks;
-        if sinks.is_null() {
+        let shared = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1)) as *const Shared;
+        if shared.is_null() {
             return 0;
         }
+        let (shared, sinks) = (&*shared, &(*shared).sinks);
         let id = ffi::lua_tointegerx(state, ffi::lua_upvalueindex(2), std::ptr::null_mut());
         if ffi::lua_type(state, 1) == ffi::LUA_TTABLE {
-            if let Err(r) = record_table(state, &*sinks, id as u64) {
+            if let Err(r) = record_table(state, shared, id as u64) {
                 refuse(state, r);
             }
             ffi::lua_pushboolean(state, 1);
             return 1;
         }
-        match record(state, &*sinks, id as u64) {
+        match record(state, sinks, id as u64) {
             Ok(Some(i)) => {
                 if ffi::lua_type(state, 2) == ffi::LUA_TTABLE {
                     ffi::lua_pushvalue(state, 2);
@@ -269,12 +278,17 @@ unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a 
         let mut len = 0usize;
         let p = ffi::lua_tolstring(state, at, &mut len) as *const u8;
         let name = std::slice::from_raw_parts(p, len);
-        // One pass over the (short) name, not two memchr calls.
-        if name.is_empty() || name.len() > 255 || name.iter().any(|&b| b == b'/' || b == 0) {
+        if !valid_name(name) {
             return Err(Refusal::BadName(ffi::lua_absindex(state, at)));
         }
         Ok(name)
     }
+}
+
+/// Whether `name` can be an entry's name: 1 to 255 bytes, no '/' and no NUL (one pass over
+/// the short name, not two memchr calls).
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.iter().any(|&b| b == b'/' || b == 0)
 }
 
 /// `filler(t)`: record every entry of the table at index 1 (its stat tables stored as one
@@ -282,9 +296,19 @@ unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a 
 ///
 /// # Safety
 /// As for `filler`, whose arguments `state` holds.
-unsafe fn record_table(state: *mut ffi::lua_State, sinks: &Sinks, id: u64) -> Result<(), Refusal> {
+unsafe fn record_table(
+    state: *mut ffi::lua_State,
+    shared: &Shared,
+    id: u64,
+) -> Result<(), Refusal> {
+    let sinks = &shared.sinks;
     unsafe {
         ffi::lua_settop(state, 1);
+        if let Some(w) = shared.walker
+            && record_table_raw(state, sinks, id, w)?
+        {
+            return Ok(());
+        }
         if ffi::lua_checkstack(state, 3) == 0 {
             return Err(Refusal::StackFull);
         }
@@ -306,6 +330,76 @@ unsafe fn record_table(state: *mut ffi::lua_State, sinks: &Sinks, id: u64) -> Re
         }
         ffi::lua_settop(state, 1);
         Ok(())
+    }
+}
+
+/// `record_table` by a raw walk of the table (`luaraw::Walker`), its stat tables written
+/// straight into the array they go into: no `lua_next` (which looks the previous key up
+/// again at every step), no C API call per entry. `Ok(false)`, with nothing recorded, when a
+/// name is invalid: the C API way then raises the error, naming it.
+///
+/// # Safety
+/// As for `record_table`.
+unsafe fn record_table_raw(
+    state: *mut ffi::lua_State,
+    sinks: &Sinks,
+    id: u64,
+    w: Walker,
+) -> Result<bool, Refusal> {
+    unsafe {
+        let t = ffi::lua_topointer(state, 1) as *mut c_void;
+        let tables = ffi::lua_topointer(state, ffi::lua_upvalueindex(3)) as *mut c_void;
+        // Every key checked, and the entries and their names' bytes counted, before anything
+        // is recorded.
+        let (mut n, mut bytes, mut bad) = (0usize, 0usize, Ok(true));
+        w.each(t, |k, _| match k {
+            Key::Name(name) if valid_name(name) => {
+                n += 1;
+                bytes += name.len();
+                true
+            }
+            Key::Name(_) => {
+                bad = Ok(false);
+                false
+            }
+            Key::Other(t) => {
+                bad = Err(Refusal::KeyNotString(t));
+                false
+            }
+        });
+        if !matches!(bad, Ok(true)) {
+            return bad;
+        }
+        let Some(start) = sinks.borrow().get(&id).map(|s| s.entries.len()) else {
+            return Err(Refusal::Closed);
+        };
+        // May raise Lua's memory error: nothing is borrowed yet.
+        w.reserve(state, tables, start + n);
+        let mut all = sinks.borrow_mut();
+        let Some(s) = all.get_mut(&id) else {
+            return Err(Refusal::Closed);
+        };
+        s.entries.reserve(n);
+        s.names.reserve(bytes);
+        let mut fill = w.fill(state, tables);
+        w.each(t, |k, v| {
+            let Key::Name(name) = k else {
+                return true; // not met: every key was checked above
+            };
+            let Ok(name_at) = u32::try_from(s.names.len()) else {
+                return false; // 4 GiB of names: the listing is cut here, as in `add`
+            };
+            s.names.extend_from_slice(name);
+            let has_table = v.is_table() && fill.set(s.entries.len() + 1, v);
+            s.entries.push(DirEnt {
+                name_at,
+                name_len: name.len() as u8,
+                has_table,
+                offset: 0,
+            });
+            true
+        });
+        Ok(true)
     }
 }
 
@@ -391,9 +485,12 @@ unsafe fn refuse(state: *mut ffi::lua_State, r: Refusal) -> ! {
 }
 
 impl Lister {
-    pub(super) fn new() -> Lister {
+    pub(super) fn new(walker: Option<Walker>) -> Lister {
         Lister {
-            sinks: Box::leak(Box::new(RefCell::new(HashMap::new()))),
+            shared: Box::leak(Box::new(Shared {
+                sinks: RefCell::new(HashMap::new()),
+                walker,
+            })),
             next: Cell::new(1),
             sizes: RefCell::new(HashMap::new()),
             kept: RefCell::new(HashMap::new()),
@@ -407,17 +504,17 @@ impl Lister {
         self.next.set(id + 1);
         let (size, name_bytes) = self.sizes.borrow().get(&dir).copied().unwrap_or((0, 0));
         let tables = lua.create_table_with_capacity(size as usize, 0)?;
-        // SAFETY: `filler` reads only its arguments, its upvalues and the leaked `sinks`
+        // SAFETY: `filler` reads only its arguments, its upvalues and the leaked `shared`
         // (alive for the rest of the process).
         let filler = unsafe {
             convert::c_closure(lua, filler, 3, |raw| {
                 let state = raw.state();
-                ffi::lua_pushlightuserdata(state, self.sinks as *const Sinks as *mut _);
+                ffi::lua_pushlightuserdata(state, self.shared as *const Shared as *mut _);
                 ffi::lua_pushinteger(state, id as ffi::lua_Integer);
                 (&tables).push_into_stack(raw)
             })?
         };
-        self.sinks.borrow_mut().insert(
+        self.shared.sinks.borrow_mut().insert(
             id,
             Sink {
                 dir,
@@ -432,7 +529,12 @@ impl Lister {
 
     /// What filler `id` collected; the filler stops working.
     fn close(&self, id: u64) -> Sink {
-        let sink = self.sinks.borrow_mut().remove(&id).unwrap_or_default();
+        let sink = self
+            .shared
+            .sinks
+            .borrow_mut()
+            .remove(&id)
+            .unwrap_or_default();
         let mut sizes = self.sizes.borrow_mut();
         if sizes.len() >= SIZES_KEPT {
             sizes.clear();
@@ -831,6 +933,86 @@ impl Dispatch {
             if full {
                 break;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `filler(t)` records for `t`, by each way of walking it: names in order, whether
+    /// each has a table, and each recorded table's `id` field.
+    fn recorded(lua: &Lua, walker: Option<Walker>, t: &str) -> Vec<(String, Option<i64>)> {
+        let lister = Lister::new(walker);
+        let (id, filler, tables) = lister.open(lua, 1, false).unwrap();
+        let t: Table = lua.load(t).eval().unwrap();
+        filler.call::<()>(t).unwrap();
+        let sink = lister.close(id);
+        let names = Listing {
+            entries: Vec::new(),
+            names: sink.names,
+            tables: StatList::new(tables.clone()),
+            stats: Vec::new(),
+            taken: Instant::now(),
+            stamp: 0,
+            nodes: RefCell::new(Vec::new()),
+            nodes_at: Cell::new((0, 0)),
+        };
+        sink.entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let name = String::from_utf8_lossy(names.name(e)).into_owned();
+                let table = e.has_table.then(|| {
+                    let t: Table = tables.raw_get(i as i64 + 1).unwrap();
+                    t.raw_get::<i64>("id").unwrap()
+                });
+                (name, table)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_table_of_entries_is_recorded_the_same_by_a_raw_walk_and_by_next() {
+        let lua = Lua::new();
+        let walker = Walker::new(&lua);
+        assert!(walker.is_some(), "this Lua passes luaraw's checks");
+        let long = "l".repeat(200);
+        let t = format!(
+            "local t = {{ a = {{id = 1}}, b = true, c = {{id = 3}}, ['{long}'] = {{id = 4}} }} \
+             for i = 1, 100 do t['n' .. i] = {{id = 100 + i}} end \
+             t.c = nil \
+             return t"
+        );
+        let raw = recorded(&lua, walker, &t);
+        let next = recorded(&lua, None, &t);
+        assert_eq!(raw, next);
+        assert_eq!(raw.len(), 103);
+        assert!(raw.contains(&("b".to_string(), None)));
+        assert!(raw.contains(&(long, Some(4))));
+        assert!(!raw.iter().any(|(n, _)| n == "c"));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_by_a_raw_walk_as_by_next() {
+        let lua = Lua::new();
+        for t in [
+            "return {ok = true, [7] = true}",
+            "return {ok = true, ['a/b'] = true}",
+        ] {
+            let errors: Vec<String> = [Walker::new(&lua), None]
+                .into_iter()
+                .map(|w| {
+                    let lister = Lister::new(w);
+                    let (_, filler, _) = lister.open(&lua, 1, false).unwrap();
+                    let t: Table = lua.load(t).eval().unwrap();
+                    let e = filler.call::<()>(t).unwrap_err().to_string();
+                    e.lines().next().unwrap_or_default().to_string()
+                })
+                .collect();
+            assert_eq!(errors[0], errors[1]);
+            assert!(errors[0].contains("filler: "), "{}", errors[0]);
         }
     }
 }

@@ -298,7 +298,7 @@ impl Dispatch {
         };
         let stat_reader = convert::StatReader::new(&lua)?;
         let names = convert::Names::new(&lua)?;
-        let dirs = dirs::Lister::new();
+        let dirs = dirs::Lister::new(crate::luaraw::Walker::new(&lua));
         // From here on the limit holds only while script code runs (see `run_coroutine`).
         let memory_limit = lua.set_memory_limit(0).unwrap_or(0);
         Ok(Dispatch {
