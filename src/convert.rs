@@ -905,6 +905,28 @@ impl StatReader {
         }
     }
 
+    /// Start fetching from memory what `mode_ino_item(tables, i)` reads (changes no result):
+    /// the stat table's head when `head`, else the slots of its mode and ino, for which the
+    /// head is read (asked for by an earlier call). A listing's stat tables are spread over
+    /// memory, and a cache miss each costs more than reading them.
+    pub fn prefetch_item(&self, tables: &StatList, i: i64, head: bool) {
+        use crate::luaraw::{Field, prefetch};
+        let Some(raw) = self.raw.as_ref() else {
+            return;
+        };
+        // SAFETY: `tables` is alive (its `at` is its table's) and holds the entry's table;
+        // nothing runs in between.
+        unsafe {
+            if let Field::Table(t) = raw.geti(tables.at, i) {
+                if head {
+                    prefetch(t);
+                } else {
+                    raw.prefetch_slots(t, &[0, 1]);
+                }
+            }
+        }
+    }
+
     /// Only the mode and the script's ino of `tables[i]` (what a plain READDIR entry needs):
     /// two reads in the common form.
     pub fn mode_ino_item(&self, tables: &StatList, i: i64, d: &StatDefaults) -> Conv<(u32, u64)> {

@@ -145,6 +145,25 @@ impl RawTables {
         field(unsafe { luaH_getint(t, i) })
     }
 
+    /// Ask the CPU to fetch what `get(t, k)` reads for each `k` of `ks`: the slot of the
+    /// key's main position (where it is, unless it collided). `t`'s head is read here, so it
+    /// should have been asked for earlier (`prefetch`). Changes no result.
+    ///
+    /// # Safety
+    /// As for `get`.
+    pub unsafe fn prefetch_slots(&self, t: *const c_void, ks: &[usize]) {
+        unsafe {
+            let h = &*(t as *const TableHead);
+            let mask = (1usize << h.lsizenode) - 1;
+            for &k in ks {
+                if let Some(&key) = self.keys.get(k) {
+                    let hash = (*(key as *const StringHead)).hash as usize;
+                    prefetch(h.node.add(hash & mask) as *const c_void);
+                }
+            }
+        }
+    }
+
     /// Whether `t` has a metatable.
     ///
     /// # Safety
@@ -240,8 +259,7 @@ struct StringHead {
 
 const STRING_BYTES_AT: usize = std::mem::size_of::<StringHead>();
 
-/// GC colour bits of an object's `marked` byte (`lgc.h`: WHITE0BIT, WHITE1BIT, BLACKBIT).
-const WHITE_BITS: u8 = (1 << 3) | (1 << 4);
+/// The black bit of an object's `marked` byte (`lgc.h`: BLACKBIT).
 const BLACK_BIT: u8 = 1 << 5;
 
 /// The `marked` byte of collectable object `o` (every `GCObject` starts with `next`, `tt`,
@@ -252,6 +270,22 @@ const BLACK_BIT: u8 = 1 << 5;
 unsafe fn marked(o: *const c_void) -> u8 {
     unsafe { (o as *const u8).add(9).read() }
 }
+
+/// Ask the CPU to fetch the cache line at `p` (no effect elsewhere than x86-64). A hint:
+/// `p` need not be valid.
+pub fn prefetch(p: *const c_void) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch does not fault, whatever the address.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// How many slots ahead `Walker::each` asks for the keys' strings.
+const WALK_AHEAD: usize = 16;
 
 /// A value as a table holds it, copied out of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -312,7 +346,16 @@ impl Walker {
                 }
             }
             // A table without a hash part points at Lua's one empty dummy node (size 1).
-            for i in 0..1usize << h.lsizenode {
+            let size = 1usize << h.lsizenode;
+            for i in 0..size {
+                // The keys' strings are spread over memory: those a few slots ahead are
+                // fetched while this one is read.
+                if i + WALK_AHEAD < size {
+                    let ahead = &*h.node.add(i + WALK_AHEAD);
+                    if ahead.key_tt & COLLECTABLE != 0 {
+                        prefetch(ahead.key as usize as *const c_void);
+                    }
+                }
                 let n = &*h.node.add(i);
                 if n.tt & 0x0f == 0 {
                     continue; // empty (a dead key has an empty value too)
@@ -333,6 +376,33 @@ impl Walker {
                     return;
                 }
             }
+        }
+    }
+
+    /// How many entries table `t` has, all with string keys; `Err` with the Lua type of
+    /// the first other key. Reads the table's own arrays only (not the keys' strings).
+    ///
+    /// # Safety
+    /// `t` is a live table of this Lua state.
+    pub unsafe fn count_named(self, t: *const c_void) -> Result<usize, std::ffi::c_int> {
+        unsafe {
+            let h = &*(t as *const TableHead);
+            let asize = luaH_realasize(t) as usize;
+            if (0..asize).any(|i| (*h.array.add(i)).tt & 0x0f != 0) {
+                return Err(ffi::LUA_TNUMBER);
+            }
+            let mut n = 0;
+            for i in 0..1usize << h.lsizenode {
+                let node = &*h.node.add(i);
+                if node.tt & 0x0f == 0 {
+                    continue;
+                }
+                match node.key_tt {
+                    TAG_SHORT_STRING | TAG_LONG_STRING => n += 1,
+                    tt => return Err(std::ffi::c_int::from(tt & 0x0f)),
+                }
+            }
+            Ok(n)
         }
     }
 
@@ -361,7 +431,7 @@ impl Walker {
             state,
             t,
             size: unsafe { luaH_realasize(t) } as usize,
-            white: false,
+            collectable: false,
         }
     }
 
@@ -473,15 +543,18 @@ unsafe fn string_bytes<'a>(ts: *const c_void) -> &'a [u8] {
 /// Raw writes into a table's array part (from `Walker::fill`). Lua's collector needs to hear
 /// of a reference stored into a table it has already traversed (black) to an object it has
 /// not marked (white), or it frees that object at the end of its cycle: `lua_rawseti` tells
-/// it at each write (`luaC_barrierback`). A fill tells it once, when it drops, which is the
-/// same as long as no collection step runs in between (nothing runs or allocates in Lua
-/// while a fill lives).
+/// it at each write (`luaC_barrierback`: the table goes back to gray, to be traversed again).
+/// A fill tells it once, when it drops, which is the same as long as no collection step runs
+/// in between (nothing runs or allocates in Lua while a fill lives). It does not look at the
+/// objects' colours: that would read every object written (a cache miss each, in a listing),
+/// and telling the collector of a black table that got no white object costs it only one
+/// more traversal of that table.
 pub struct ArrayFill {
     state: *mut ffi::lua_State,
     t: *mut c_void,
     size: usize,
-    /// Whether a white object was written.
-    white: bool,
+    /// Whether a collectable object was written.
+    collectable: bool,
 }
 
 impl ArrayFill {
@@ -497,9 +570,7 @@ impl ArrayFill {
             let slot = &mut *(*(self.t as *const TableHead)).array.add(i - 1);
             slot.value = v.value;
             slot.tt = v.tt;
-            if v.tt & COLLECTABLE != 0 {
-                self.white |= marked(v.value as usize as *const c_void) & WHITE_BITS != 0;
-            }
+            self.collectable |= v.tt & COLLECTABLE != 0;
         }
         true
     }
@@ -507,9 +578,10 @@ impl ArrayFill {
 
 impl Drop for ArrayFill {
     fn drop(&mut self) {
-        // SAFETY: `t` is alive (see `Walker::fill`); this is `luaC_barrierback`'s test.
+        // SAFETY: `t` is alive (see `Walker::fill`); this is `luaC_barrierback`'s test, but
+        // for the colour of the objects written.
         unsafe {
-            if self.white && marked(self.t) & BLACK_BIT != 0 {
+            if self.collectable && marked(self.t) & BLACK_BIT != 0 {
                 luaC_barrierback_(self.state, self.t);
             }
         }

@@ -100,6 +100,11 @@ impl DirReply {
     }
 }
 
+/// How many entries ahead a plain READDIR asks for the heads of stat tables, and for their
+/// fields (see `fill`).
+const PREFETCH_HEADS: usize = 16;
+const PREFETCH_FIELDS: usize = 8;
+
 /// What a kernel readdir buffer holds (one page), and the size of an entry in it.
 const KERNEL_BUFFER: usize = 4096;
 
@@ -336,7 +341,8 @@ unsafe fn record_table(
 /// `record_table` by a raw walk of the table (`luaraw::Walker`), its stat tables written
 /// straight into the array they go into: no `lua_next` (which looks the previous key up
 /// again at every step), no C API call per entry. `Ok(false)`, with nothing recorded, when a
-/// name is invalid: the C API way then raises the error, naming it.
+/// name is invalid: the C API way then records the table again and raises the error, naming
+/// it.
 ///
 /// # Safety
 /// As for `record_table`.
@@ -349,27 +355,7 @@ unsafe fn record_table_raw(
     unsafe {
         let t = ffi::lua_topointer(state, 1) as *mut c_void;
         let tables = ffi::lua_topointer(state, ffi::lua_upvalueindex(3)) as *mut c_void;
-        // Every key checked, and the entries and their names' bytes counted, before anything
-        // is recorded.
-        let (mut n, mut bytes, mut bad) = (0usize, 0usize, Ok(true));
-        w.each(t, |k, _| match k {
-            Key::Name(name) if valid_name(name) => {
-                n += 1;
-                bytes += name.len();
-                true
-            }
-            Key::Name(_) => {
-                bad = Ok(false);
-                false
-            }
-            Key::Other(t) => {
-                bad = Err(Refusal::KeyNotString(t));
-                false
-            }
-        });
-        if !matches!(bad, Ok(true)) {
-            return bad;
-        }
+        let n = w.count_named(t).map_err(Refusal::KeyNotString)?;
         let Some(start) = sinks.borrow().get(&id).map(|s| s.entries.len()) else {
             return Err(Refusal::Closed);
         };
@@ -379,13 +365,18 @@ unsafe fn record_table_raw(
         let Some(s) = all.get_mut(&id) else {
             return Err(Refusal::Closed);
         };
+        let names_before = s.names.len();
         s.entries.reserve(n);
-        s.names.reserve(bytes);
         let mut fill = w.fill(state, tables);
+        let mut valid = true;
         w.each(t, |k, v| {
             let Key::Name(name) = k else {
-                return true; // not met: every key was checked above
+                return true; // not met: `count_named` checked every key
             };
+            if !valid_name(name) {
+                valid = false;
+                return false;
+            }
             let Ok(name_at) = u32::try_from(s.names.len()) else {
                 return false; // 4 GiB of names: the listing is cut here, as in `add`
             };
@@ -399,7 +390,12 @@ unsafe fn record_table_raw(
             });
             true
         });
-        Ok(true)
+        if !valid {
+            // Taken back: the C API way records the table again and raises the error.
+            s.entries.truncate(start);
+            s.names.truncate(names_before);
+        }
+        Ok(valid)
     }
 }
 
@@ -857,7 +853,23 @@ impl Dispatch {
                 listing.nodes_at.set(now);
             }
         }
+        // Plain entries not sent before may read their stat tables (`plain_entry`): those a
+        // few entries ahead are fetched from memory meanwhile, in two steps (the head, then
+        // the fields it leads to).
+        let prefetch = matches!(reply, DirReply::Plain(_));
+        let unsent = |i: usize| {
+            entries.get(i).is_some_and(|e| e.has_table)
+                && listing.nodes.borrow().get(i).is_none_or(|n| n.0 == 0)
+        };
         for (i, e) in entries.iter().enumerate().skip(skip) {
+            if prefetch {
+                for (ahead, head) in [(PREFETCH_HEADS, true), (PREFETCH_FIELDS, false)] {
+                    if unsent(i + ahead) {
+                        let item = (i + ahead + 1) as i64;
+                        self.stat_reader.prefetch_item(tables, item, head);
+                    }
+                }
+            }
             let bytes = listing.name(e);
             let dot = bytes == b"." || bytes == b"..";
             let fresh;
