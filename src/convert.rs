@@ -910,7 +910,8 @@ impl StatReader {
     /// head is read (asked for by an earlier call). A listing's stat tables are spread over
     /// memory, and a cache miss each costs more than reading them.
     pub fn prefetch_item(&self, tables: &StatList, i: i64, head: bool) {
-        use crate::luaraw::{Field, prefetch};
+        use crate::luaraw::Field;
+        use crate::prefetch::prefetch;
         let Some(raw) = self.raw.as_ref() else {
             return;
         };
@@ -919,7 +920,9 @@ impl StatReader {
         unsafe {
             if let Field::Table(t) = raw.geti(tables.at, i) {
                 if head {
+                    // The head may straddle two cache lines.
                     prefetch(t);
+                    prefetch((t as *const u8).wrapping_add(40));
                 } else {
                     raw.prefetch_slots(t, &[0, 1]);
                 }

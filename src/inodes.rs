@@ -6,7 +6,8 @@
 
 use foldhash::HashMap;
 use foldhash::HashMapExt;
-use std::collections::hash_map::Entry;
+
+use crate::inomap::InoMap;
 
 pub const ROOT: u64 = 1;
 
@@ -51,7 +52,7 @@ type Name = smallvec::SmallVec<[u8; 24]>;
 pub struct Inodes {
     nodes: HashMap<u64, Node>,
     children: HashMap<u64, HashMap<Name, u64>>,
-    by_script_ino: HashMap<u64, u64>,
+    by_script_ino: InoMap,
     next: u64,
     /// Counts changes of a node's primary name or directory (renames, and the rarer ways a
     /// path changes): a path made when it had another value may be out of date.
@@ -92,7 +93,7 @@ impl Inodes {
         Inodes {
             nodes,
             children: HashMap::new(),
-            by_script_ino: HashMap::new(),
+            by_script_ino: InoMap::new(),
             next: ROOT + 1,
             moves: 0,
             unnamings: 0,
@@ -206,13 +207,18 @@ impl Inodes {
         if script_ino == 0 {
             return None;
         }
-        if let Some(&id) = self.by_script_ino.get(&script_ino) {
+        if let Some(id) = self.by_script_ino.get(script_ino) {
             return Some(id);
         }
         let id = self.next;
         self.next += 1;
         self.by_script_ino.insert(script_ino, id);
         Some(id)
+    }
+
+    /// Ask the CPU to fetch where `id_for(script_ino)` looks (see `InoMap::prefetch`).
+    pub fn prefetch_script_ino(&self, script_ino: u64) {
+        self.by_script_ino.prefetch(script_ino);
     }
 
     /// Count one kernel reference to a node returned by `resolve`.
@@ -254,7 +260,7 @@ impl Inodes {
             self.unlink(parent, name);
         }
         if groups
-            && let Some(&id) = self.by_script_ino.get(&script_ino)
+            && let Some(id) = self.by_script_ino.get(script_ino)
             && let Some(n) = self.nodes.get_mut(&id)
             && n.kind == kind
         {
@@ -275,17 +281,18 @@ impl Inodes {
         // A script ino seen before gets its old id back when that node is gone; the map
         // then points at the new node (one probe of the map either way).
         let id = if remember {
-            match self.by_script_ino.entry(script_ino) {
-                Entry::Occupied(o) if !self.nodes.contains_key(o.get()) => *o.get(),
-                Entry::Occupied(mut o) => {
+            match self.by_script_ino.get(script_ino) {
+                Some(id) if !self.nodes.contains_key(&id) => id,
+                Some(_) => {
                     self.unnamings += 1;
                     self.next += 1;
-                    o.insert(self.next - 1);
+                    self.by_script_ino.insert(script_ino, self.next - 1);
                     self.next - 1
                 }
-                Entry::Vacant(v) => {
+                None => {
                     self.next += 1;
-                    *v.insert(self.next - 1)
+                    self.by_script_ino.insert(script_ino, self.next - 1);
+                    self.next - 1
                 }
             }
         } else {

@@ -22,6 +22,8 @@ use std::ffi::c_void;
 
 use mlua::{Lua, Table, ffi};
 
+use crate::prefetch::prefetch;
+
 #[repr(C)]
 struct TValue {
     value: u64,
@@ -271,19 +273,6 @@ unsafe fn marked(o: *const c_void) -> u8 {
     unsafe { (o as *const u8).add(9).read() }
 }
 
-/// Ask the CPU to fetch the cache line at `p` (no effect elsewhere than x86-64). A hint:
-/// `p` need not be valid.
-pub fn prefetch(p: *const c_void) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch does not fault, whatever the address.
-    unsafe {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// How many slots ahead `Walker::each` asks for the keys' strings.
 const WALK_AHEAD: usize = 16;
 
@@ -353,7 +342,11 @@ impl Walker {
                 if i + WALK_AHEAD < size {
                     let ahead = &*h.node.add(i + WALK_AHEAD);
                     if ahead.key_tt & COLLECTABLE != 0 {
-                        prefetch(ahead.key as usize as *const c_void);
+                        // The head (length) and the first bytes, which may be on the next
+                        // cache line.
+                        let key = ahead.key as usize as *const u8;
+                        prefetch(key);
+                        prefetch(key.wrapping_add(STRING_BYTES_AT));
                     }
                 }
                 let n = &*h.node.add(i);

@@ -100,10 +100,11 @@ impl DirReply {
     }
 }
 
-/// How many entries ahead a plain READDIR asks for the heads of stat tables, and for their
-/// fields (see `fill`).
+/// How many entries ahead a plain READDIR asks for the heads of stat tables, for their
+/// fields, and for where the inode table maps their ino (see `fill`).
 const PREFETCH_HEADS: usize = 16;
 const PREFETCH_FIELDS: usize = 8;
+const PREFETCH_NODE: usize = 4;
 
 /// What a kernel readdir buffer holds (one page), and the size of an entry in it.
 const KERNEL_BUFFER: usize = 4096;
@@ -853,9 +854,10 @@ impl Dispatch {
                 listing.nodes_at.set(now);
             }
         }
-        // Plain entries not sent before may read their stat tables (`plain_entry`): those a
-        // few entries ahead are fetched from memory meanwhile, in two steps (the head, then
-        // the fields it leads to).
+        // Plain entries not sent before may read their stat tables and look their ino up
+        // (`plain_entry`): for those a few entries ahead, the CPU fetches it from memory
+        // meanwhile, in steps (a table's head, then the fields it leads to, then the slot
+        // the ino leads to).
         let prefetch = matches!(reply, DirReply::Plain(_));
         let unsent = |i: usize| {
             entries.get(i).is_some_and(|e| e.has_table)
@@ -867,6 +869,14 @@ impl Dispatch {
                     if unsent(i + ahead) {
                         let item = (i + ahead + 1) as i64;
                         self.stat_reader.prefetch_item(tables, item, head);
+                    }
+                }
+                if unsent(i + PREFETCH_NODE) {
+                    let item = (i + PREFETCH_NODE + 1) as i64;
+                    if let Ok((_, ino)) =
+                        self.stat_reader.mode_ino_item(tables, item, &self.defaults)
+                    {
+                        self.inodes.borrow().prefetch_script_ino(ino);
                     }
                 }
             }
