@@ -755,6 +755,13 @@ impl Stat {
     }
 }
 
+/// What `StatReader::prefetch_item` asks the CPU to fetch.
+#[derive(Clone, Copy)]
+pub enum Prefetch {
+    Head,
+    Fields,
+}
+
 /// Where `read_plain` finds the table.
 enum Src<'a> {
     Table(&'a Table),
@@ -906,10 +913,10 @@ impl StatReader {
     }
 
     /// Start fetching from memory what `mode_ino_item(tables, i)` reads (changes no result):
-    /// the stat table's head when `head`, else the slots of its mode and ino, for which the
-    /// head is read (asked for by an earlier call). A listing's stat tables are spread over
-    /// memory, and a cache miss each costs more than reading them.
-    pub fn prefetch_item(&self, tables: &StatList, i: i64, head: bool) {
+    /// the stat table's head, or the slots of its mode and ino, for which the head is read
+    /// (asked for by an earlier call). A listing's stat tables are spread over memory, and a
+    /// cache miss each costs more than reading them.
+    pub fn prefetch_item(&self, tables: &StatList, i: i64, what: Prefetch) {
         use crate::luaraw::Field;
         use crate::prefetch::prefetch;
         let Some(raw) = self.raw.as_ref() else {
@@ -919,15 +926,23 @@ impl StatReader {
         // nothing runs in between.
         unsafe {
             if let Field::Table(t) = raw.geti(tables.at, i) {
-                if head {
+                match what {
                     // The head may straddle two cache lines.
-                    prefetch(t);
-                    prefetch((t as *const u8).wrapping_add(40));
-                } else {
-                    raw.prefetch_slots(t, &[0, 1]);
+                    Prefetch::Head => {
+                        prefetch(t);
+                        prefetch((t as *const u8).wrapping_add(40));
+                    }
+                    Prefetch::Fields => raw.prefetch_slots(t, &[0, 1]),
                 }
             }
         }
+    }
+
+    /// The script's ino of `tables[i]` when the table is in the common form, by raw reads
+    /// only (`None` otherwise, and for a Lua that fails `luaraw`'s checks): for a listing to
+    /// ask for the inode table's slot ahead.
+    pub fn raw_ino_item(&self, tables: &StatList, i: i64) -> Option<u64> {
+        raw_mode_ino(self.raw.as_ref()?, tables, i).map(|(_, ino)| ino)
     }
 
     /// Only the mode and the script's ino of `tables[i]` (what a plain READDIR entry needs):

@@ -25,7 +25,7 @@ use mlua::{Function, IntoLua, Lua, Table, ffi};
 
 use super::Dispatch;
 use crate::convert::Bytes;
-use crate::convert::{self, Stat, StatList};
+use crate::convert::{self, Prefetch, Stat, StatList};
 use crate::inodes::join;
 use crate::luaraw::{Key, Walker};
 use crate::ops::OpName;
@@ -101,7 +101,9 @@ impl DirReply {
 }
 
 /// How many entries ahead a plain READDIR asks for the heads of stat tables, for their
-/// fields, and for where the inode table maps their ino (see `fill`).
+/// fields, and for where the inode table maps their ino (see `prefetch_ahead`): a first
+/// listing is bound by cache misses (its stat tables are spread over memory), not by
+/// instructions.
 const PREFETCH_HEADS: usize = 16;
 const PREFETCH_FIELDS: usize = 8;
 const PREFETCH_NODE: usize = 4;
@@ -354,6 +356,9 @@ unsafe fn record_table_raw(
     w: Walker,
 ) -> Result<bool, Refusal> {
     unsafe {
+        if ffi::lua_type(state, ffi::lua_upvalueindex(3)) != ffi::LUA_TTABLE {
+            return Err(Refusal::Closed); // replaced through the debug library
+        }
         let t = ffi::lua_topointer(state, 1) as *mut c_void;
         let tables = ffi::lua_topointer(state, ffi::lua_upvalueindex(3)) as *mut c_void;
         let n = w.count_named(t).map_err(Refusal::KeyNotString)?;
@@ -824,6 +829,35 @@ impl Dispatch {
         }
     }
 
+    /// Ask the CPU to fetch what the plain entries after entry `i` of `listing` will read
+    /// (`plain_entry`: the stat tables of entries not sent before, and where the inode table
+    /// maps their ino), in steps a few entries apart: a table's head, then the fields it
+    /// leads to, then the slot the ino leads to. Changes no result.
+    fn prefetch_ahead(&self, listing: &Listing, i: usize) {
+        let tables = &listing.tables;
+        let unsent = |i: usize| {
+            listing.entries.get(i).is_some_and(|e| e.has_table)
+                && listing.nodes.borrow().get(i).is_none_or(|n| n.0 == 0)
+        };
+        let steps = [
+            (PREFETCH_HEADS, Prefetch::Head),
+            (PREFETCH_FIELDS, Prefetch::Fields),
+        ];
+        for (ahead, what) in steps {
+            if unsent(i + ahead) {
+                let item = (i + ahead + 1) as i64;
+                self.stat_reader.prefetch_item(tables, item, what);
+            }
+        }
+        if unsent(i + PREFETCH_NODE)
+            && let Some(ino) = self
+                .stat_reader
+                .raw_ino_item(tables, (i + PREFETCH_NODE + 1) as i64)
+        {
+            self.inodes.borrow().prefetch_script_ino(ino);
+        }
+    }
+
     /// Add entries to the reply until it is full. `index_from`: serve a cached listing from
     /// that position (offsets are positions); `None`: entries carry the script's offsets.
     /// `stale`: the listing was taken before requests that may have changed attributes.
@@ -854,31 +888,10 @@ impl Dispatch {
                 listing.nodes_at.set(now);
             }
         }
-        // Plain entries not sent before may read their stat tables and look their ino up
-        // (`plain_entry`): for those a few entries ahead, the CPU fetches it from memory
-        // meanwhile, in steps (a table's head, then the fields it leads to, then the slot
-        // the ino leads to).
         let prefetch = matches!(reply, DirReply::Plain(_));
-        let unsent = |i: usize| {
-            entries.get(i).is_some_and(|e| e.has_table)
-                && listing.nodes.borrow().get(i).is_none_or(|n| n.0 == 0)
-        };
         for (i, e) in entries.iter().enumerate().skip(skip) {
             if prefetch {
-                for (ahead, head) in [(PREFETCH_HEADS, true), (PREFETCH_FIELDS, false)] {
-                    if unsent(i + ahead) {
-                        let item = (i + ahead + 1) as i64;
-                        self.stat_reader.prefetch_item(tables, item, head);
-                    }
-                }
-                if unsent(i + PREFETCH_NODE) {
-                    let item = (i + PREFETCH_NODE + 1) as i64;
-                    if let Ok((_, ino)) =
-                        self.stat_reader.mode_ino_item(tables, item, &self.defaults)
-                    {
-                        self.inodes.borrow().prefetch_script_ino(ino);
-                    }
-                }
+                self.prefetch_ahead(listing, i);
             }
             let bytes = listing.name(e);
             let dot = bytes == b"." || bytes == b"..";
