@@ -76,8 +76,14 @@ pub struct Dispatch {
     /// (see `XPCALL_AND_HANDLER`).
     xpcall: Function,
     handler: Function,
-    /// errno names, numbers and `flu.errno` values to their codes (also the handler's).
-    codes: Table,
+    /// errno names, numbers and `flu.errno` values to their codes: the handler's (it has it as
+    /// an upvalue), held here also to keep the values of `errno_values` where they are.
+    _codes: Table,
+    /// The `flu.errno` values' codes by the address of their userdata's memory
+    /// (`lua_touserdata`): an operation returning one is recognised without a Lua table
+    /// lookup. Lua does not move objects, and `codes` keeps these alive, so no other userdata
+    /// can have their addresses.
+    errno_values: HashMap<usize, i64>,
     dirs: dirs::Lister,
     stat_reader: convert::StatReader,
     names: convert::Names,
@@ -210,9 +216,11 @@ fn may_change_attributes(op: &Op) -> bool {
 }
 
 /// The errno values scripts raise most, looked up in Lua without a call into Rust: each
-/// `flu.errno.X` value, each errno name and each errno number, to its code.
-fn errno_codes(lua: &Lua) -> mlua::Result<Table> {
+/// `flu.errno.X` value, each errno name and each errno number, to its code; and the
+/// `flu.errno` values by the address of their userdata's memory (see `Dispatch::errno_values`).
+fn errno_codes(lua: &Lua) -> mlua::Result<(Table, HashMap<usize, i64>)> {
     let codes = lua.create_table()?;
+    let mut by_address = HashMap::new();
     let values: Option<Table> = lua
         .named_registry_value::<Table>("_LOADED")
         .and_then(|l| l.raw_get::<Table>("flu"))
@@ -224,10 +232,13 @@ fn errno_codes(lua: &Lua) -> mlua::Result<Table> {
         if let Some(v) = values.as_ref().and_then(|t| t.raw_get::<Value>(name).ok())
             && !v.is_nil()
         {
+            if let Value::UserData(u) = &v {
+                by_address.insert(u.to_pointer() as usize, i64::from(code));
+            }
             codes.raw_set(v, code)?;
         }
     }
-    Ok(codes)
+    Ok((codes, by_address))
 }
 
 /// A Lua value for a trace or log line.
@@ -282,7 +293,7 @@ impl Dispatch {
             log::warn(&w);
         }
         let errno_of = lua.create_function(|_, v: Value| Ok(lua_errno(&v)))?;
-        let codes = errno_codes(&lua)?;
+        let (codes, errno_values) = errno_codes(&lua)?;
         let (xpcall, handler): (Function, Function) = lua
             .load(XPCALL_AND_HANDLER)
             .set_name("=flufs")
@@ -306,7 +317,8 @@ impl Dispatch {
             ops,
             xpcall,
             handler,
-            codes,
+            _codes: codes,
+            errno_values,
             dirs,
             stat_reader,
             names,
@@ -880,7 +892,7 @@ impl Dispatch {
                             ffi::lua_settop(co, 0);
                             return Resumed::Finished(Ok(Outcome::Raised(code)));
                         }
-                        if let Some(code) = self.returned_errno(raw, co, nres) {
+                        if let Some(code) = self.returned_errno(co, nres) {
                             ffi::lua_settop(co, 0);
                             return Resumed::Finished(Ok(Outcome::Raised(code)));
                         }
@@ -931,14 +943,13 @@ impl Dispatch {
     /// read where the call left `true, value` on coroutine `co`'s stack.
     ///
     /// # Safety
-    /// `co` just returned `nres` results; `raw` is the Lua state's.
+    /// `co` just returned `nres` results.
     unsafe fn returned_errno(
         &self,
-        raw: &mlua::state::RawLua,
         co: *mut mlua::ffi::lua_State,
         nres: std::ffi::c_int,
     ) -> Option<i64> {
-        use mlua::{IntoLua, ffi};
+        use mlua::ffi;
         unsafe {
             if nres != 2
                 || ffi::lua_type(co, 2) != ffi::LUA_TUSERDATA
@@ -946,20 +957,8 @@ impl Dispatch {
             {
                 return None;
             }
-            let main = raw.state();
-            if ffi::lua_checkstack(main, 2) == 0 || ffi::lua_checkstack(co, 1) == 0 {
-                return None;
-            }
-            let top = ffi::lua_gettop(main);
-            let code = (|| {
-                (&self.codes).push_into_stack(raw).ok()?;
-                ffi::lua_pushvalue(co, 2);
-                ffi::lua_xmove(co, main, 1);
-                ffi::lua_rawget(main, -2);
-                (ffi::lua_isinteger(main, -1) != 0).then(|| ffi::lua_tointeger(main, -1))
-            })();
-            ffi::lua_settop(main, top);
-            code
+            let at = ffi::lua_touserdata(co, 2) as usize;
+            self.errno_values.get(&at).copied()
         }
     }
 
