@@ -13,10 +13,11 @@
 //! places, a hash `Node` is its value then its key, a `TString` its length then its bytes.
 //! `RawTables::new` and `Walker::new` check all of it against the C API on tables they build,
 //! and give nothing when any check fails: callers then go the general (slower) way. The GC
-//! colour bits (`lgc.h`) cannot be checked that way; they are those of the Lua 5.4.9 that
-//! Cargo.lock pins (lua-src 551).
-//! Reads allocate nothing and run no Lua code, so no collection can happen while a pointer
-//! is held.
+//! colour bits (`lgc.h`) and the `marked` byte they are in cannot be checked that way; they
+//! are those of the Lua 5.4.9 that Cargo.lock pins (lua-src 551).
+//! Reads, walks and fills allocate nothing and run no Lua code, so no collection step can
+//! happen while a pointer is held (`Walker::reserve`, which allocates, comes before); a fill
+//! takes Lua's write barrier itself (`ArrayFill`).
 
 use std::ffi::c_void;
 
