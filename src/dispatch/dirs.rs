@@ -42,6 +42,14 @@ pub(super) struct DirEnt {
     offset: u64,
 }
 
+impl DirEnt {
+    /// This entry's name in `names`, the names of its listing one after another.
+    fn name<'a>(&self, names: &'a [u8]) -> &'a [u8] {
+        let at = self.name_at as usize;
+        &names[at..at + self.name_len as usize]
+    }
+}
+
 /// What one readdir call collected: the entries, their names one after another (one
 /// allocation per listing, not one per name), the stat tables the script gave (`tables[i]`
 /// belongs to `entries[i - 1]`), and the attributes getattr gave entries without a table.
@@ -65,8 +73,7 @@ pub(super) struct Listing {
 
 impl Listing {
     fn name(&self, e: &DirEnt) -> &[u8] {
-        let at = e.name_at as usize;
-        &self.names[at..at + e.name_len as usize]
+        e.name(&self.names)
     }
 
     fn stat(&self, i: usize) -> Option<&Stat> {
@@ -125,6 +132,22 @@ struct Sink {
     names: Vec<u8>,
     used_offsets: bool,
     bytes: usize,
+}
+
+impl Sink {
+    /// Record an entry; its position (from 1), or `None` when the names reach 4 GiB (the
+    /// listing is cut there, as with a full buffer).
+    fn push(&mut self, name: &[u8], has_table: bool, offset: u64) -> Option<usize> {
+        let name_at = u32::try_from(self.names.len()).ok()?;
+        self.names.extend_from_slice(name);
+        self.entries.push(DirEnt {
+            name_at,
+            name_len: name.len() as u8,
+            has_table,
+            offset,
+        });
+        Some(self.entries.len())
+    }
 }
 
 /// The sinks of the readdir calls in progress (several may be suspended at once), by id.
@@ -383,18 +406,8 @@ unsafe fn record_table_raw(
                 valid = false;
                 return false;
             }
-            let Ok(name_at) = u32::try_from(s.names.len()) else {
-                return false; // 4 GiB of names: the listing is cut here, as in `add`
-            };
-            s.names.extend_from_slice(name);
             let has_table = v.is_table() && fill.set(s.entries.len() + 1, v);
-            s.entries.push(DirEnt {
-                name_at,
-                name_len: name.len() as u8,
-                has_table,
-                offset: 0,
-            });
-            true
+            s.push(name, has_table, 0).is_some()
         });
         if !valid {
             // Taken back: the C API way records the table again and raises the error.
@@ -426,18 +439,7 @@ fn add(
         }
         s.bytes += size;
     }
-    let Ok(name_at) = u32::try_from(s.names.len()) else {
-        // 4 GiB of names: the listing is cut here, as with a full buffer.
-        return Ok(None);
-    };
-    s.names.extend_from_slice(name);
-    s.entries.push(DirEnt {
-        name_at,
-        name_len: name.len() as u8,
-        has_table,
-        offset,
-    });
-    Ok(Some(s.entries.len()))
+    Ok(s.push(name, has_table, offset))
 }
 
 /// Raise the Lua error for a refused entry (does not return).
@@ -879,7 +881,8 @@ impl Dispatch {
         } else {
             None
         };
-        if matches!(reply, DirReply::Plain(_)) {
+        let plain = matches!(reply, DirReply::Plain(_));
+        if plain {
             // The node ids the listing remembers (`Listing::nodes`) are good while this holds
             // (nothing in the loop below changes it).
             let now = self.inodes.borrow().unnamings(dir);
@@ -888,9 +891,8 @@ impl Dispatch {
                 listing.nodes_at.set(now);
             }
         }
-        let prefetch = matches!(reply, DirReply::Plain(_));
         for (i, e) in entries.iter().enumerate().skip(skip) {
-            if prefetch {
+            if plain {
                 self.prefetch_ahead(listing, i);
             }
             let bytes = listing.name(e);
@@ -984,21 +986,11 @@ mod tests {
         let t: Table = lua.load(t).eval().unwrap();
         filler.call::<()>(t).unwrap();
         let sink = lister.close(id);
-        let names = Listing {
-            entries: Vec::new(),
-            names: sink.names,
-            tables: StatList::new(tables.clone()),
-            stats: Vec::new(),
-            taken: Instant::now(),
-            stamp: 0,
-            nodes: RefCell::new(Vec::new()),
-            nodes_at: Cell::new((0, 0)),
-        };
         sink.entries
             .iter()
             .enumerate()
             .map(|(i, e)| {
-                let name = String::from_utf8_lossy(names.name(e)).into_owned();
+                let name = String::from_utf8_lossy(e.name(&sink.names)).into_owned();
                 let table = e.has_table.then(|| {
                     let t: Table = tables.raw_get(i as i64 + 1).unwrap();
                     t.raw_get::<i64>("id").unwrap()
