@@ -918,7 +918,6 @@ impl StatReader {
     /// cache miss each costs more than reading them.
     pub fn prefetch_item(&self, tables: &StatList, i: i64, what: Prefetch) {
         use crate::luaraw::Field;
-        use crate::prefetch::prefetch;
         let Some(raw) = self.raw.as_ref() else {
             return;
         };
@@ -927,11 +926,7 @@ impl StatReader {
         unsafe {
             if let Field::Table(t) = raw.geti(tables.at, i) {
                 match what {
-                    // The head may straddle two cache lines.
-                    Prefetch::Head => {
-                        prefetch(t);
-                        prefetch((t as *const u8).wrapping_add(40));
-                    }
+                    Prefetch::Head => RawTables::prefetch_head(t),
                     Prefetch::Fields => raw.prefetch_slots(t, &[0, 1]),
                 }
             }

@@ -51,10 +51,6 @@ const TAG_LONG_STRING: u8 = 4 | (1 << 4) | (1 << 6);
 const COLLECTABLE: u8 = 1 << 6;
 /// `ctb(LUA_VTABLE)`: makevariant(LUA_TTABLE, 0) with the collectable bit.
 const TAG_TABLE: u8 = 5 | (1 << 6);
-/// Byte offset of `Table::metatable` (after the GC header, flags, lsizenode, alimit, array,
-/// node and lastfree).
-const METATABLE_AT: usize = 40;
-
 /// A table's value at a key, as the stat reader needs it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Field {
@@ -148,9 +144,17 @@ impl RawTables {
         field(unsafe { luaH_getint(t, i) })
     }
 
+    /// Ask the CPU to fetch table `t`'s head (both cache lines it may straddle), which `get`
+    /// and `prefetch_slots` read first. Changes no result; `t` need not be valid.
+    pub fn prefetch_head(t: *const c_void) {
+        let t = t as *const u8;
+        prefetch(t);
+        prefetch(t.wrapping_add(std::mem::size_of::<TableHead>() - 1));
+    }
+
     /// Ask the CPU to fetch what `get(t, k)` reads for each `k` of `ks`: the slot of the
     /// key's main position (where it is, unless it collided). `t`'s head is read here, so it
-    /// should have been asked for earlier (`prefetch`). Changes no result.
+    /// should have been asked for earlier (`prefetch_head`). Changes no result.
     ///
     /// # Safety
     /// As for `get`.
@@ -172,13 +176,7 @@ impl RawTables {
     /// # Safety
     /// As for `get`.
     pub unsafe fn has_metatable(&self, t: *mut c_void) -> bool {
-        unsafe {
-            !(t as *const u8)
-                .add(METATABLE_AT)
-                .cast::<*const c_void>()
-                .read()
-                .is_null()
-        }
+        unsafe { !(*(t as *const TableHead)).metatable.is_null() }
     }
 
     /// Check every assumption on tables read both ways (keys 1 to 3 of `keys` set, the
@@ -318,58 +316,17 @@ impl Walker {
     /// # Safety
     /// `t` is a live table of this Lua state, and `f` runs no Lua code and changes no table.
     pub unsafe fn each(self, t: *const c_void, mut f: impl FnMut(Key, RawValue) -> bool) {
+        // SAFETY: as the caller promises; a string key is a live `TString` of the table.
         unsafe {
-            let h = &*(t as *const TableHead);
-            let asize = luaH_realasize(t) as usize;
-            for i in 0..asize {
-                let v = &*h.array.add(i);
-                if v.tt & 0x0f != 0
-                    && !f(
-                        Key::Other(ffi::LUA_TNUMBER),
-                        RawValue {
-                            value: v.value,
-                            tt: v.tt,
-                        },
-                    )
-                {
-                    return;
-                }
-            }
-            // A table without a hash part points at Lua's one empty dummy node (size 1).
-            let size = 1usize << h.lsizenode;
-            for i in 0..size {
-                // The keys' strings are spread over memory: those a few slots ahead are
-                // fetched while this one is read.
-                if i + WALK_AHEAD < size {
-                    let ahead = &*h.node.add(i + WALK_AHEAD);
-                    if ahead.key_tt & COLLECTABLE != 0 {
-                        // The head (length) and the first bytes, which may be on the next
-                        // cache line.
-                        let key = ahead.key as usize as *const u8;
-                        prefetch(key);
-                        prefetch(key.wrapping_add(STRING_BYTES_AT));
-                    }
-                }
-                let n = &*h.node.add(i);
-                if n.tt & 0x0f == 0 {
-                    continue; // empty (a dead key has an empty value too)
-                }
-                let key = match n.key_tt {
+            slots(t, true, |key_tt, key, v| {
+                let key = match key_tt {
                     TAG_SHORT_STRING | TAG_LONG_STRING => {
-                        Key::Name(string_bytes(n.key as usize as *const c_void))
+                        Key::Name(string_bytes(key as usize as *const c_void))
                     }
                     tt => Key::Other(std::ffi::c_int::from(tt & 0x0f)),
                 };
-                if !f(
-                    key,
-                    RawValue {
-                        value: n.value,
-                        tt: n.tt,
-                    },
-                ) {
-                    return;
-                }
-            }
+                f(key, v)
+            })
         }
     }
 
@@ -379,25 +336,21 @@ impl Walker {
     /// # Safety
     /// `t` is a live table of this Lua state.
     pub unsafe fn count_named(self, t: *const c_void) -> Result<usize, std::ffi::c_int> {
+        let mut n = Ok(0);
+        // SAFETY: as the caller promises.
         unsafe {
-            let h = &*(t as *const TableHead);
-            let asize = luaH_realasize(t) as usize;
-            if (0..asize).any(|i| (*h.array.add(i)).tt & 0x0f != 0) {
-                return Err(ffi::LUA_TNUMBER);
-            }
-            let mut n = 0;
-            for i in 0..1usize << h.lsizenode {
-                let node = &*h.node.add(i);
-                if node.tt & 0x0f == 0 {
-                    continue;
+            slots(t, false, |key_tt, _, _| match key_tt {
+                TAG_SHORT_STRING | TAG_LONG_STRING => {
+                    n = n.map(|n| n + 1);
+                    true
                 }
-                match node.key_tt {
-                    TAG_SHORT_STRING | TAG_LONG_STRING => n += 1,
-                    tt => return Err(std::ffi::c_int::from(tt & 0x0f)),
+                tt => {
+                    n = Err(std::ffi::c_int::from(tt & 0x0f));
+                    false
                 }
-            }
-            Ok(n)
-        }
+            })
+        };
+        n
     }
 
     /// Make table `t`'s array part hold at least `n` items (keeping its contents).
@@ -515,6 +468,62 @@ impl Walker {
             Ok(values_match && array_matches && fills_match)
         };
         check().unwrap_or(false)
+    }
+}
+
+/// Call `f` with the key's tag, the key's value and the value of every non-empty slot of table
+/// `t` (array part, with an integer key's tag, then hash part: `next`'s order) until it
+/// returns false. With `fetch_keys`, the strings of keys a few slots ahead are asked for
+/// from memory meanwhile (`f` will read them).
+///
+/// # Safety
+/// `t` is a live table, and `f` runs no Lua code and changes no table.
+unsafe fn slots(t: *const c_void, fetch_keys: bool, mut f: impl FnMut(u8, u64, RawValue) -> bool) {
+    unsafe {
+        let h = &*(t as *const TableHead);
+        let asize = luaH_realasize(t) as usize;
+        for i in 0..asize {
+            let v = &*h.array.add(i);
+            if v.tt & 0x0f != 0
+                && !f(
+                    TAG_INT,
+                    i as u64 + 1,
+                    RawValue {
+                        value: v.value,
+                        tt: v.tt,
+                    },
+                )
+            {
+                return;
+            }
+        }
+        // A table without a hash part points at Lua's one empty dummy node (size 1).
+        let size = 1usize << h.lsizenode;
+        for i in 0..size {
+            // The keys' strings are spread over memory: those a few slots ahead are fetched
+            // while this one is read.
+            if fetch_keys && i + WALK_AHEAD < size {
+                let ahead = &*h.node.add(i + WALK_AHEAD);
+                if ahead.key_tt & COLLECTABLE != 0 {
+                    // The head (length) and the first bytes, which may be on the next cache
+                    // line.
+                    let key = ahead.key as usize as *const u8;
+                    prefetch(key);
+                    prefetch(key.wrapping_add(STRING_BYTES_AT));
+                }
+            }
+            let n = &*h.node.add(i);
+            if n.tt & 0x0f == 0 {
+                continue; // empty (a dead key has an empty value too)
+            }
+            let v = RawValue {
+                value: n.value,
+                tt: n.tt,
+            };
+            if !f(n.key_tt, n.key, v) {
+                return;
+            }
+        }
     }
 }
 
