@@ -283,13 +283,9 @@ impl Inodes {
         let id = if remember {
             match self.by_script_ino.get(script_ino) {
                 Some(id) if !self.nodes.contains_key(&id) => id,
-                Some(_) => {
-                    self.unnamings += 1;
-                    self.next += 1;
-                    self.by_script_ino.insert(script_ino, self.next - 1);
-                    self.next - 1
-                }
-                None => {
+                old => {
+                    // Mapped anew when the old id's node is still there (see `unnamings`).
+                    self.unnamings += u64::from(old.is_some());
                     self.next += 1;
                     self.by_script_ino.insert(script_ino, self.next - 1);
                     self.next - 1

@@ -81,7 +81,7 @@ pub struct Dispatch {
     _codes: Table,
     /// The `flu.errno` values' codes by the address of their userdata's memory
     /// (`lua_touserdata`): an operation returning one is recognised without a Lua table
-    /// lookup. Lua does not move objects, and `codes` keeps these alive, so no other userdata
+    /// lookup. Lua does not move objects, and `_codes` keeps these alive, so no other userdata
     /// can have their addresses.
     errno_values: HashMap<usize, i64>,
     dirs: dirs::Lister,
