@@ -366,6 +366,20 @@ pub fn drop_kernel_caches() -> bool {
     ok
 }
 
+/// For a test part that needs the kernel to forget its dentries and inodes: drops them and
+/// returns true as root; false (skip the part) without root, as `root_for` decides. Panics when
+/// root cannot drop them.
+pub fn drop_kernel_caches_for(what: &str) -> bool {
+    if !root_for(what) {
+        return false;
+    }
+    assert!(
+        drop_kernel_caches(),
+        "{what}: cannot write /proc/sys/vm/drop_caches"
+    );
+    true
+}
+
 /// The names in `dir`, sorted (panics naming the directory when it cannot be read).
 pub fn sorted_names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
