@@ -117,13 +117,6 @@ pub enum Op {
         size: u32,
         reply: replies::ReplyData,
     },
-    Write {
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        data: Vec<u8>,
-        reply: replies::ReplyWrite,
-    },
     Flush {
         ino: u64,
         fh: u64,
@@ -260,6 +253,15 @@ pub enum Op {
     },
 }
 
+/// A WRITE, handed over while its data is still in fuser's buffer (see `Sink::write`).
+pub struct Write<'a> {
+    pub ino: u64,
+    pub fh: u64,
+    pub offset: u64,
+    pub data: &'a [u8],
+    pub reply: replies::ReplyWrite,
+}
+
 /// A request on its way to the dispatcher.
 #[derive(Debug)]
 pub struct Request {
@@ -303,6 +305,10 @@ pub struct Kernel {
 /// Where requests go: the dispatcher, which runs each on the calling kernel thread.
 pub trait Sink: Send + Sync {
     fn submit(&self, req: Request);
+    /// A WRITE, apart from the other requests: its data is borrowed from fuser's buffer, so
+    /// that the sink copies it once, straight into what it keeps it as (the dispatcher: the
+    /// Lua string the script gets), not first into a `Vec` of the request's own.
+    fn write(&self, ctx: Ctx, w: Write<'_>);
     /// The kernel dropped `nlookup` references to `ino` (no reply, no script call).
     fn forget(&self, ino: u64, nlookup: u64);
 }
@@ -616,16 +622,14 @@ impl fuser::Filesystem for Kernel {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        self.send(
-            req,
-            Op::Write {
-                ino: ino.0,
-                fh: fh.0,
-                offset,
-                data: data.to_vec(),
-                reply: reply.into(),
-            },
-        );
+        let w = Write {
+            ino: ino.0,
+            fh: fh.0,
+            offset,
+            data,
+            reply: reply.into(),
+        };
+        self.sink.write(ctx_of(req, None), w);
     }
 
     fn flush(

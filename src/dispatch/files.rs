@@ -197,21 +197,22 @@ impl Dispatch {
         ino: u64,
         fh: u64,
         offset: u64,
-        data: &[u8],
+        data: &mlua::LuaString,
     ) -> Result<u32, Fail> {
         let (path, fi) = self.open_file(ino, fh)?;
+        let len = data.as_bytes().len();
         let count = std::cell::Cell::new(0);
         // SAFETY: `call_peek` calls it on a coroutine that just finished.
-        let peek = |co, nres| unsafe { write_peek(co, nres, data.len(), &count) };
-        let args = (&path, Bytes(data), offset, fi);
+        let peek = |co, nres| unsafe { write_peek(co, nres, len, &count) };
+        let args = (&path, data, offset, fi);
         let out = match self.call_peek(OpName::Write, args, peek).await? {
             Returned::Peeked => return Ok(count.get()),
             Returned::Values(v) => v,
         };
         if matches!(out.front(), None | Some(Value::Nil)) {
-            return Ok(data.len() as u32);
+            return Ok(len as u32);
         }
-        Ok(self.want_count(OpName::Write, &path.as_bytes(), out, data.len() as u64)? as u32)
+        Ok(self.want_count(OpName::Write, &path.as_bytes(), out, len as u64)? as u32)
     }
 
     pub(super) async fn flush(&self, ino: u64, fh: u64) -> Result<(), Fail> {

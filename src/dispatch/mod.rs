@@ -500,16 +500,6 @@ impl Dispatch {
                 size,
                 reply,
             } => self.read(ino, fh, offset, size, reply).await,
-            Op::Write {
-                ino,
-                fh,
-                offset,
-                data,
-                reply,
-            } => match self.write(ino, fh, offset, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e),
-            },
             Op::Flush { ino, fh, reply } => answer(reply, self.flush(ino, fh).await),
             Op::Release { ino, fh, reply } => {
                 answer(reply, self.release(OpName::Release, ino, fh).await)
@@ -699,6 +689,34 @@ impl Dispatch {
         if changes {
             self.changes.set(self.changes.get() + 1);
         }
+    }
+
+    /// Serve a WRITE whose data is already the Lua string the script gets (made by
+    /// `write_data` while fuser's buffer held the bytes). Counts as a change, as `handle`
+    /// counts the others.
+    pub async fn handle_write(
+        self: Rc<Self>,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        data: mlua::Result<mlua::LuaString>,
+        reply: crate::replies::ReplyWrite,
+    ) {
+        self.changes.set(self.changes.get() + 1);
+        let r = match data {
+            Ok(data) => self.write(ino, fh, offset, &data).await,
+            Err(_) => Err(Errno::ENOMEM),
+        };
+        match r {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(e),
+        }
+        self.changes.set(self.changes.get() + 1);
+    }
+
+    /// A WRITE's data as a Lua string: the one copy of it flufs makes.
+    pub fn write_data(&self, data: &[u8]) -> mlua::Result<mlua::LuaString> {
+        self.lua.create_string(data)
     }
 
     /// Run `f` with `args` under xpcall in a coroutine of its own, which suspends when the script

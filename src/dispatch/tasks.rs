@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
 
 use super::Dispatch;
-use crate::kernel::{Ctx, Request, Sink};
+use crate::kernel::{Ctx, Request, Sink, Write};
 use crate::log;
 use crate::replies;
 
@@ -171,11 +171,22 @@ fn poll_guarded(fut: &mut Job, waker: &Waker) -> bool {
 
 impl Owned {
     fn start(&mut self, req: Request, ready: &Arc<Ready>) {
+        let ctx = req.ctx;
+        let fut = Box::pin(self.dispatch.clone().handle(req));
+        self.start_job(ctx, fut, ready);
+    }
+
+    fn start_write(&mut self, ctx: Ctx, w: Write<'_>, ready: &Arc<Ready>) {
+        let data = self.dispatch.write_data(w.data);
+        let d = self.dispatch.clone();
+        let fut = Box::pin(d.handle_write(w.ino, w.fh, w.offset, data, w.reply));
+        self.start_job(ctx, fut, ready);
+    }
+
+    /// Poll a new request's future once, now; keep it if it waits.
+    fn start_job(&mut self, ctx: Ctx, mut fut: Job, ready: &Arc<Ready>) {
         let id = self.next;
         self.next += 1;
-        let ctx = req.ctx;
-        let d = self.dispatch.clone();
-        let mut fut: Job = Box::pin(d.handle(req));
         self.dispatch.ctx().set(ctx);
         let first = FirstPoll { id, ready };
         if !poll_guarded(&mut fut, &first.waker()) {
@@ -314,6 +325,14 @@ impl Sink for Engine {
         // Closed: dropping the request drops its reply, which fuser answers with EIO.
         let Some(o) = g.as_mut() else { return };
         o.start(req, &self.ready);
+        o.drain(&self.ready);
+    }
+
+    fn write(&self, ctx: Ctx, w: Write<'_>) {
+        let _out = self.hold_replies.then(replies::hold);
+        let mut g = self.lock();
+        let Some(o) = g.as_mut() else { return };
+        o.start_write(ctx, w, &self.ready);
         o.drain(&self.ready);
     }
 }
