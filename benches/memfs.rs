@@ -8,6 +8,7 @@
 //!   flufs does after mounting, the mount's /sys/class/bdi/*/read_ahead_kb raised to 1 MiB;
 //! - attr/entry time-outs of 1 s and no negative caching (flufs defaults), overridable with
 //!   `-o attr_timeout=S,entry_timeout=S,negative_timeout=S`;
+//! - one malloc arena for every thread (flufs's `one_malloc_arena`);
 //! - one fuser session thread, the same mount (as root: mount(2) with nosuid,nodev and
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
 //! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
@@ -1144,6 +1145,12 @@ fn lazy_unmount(mnt: &Path) {
 }
 
 fn main() {
+    // As flufs (src/main.rs, one_malloc_arena): every thread allocates from the main arena.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's allocator; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let opts = parse_args();
     let mnt = opts.mountpoint.clone();
 

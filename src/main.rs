@@ -37,7 +37,21 @@ fn fail(msg: &str) -> ! {
     std::process::exit(1);
 }
 
+/// Every thread allocates from glibc's main arena. Otherwise the kernel threads that run the
+/// Lua state get an arena of their own, whose heap glibc grows one mprotect(2) per few pages
+/// (a created luafs file: ~1.1 calls); the main arena grows by brk(2) with 128 KiB to spare.
+/// Only one thread runs Lua at a time, so the arena's lock is hardly ever contended. 1000
+/// creates: daemon CPU -5% (memfs, which does the same, -8%). Before any thread starts.
+fn one_malloc_arena() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a parameter of glibc's allocator; no other thread runs yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() {
+    one_malloc_arena();
     let cli = cli::parse();
     let options = cli.mount_options().unwrap_or_else(|e| fail(&e));
 
