@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mlua::{IntoLua, Lua, Table, Value};
 
-use crate::luaraw::RawTables;
+use crate::luaraw::{Cloner, RawTables};
 use crate::mode;
 
 /// A value returned by a script that does not have the expected shape.
@@ -219,6 +219,9 @@ pub struct Names {
     /// Raw reads of `fi`'s boolean fields (`FI_FIELDS` after `flags`), when this Lua passes
     /// `luaraw`'s checks.
     fi_raw: Option<RawTables>,
+    /// A new `fi` with `flags` 0 and the booleans false, with room for the script's `fh`,
+    /// which each `fi` is copied from (`luaraw::Cloner`), when this Lua passes its checks.
+    fi_template: Option<(Cloner, Table)>,
 }
 
 /// Open-flag names besides `mode::OPEN_FLAGS`: the access modes and `nonblock`'s alias.
@@ -278,9 +281,21 @@ impl Names {
             lua,
             &lua.create_sequence_from(FI_FIELDS[1..].iter().copied())?,
         );
+        let array = lua.create_sequence_from(all)?;
+        let fi_template = match Cloner::new(lua) {
+            Some(c) => {
+                let t = Names::build_in(&array, lua, 5, |state, names, fi| {
+                    // SAFETY: as in `fi`.
+                    unsafe { Names::set_fi_fields(state, names, fi, 0, true, false, false, true) }
+                })?;
+                Some((c, t))
+            }
+            None => None,
+        };
         Ok(Names {
-            array: lua.create_sequence_from(all)?,
+            array,
             fi_raw,
+            fi_template,
         })
     }
 
@@ -333,6 +348,16 @@ impl Names {
         fields: i32,
         fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32),
     ) -> mlua::Result<Table> {
+        Names::build_in(&self.array, lua, fields, fill)
+    }
+
+    /// `build` with the names array given.
+    fn build_in(
+        array: &Table,
+        lua: &Lua,
+        fields: i32,
+        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32),
+    ) -> mlua::Result<Table> {
         use mlua::ffi;
         // SAFETY: stack space is checked first; everything pushed is popped again. As in mlua
         // with no memory limit set (the limit holds only while script code runs), table
@@ -344,7 +369,7 @@ impl Names {
                     return Err(mlua::Error::StackError);
                 }
                 let top = ffi::lua_gettop(state);
-                (&self.array).push_into_stack(raw)?;
+                array.push_into_stack(raw)?;
                 ffi::lua_createtable(state, 0, fields);
                 fill(state, top + 1, top + 2);
                 let t = <Table as mlua::FromLua>::from_stack(top + 2, raw);
@@ -406,25 +431,97 @@ impl Names {
         keep_cache: bool,
     ) -> mlua::Result<Table> {
         use mlua::ffi;
+        if let Some((cloner, template)) = &self.fi_template {
+            // A copy of the template (its keys are in place: setting them inserts nothing),
+            // with the fields that differ from it set.
+            // SAFETY: stack space is checked first; everything pushed is popped again; as in
+            // `build`, the copy's allocation is not run in a protected call.
+            let copied = unsafe {
+                lua.exec_raw_lua(|raw| {
+                    let state = raw.state();
+                    if ffi::lua_checkstack(state, 7) == 0 {
+                        return Err(mlua::Error::StackError);
+                    }
+                    let top = ffi::lua_gettop(state);
+                    template.push_into_stack(raw)?;
+                    if !cloner.push_clone(state, top + 1) {
+                        ffi::lua_settop(state, top);
+                        return Ok(None);
+                    }
+                    (&self.array).push_into_stack(raw)?;
+                    Names::set_fi_fields(
+                        state,
+                        top + 3,
+                        top + 2,
+                        flags,
+                        flags_as_number,
+                        direct_io,
+                        keep_cache,
+                        false,
+                    );
+                    let t = <Table as mlua::FromLua>::from_stack(top + 2, raw);
+                    ffi::lua_settop(state, top);
+                    t.map(Some)
+                })
+            }?;
+            if let Some(t) = copied {
+                return Ok(t);
+            }
+        }
         self.build(lua, 5, |state, names, fi| {
-            // SAFETY: as in `mode_set`; the flag set is made at `fi + 1` and stored, leaving
-            // the stack as it was.
+            // SAFETY: as in `set_fi_fields`.
             unsafe {
-                ffi::lua_rawgeti(state, names, FI_AT as ffi::lua_Integer);
-                if flags_as_number {
-                    ffi::lua_pushinteger(state, ffi::lua_Integer::from(flags));
-                } else {
-                    ffi::lua_createtable(state, 0, 8);
-                    Names::fill_open_flags(state, names, fi + 2, flags);
-                }
-                ffi::lua_rawset(state, fi);
-                for (field, on) in [(1, direct_io), (2, keep_cache), (3, false)] {
+                Names::set_fi_fields(
+                    state,
+                    names,
+                    fi,
+                    flags,
+                    flags_as_number,
+                    direct_io,
+                    keep_cache,
+                    true,
+                )
+            }
+        })
+    }
+
+    /// Set `fi`'s `flags` (a number, or an open-flag set made at the top of the stack), and
+    /// its booleans `direct_io`, `keep_cache` and `nonseekable`: all of them with `all`, only
+    /// the true ones otherwise (a copy of the template has them false).
+    ///
+    /// # Safety
+    /// `state` has room for four more values; `names` and `fi` are stack indices of the names
+    /// array and a table, below the top. Leaves the stack as it was.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn set_fi_fields(
+        state: *mut mlua::ffi::lua_State,
+        names: i32,
+        fi: i32,
+        flags: i32,
+        flags_as_number: bool,
+        direct_io: bool,
+        keep_cache: bool,
+        all: bool,
+    ) {
+        use mlua::ffi;
+        unsafe {
+            let top = ffi::lua_gettop(state);
+            ffi::lua_rawgeti(state, names, FI_AT as ffi::lua_Integer);
+            if flags_as_number {
+                ffi::lua_pushinteger(state, ffi::lua_Integer::from(flags));
+            } else {
+                ffi::lua_createtable(state, 0, 8);
+                Names::fill_open_flags(state, names, top + 2, flags);
+            }
+            ffi::lua_rawset(state, fi);
+            for (field, on) in [(1, direct_io), (2, keep_cache), (3, false)] {
+                if all || on {
                     ffi::lua_rawgeti(state, names, (FI_AT + field) as ffi::lua_Integer);
                     ffi::lua_pushboolean(state, on as i32);
                     ffi::lua_rawset(state, fi);
                 }
             }
-        })
+        }
     }
 }
 

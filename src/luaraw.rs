@@ -591,6 +591,147 @@ impl Drop for ArrayFill {
     }
 }
 
+/// `LUA_TDEADKEY` (`lobject.h`): the key tag of a slot whose value was removed and whose key
+/// the collector found unreachable.
+const TAG_DEAD_KEY: u8 = 11;
+
+/// Shallow copies of tables that have only a hash part, made by copying the slots: a table
+/// built key by key costs Lua a `luaH_newkey` per key (its main position, collisions, ~180
+/// instructions), a copy of one built once costs a `memcpy`. A key's slot depends only on its
+/// hash and the size of the hash part, so the same slots at the same size are a valid table;
+/// the chains between colliding slots are offsets, and the free-slot cursor is kept at the
+/// same offset. See `Cloner::new` for what is checked.
+#[derive(Clone, Copy, Debug)]
+pub struct Cloner(());
+
+impl Cloner {
+    /// A cloner, when this Lua passes the layout checks (copies of tables built here read back
+    /// the same through the C API, take new keys, and leave the original as it was).
+    pub fn new(lua: &Lua) -> Option<Cloner> {
+        let c = Cloner(());
+        c.layout_matches(lua).then_some(c)
+    }
+
+    /// Push a copy of the table at stack index `idx` (its keys and values) when it has no
+    /// array part, no metatable and no dead keys; otherwise push nothing and return false.
+    ///
+    /// # Safety
+    /// `idx` is a valid index of a table in `state`, which has room for one more value; the
+    /// copy's allocation may raise a memory error, so `state` is running Lua code (a C
+    /// function) or inside a protected call.
+    pub unsafe fn push_clone(self, state: *mut ffi::lua_State, idx: std::ffi::c_int) -> bool {
+        unsafe {
+            let src = ffi::lua_topointer(state, idx) as *const TableHead;
+            if !(*src).metatable.is_null() || luaH_realasize(src as *const c_void) != 0 {
+                return false;
+            }
+            let size = if (*src).lastfree.is_null() {
+                0 // the shared dummy node: no hash part
+            } else {
+                1usize << (*src).lsizenode
+            };
+            let Ok(nrec) = std::ffi::c_int::try_from(size) else {
+                return false;
+            };
+            // A collection step may run here, and clear the keys of removed values (dead
+            // keys): those are looked for after it.
+            ffi::lua_createtable(state, 0, nrec);
+            let dst = ffi::lua_topointer(state, -1) as *mut TableHead;
+            let src = &*src;
+            let same_size = (*dst).lsizenode == src.lsizenode
+                && (*dst).lastfree.is_null() == src.lastfree.is_null();
+            if !same_size || (0..size).any(|i| (*src.node.add(i)).key_tt == TAG_DEAD_KEY) {
+                ffi::lua_settop(state, -2);
+                return false;
+            }
+            if size > 0 {
+                // The copy is new (white): it may point at anything without a barrier.
+                std::ptr::copy_nonoverlapping(src.node, (*dst).node as *mut Node, size);
+                (*dst).lastfree = (*dst).node.offset(src.lastfree.offset_from(src.node));
+            }
+            true
+        }
+    }
+
+    /// A cloner where `Cloner::new` gave one before in this process (`flu.clone` records
+    /// that in its upvalue, as a C function cannot hold a Rust value).
+    pub fn checked_before() -> Cloner {
+        Cloner(())
+    }
+
+    fn layout_matches(self, lua: &Lua) -> bool {
+        let check = || -> mlua::Result<bool> {
+            let originals: Vec<Table> = vec![
+                lua.load("return { a = 1, bc = 'x', d = {}, e = true, f = 2.5, g = false }")
+                    .eval()?,
+                lua.create_table()?,
+                lua.load("return { only = 1 }").eval()?,
+            ];
+            for t in &originals {
+                let before: Vec<(mlua::Value, mlua::Value)> =
+                    t.clone().pairs().collect::<mlua::Result<_>>()?;
+                let Some(copy) = self.clone_table(lua, t)? else {
+                    return Ok(false);
+                };
+                let same = |c: &Table| -> mlua::Result<bool> {
+                    let n = c.clone().pairs::<mlua::Value, mlua::Value>().count();
+                    Ok(n == before.len()
+                        && before.iter().all(|(k, v)| {
+                            c.raw_get::<mlua::Value>(k.clone()).ok().as_ref() == Some(v)
+                        }))
+                };
+                if !same(&copy)? {
+                    return Ok(false);
+                }
+                // New keys go into the copy (through its free slots, then a resize), not into
+                // the original; the copy's keys stay where lookups find them.
+                for i in 0..20 {
+                    copy.raw_set(format!("new{i}"), i)?;
+                }
+                let found = (0..20).all(|i| copy.raw_get::<i64>(format!("new{i}")).ok() == Some(i));
+                let copy_count = copy.clone().pairs::<mlua::Value, mlua::Value>().count();
+                if !found || copy_count != before.len() + 20 || !same(t)? {
+                    return Ok(false);
+                }
+                for (k, _) in &before {
+                    if copy.raw_get::<mlua::Value>(k.clone())? == mlua::Value::Nil {
+                        return Ok(false);
+                    }
+                }
+            }
+            // Not copied raw: an array part, a metatable.
+            let array: Table = lua.load("return { 1, 2, x = 3 }").eval()?;
+            let with_mt: Table = lua.load("return setmetatable({ x = 1 }, {})").eval()?;
+            Ok(self.clone_table(lua, &array)?.is_none()
+                && self.clone_table(lua, &with_mt)?.is_none())
+        };
+        check().unwrap_or(false)
+    }
+
+    /// `push_clone` of `t`, as a table (for the checks and tests).
+    fn clone_table(self, lua: &Lua, t: &Table) -> mlua::Result<Option<Table>> {
+        // SAFETY: room is checked; the table is pushed and popped again; with no memory limit
+        // set outside script code, the allocation does not fail short of the machine's memory.
+        unsafe {
+            lua.exec_raw_lua(|raw| {
+                let state = raw.state();
+                if ffi::lua_checkstack(state, 2) == 0 {
+                    return Err(mlua::Error::StackError);
+                }
+                let top = ffi::lua_gettop(state);
+                mlua::IntoLua::push_into_stack(t, raw)?;
+                let out = if self.push_clone(state, top + 1) {
+                    Some(<Table as mlua::FromLua>::from_stack(-1, raw)?)
+                } else {
+                    None
+                };
+                ffi::lua_settop(state, top);
+                Ok(out)
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -747,5 +888,82 @@ mod tests {
         }
         assert_eq!(seen, want);
         assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[test]
+    fn copies_are_their_originals_and_apart_from_them() {
+        let lua = Lua::new();
+        let c = Cloner::new(&lua).expect("this Lua passes the layout checks");
+        let t: Table = lua
+            .load("return { a = 1, b = 'two', c = {}, d = true, e = 0.5 }")
+            .eval()
+            .unwrap();
+        let copy = c.clone_table(&lua, &t).unwrap().expect("a hash-only table");
+        for k in ["a", "b", "c", "d", "e"] {
+            assert_eq!(
+                copy.raw_get::<mlua::Value>(k).unwrap(),
+                t.raw_get::<mlua::Value>(k).unwrap(),
+                "{k}"
+            );
+        }
+        copy.raw_set("a", 10).unwrap();
+        copy.raw_set("z", 26).unwrap();
+        assert_eq!(t.raw_get::<i64>("a").unwrap(), 1);
+        assert_eq!(t.raw_get::<Option<i64>>("z").unwrap(), None);
+        assert_eq!(copy.raw_get::<i64>("a").unwrap(), 10);
+        assert_eq!(copy.clone().pairs::<String, mlua::Value>().count(), 6);
+        // A removed field is absent from the copy too; after a collection its key is dead and
+        // the table is no longer copied raw.
+        let removed: Table = lua
+            .load("local t = { a = 1, b = 2, c = 3 } t.b = nil return t")
+            .eval()
+            .unwrap();
+        if let Some(copy) = c.clone_table(&lua, &removed).unwrap() {
+            assert_eq!(copy.raw_get::<Option<i64>>("b").unwrap(), None);
+            assert_eq!(copy.raw_get::<i64>("c").unwrap(), 3);
+        }
+        lua.gc_collect().unwrap();
+        lua.gc_collect().unwrap();
+        assert!(c.clone_table(&lua, &removed).unwrap().is_none());
+    }
+
+    #[test]
+    fn copies_keep_what_they_point_at_through_collections() {
+        // The copy is the only holder of its values once the original goes: the collector
+        // must see them through the copied slots.
+        for mode in ["generational", "incremental"] {
+            let lua = Lua::new();
+            let c = Cloner::new(&lua).unwrap();
+            lua.load(format!(
+                "collectgarbage('{mode}') dead = {{}} \
+                 mt = {{__gc = function(t) dead[t.id] = true end}}"
+            ))
+            .exec()
+            .unwrap();
+            let make = lua
+                .load("return function(i) return { v = setmetatable({ id = i }, mt), n = i } end")
+                .eval::<mlua::Function>()
+                .unwrap();
+            let copies: Vec<Table> = (0..300i64)
+                .map(|i| {
+                    let t: Table = make.call(i).unwrap();
+                    let copy = c.clone_table(&lua, &t).unwrap().unwrap();
+                    drop(t);
+                    lua.gc_step().unwrap();
+                    copy
+                })
+                .collect();
+            lua.gc_collect().unwrap();
+            lua.gc_collect().unwrap();
+            let dead: Table = lua.globals().get("dead").unwrap();
+            for (i, copy) in copies.iter().enumerate() {
+                let v: Table = copy.raw_get("v").unwrap();
+                assert_eq!(v.raw_get::<i64>("id").unwrap(), i as i64, "{mode}");
+                assert!(
+                    !dead.raw_get::<bool>(i as i64).unwrap(),
+                    "{mode}: {i} collected"
+                );
+            }
+        }
     }
 }
