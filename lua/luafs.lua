@@ -41,7 +41,7 @@ local ENOTEMPTY, EINVAL, EPERM, EBUSY = errno.ENOTEMPTY, errno.EINVAL, errno.EPE
 local ENAMETOOLONG, ENODATA, EOPNOTSUPP = errno.ENAMETOOLONG, errno.ENODATA, errno.EOPNOTSUPP
 local EACCES = errno.EACCES
 
-local now, get_context = flu.now, flu.get_context
+local now, get_context, clone = flu.now, flu.get_context, flu.clone
 local sub, find, match, rep, byte = string.sub, string.find, string.match, string.rep, string.byte
 local concat = table.concat
 local type, next, pairs, error, tonumber = type, next, pairs, error, tonumber
@@ -75,19 +75,25 @@ local last_ino = 0
 local ninodes = 0 -- live inodes (for statfs)
 local used = 0 -- 512-byte blocks held by file data (for statfs)
 
+-- Only fields every node has: 15 fit the 16 slots a regular file's `data` completes. rdev (0)
+-- and blksize (4096) are flufs's defaults; xattrs, data, entries, parent, target and freed are
+-- added where they apply. A node is a copy of this template (flu.clone copies its slots as
+-- they are, where a constructor would insert the 15 keys one by one), its own values then set.
+local NODE = {
+	mode = 0, ino = 0, nlink = 1, uid = 0, gid = 0, size = 0, blocks = 0,
+	access = 0, access_nsec = 0, modification = 0, modification_nsec = 0,
+	change = 0, change_nsec = 0, nalloc = 0, opens = 0,
+}
+
 local function new_node(mode, uid, gid)
 	last_ino = last_ino + 1
 	ninodes = ninodes + 1
 	local s, ns = now()
-	-- Only fields every node has: a constructor sizes the table for all the fields it names,
-	-- nil ones too, and 15 fit the 16 slots a regular file's `data` completes. rdev (0) and
-	-- blksize (4096) are flufs's defaults; xattrs, data, entries, parent, target and freed
-	-- are added where they apply.
-	return {
-		mode = mode, ino = last_ino, nlink = 1, uid = uid, gid = gid, size = 0, blocks = 0,
-		access = s, access_nsec = ns, modification = s, modification_nsec = ns,
-		change = s, change_nsec = ns, nalloc = 0, opens = 0,
-	}
+	local node = clone(NODE)
+	node.mode, node.ino, node.uid, node.gid = mode, last_ino, uid, gid
+	node.access, node.access_nsec, node.modification, node.modification_nsec = s, ns, s, ns
+	node.change, node.change_nsec = s, ns
+	return node
 end
 
 -- 512-byte blocks of a regular file: what is written, at most size rounded to 4 KiB.
@@ -327,11 +333,10 @@ local function drop_setid(node, chown)
 	node.mode = mode & ~kill
 end
 
--- A new entry name -> node in dir.
+-- A new entry name -> new node in dir, which changes when the node was made.
 local function link_in(dir, name, node)
 	dir.entries[name] = node
-	local s, ns = now()
-	touch_mc(dir, s, ns)
+	touch_mc(dir, node.change, node.change_nsec)
 end
 
 local function is_under(path, dirpath)
