@@ -1,7 +1,9 @@
 //! The kernel side of the bridge: a `fuser::Filesystem` that does no work of its own. Each
 //! kernel request becomes one `Request` (the operation, its arguments and its reply object)
-//! handed to the dispatcher (a `Sink`), the single owner of the Lua state, which answers it.
-//! Runs on fuser's session threads; holds no Lua and no filesystem state.
+//! handed to the dispatcher (a `Sink`), the single owner of the Lua state, which answers it;
+//! a WRITE is handed over with its data still in fuser's buffer (`Sink::write`), so that the
+//! dispatcher copies it once. Runs on fuser's session threads; holds no Lua and no filesystem
+//! state.
 
 use std::ffi::{OsStr, OsString};
 use std::io;
