@@ -159,7 +159,7 @@ impl Inodes {
         Some(out)
     }
 
-    #[cfg(test)]
+    /// Whether node `ino` is in the table.
     pub fn contains(&self, ino: u64) -> bool {
         self.nodes.contains_key(&ino)
     }

@@ -80,8 +80,10 @@ pub struct Ops {
     /// `fs.readdirplus = "auto" | "always" | "never"`: when listings carry attributes
     /// (never without readdir).
     pub readdirplus: Readdirplus,
-    /// `fs.reuse_listings = true`: a new open of a directory is served the listing an earlier
-    /// one took, without a readdir call, while that listing is kept (see `dispatch::dirs`).
+    /// `fs.reuse_listings = true`: the script's directories change only through the mount. A
+    /// new open of a directory is served the listing an earlier one took, without a readdir
+    /// call, while that listing is kept (see `dispatch::dirs`), and a lookup of a name missing
+    /// from a directory made through the mount is answered without getattr (`dispatch::fresh`).
     pub reuse_listings: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,

@@ -571,6 +571,86 @@ fn rename_noreplace_and_exchange_flags() {
     assert_eq!(fs::read(m.path("z")).unwrap(), b"Y");
 }
 
+#[test]
+fn names_made_moved_linked_and_removed_in_new_directories_are_found_as_they_are() {
+    // flufs answers the lookup of a name missing from a directory made through the mount
+    // itself (luafs promises that its directories change only through the mount), from the
+    // names it saw made there. With no kernel caching every stat below reaches flufs: each name
+    // a change made must be found, each it took away must be missing.
+    if !common::fuse_available() {
+        return;
+    }
+    let m = Mount::new(
+        &shipped("luafs.lua"),
+        &["-o", "entry_timeout=0,attr_timeout=0"],
+    );
+    let exists = |p: &str| fs::symlink_metadata(m.path(p)).is_ok();
+    let missing = |p: &str| {
+        expect_errno(fs::symlink_metadata(m.path(p)), libc::ENOENT, p);
+    };
+    let rename2 = |a: &str, b: &str, flags: u32| unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cstr(&m.path(a)).as_ptr(),
+            libc::AT_FDCWD,
+            cstr(&m.path(b)).as_ptr(),
+            flags,
+        )
+    };
+    fs::create_dir(m.path("a")).unwrap();
+    fs::create_dir(m.path("b")).unwrap();
+    missing("a/x");
+    fs::write(m.path("a/x"), b"x").unwrap();
+    assert!(exists("a/x"));
+    missing("a/nope");
+    // A rename into a new directory, out of another.
+    fs::write(m.path("b/y"), b"y").unwrap();
+    fs::rename(m.path("b/y"), m.path("a/z")).unwrap();
+    assert_eq!(fs::read(m.path("a/z")).unwrap(), b"y");
+    missing("b/y");
+    // A hard link, a subdirectory and what is made in it, a symlink, a FIFO.
+    fs::hard_link(m.path("a/x"), m.path("b/h")).unwrap();
+    assert_eq!(fs::read(m.path("b/h")).unwrap(), b"x");
+    fs::create_dir(m.path("a/sub")).unwrap();
+    fs::write(m.path("a/sub/f"), b"f").unwrap();
+    assert!(exists("a/sub/f"));
+    std::os::unix::fs::symlink("x", m.path("a/l")).unwrap();
+    assert!(exists("a/l"));
+    assert_eq!(
+        unsafe { libc::mkfifo(cstr(&m.path("a/p")).as_ptr(), 0o644) },
+        0
+    );
+    assert!(exists("a/p"));
+    // A directory moved from one new directory to another keeps its names.
+    fs::rename(m.path("a/sub"), m.path("b/sub2")).unwrap();
+    assert_eq!(fs::read(m.path("b/sub2/f")).unwrap(), b"f");
+    missing("a/sub");
+    missing("a/sub/f");
+    fs::remove_file(m.path("a/x")).unwrap();
+    missing("a/x");
+    assert!(exists("b/h"));
+    // An exchange keeps both names; a refused rename changes nothing.
+    assert_eq!(
+        rename2("a/z", "b/h", libc::RENAME_EXCHANGE),
+        0,
+        "{}",
+        last_errno()
+    );
+    assert_eq!(fs::read(m.path("a/z")).unwrap(), b"x");
+    assert_eq!(fs::read(m.path("b/h")).unwrap(), b"y");
+    assert_eq!(rename2("a/z", "b/h", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(last_errno(), libc::EEXIST);
+    assert!(exists("a/z") && exists("b/h"));
+    // A directory removed and made again under the same name is empty.
+    fs::remove_file(m.path("b/sub2/f")).unwrap();
+    fs::remove_dir(m.path("b/sub2")).unwrap();
+    fs::create_dir(m.path("b/sub2")).unwrap();
+    missing("b/sub2/f");
+    fs::write(m.path("b/sub2/f"), b"again").unwrap();
+    assert_eq!(fs::read(m.path("b/sub2/f")).unwrap(), b"again");
+    assert_eq!(sorted_names(&m.path("a")), ["l", "p", "z"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // links
 

@@ -86,6 +86,18 @@ impl Dispatch {
         parent: u64,
         name: &[u8],
     ) -> Result<Option<(u64, Stat)>, Fail> {
+        // A name missing from a directory whose every name flufs saw made (`fresh`).
+        if name.len() <= 255
+            && name != b"."
+            && name != b".."
+            && self.fresh.borrow().lacks(parent, name)
+        {
+            return if self.cfg.negative_ttl.is_zero() {
+                Err(Errno::ENOENT)
+            } else {
+                Ok(None)
+            };
+        }
         if let Some(st) = self.listed_stat(parent, name) {
             return Ok(Some((self.remember(parent, name, &st), st)));
         }

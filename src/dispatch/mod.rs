@@ -10,6 +10,7 @@
 mod attrs;
 mod dirs;
 mod files;
+mod fresh;
 mod misc;
 mod names;
 mod tasks;
@@ -97,6 +98,8 @@ pub struct Dispatch {
     /// Counts requests that may change attributes, at their start and at their end: a cached
     /// directory listing taken when it had another value may hold stale attributes.
     changes: Cell<u64>,
+    /// Directories made through the mount whose names flufs knows (`fs.reuse_listings`).
+    fresh: RefCell<fresh::FreshDirs>,
     /// The fields of the stat table the call that just returned gave (`stat_peek`), read
     /// where it left them: read at once (no other call runs before), never moved around.
     peeked: RefCell<[Option<i64>; 15]>,
@@ -332,6 +335,7 @@ impl Dispatch {
             peeked: RefCell::new([None; 15]),
             threads: RefCell::new(Vec::new()),
             changes: Cell::new(0),
+            fresh: RefCell::new(fresh::FreshDirs::new()),
             memory_limit,
         })
     }
@@ -369,7 +373,29 @@ impl Dispatch {
 
     /// The kernel dropped `n` references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.inodes.borrow_mut().forget(ino, n);
+        let mut inodes = self.inodes.borrow_mut();
+        inodes.forget(ino, n);
+        // A followed directory's node gone from the table (its id may come back for another
+        // node): stop following it.
+        if self.fresh.borrow().follows(ino) && !inodes.contains(ino) {
+            self.fresh.borrow_mut().drop_dir(ino);
+        }
+    }
+
+    /// Follow a change of directories' names in `fresh` (only for a script whose directories
+    /// change only through the mount).
+    fn follow(&self, f: impl FnOnce(&mut fresh::FreshDirs)) {
+        if self.ops.reuse_listings {
+            f(&mut self.fresh.borrow_mut());
+        }
+    }
+
+    /// Follow a name made in `dir` (`Ok`), or stop following `dir` (the operation failed).
+    fn follow_made<T>(&self, dir: u64, name: &[u8], r: &Result<T, Fail>) {
+        self.follow(|f| match r {
+            Ok(_) => f.added(dir, name),
+            Err(_) => f.drop_dir(dir),
+        });
     }
 
     /// The context shared with `flu.get_context`.
@@ -426,6 +452,7 @@ impl Dispatch {
                 reply,
             } => {
                 let r = Box::pin(self.mknod(parent, name.as_bytes(), mode, rdev)).await;
+                self.follow_made(parent, name.as_bytes(), &r);
                 self.entry_result(reply, r);
             }
             Op::Mkdir {
@@ -434,25 +461,50 @@ impl Dispatch {
                 mode,
                 reply,
             } => {
+                let known = self
+                    .inodes
+                    .borrow()
+                    .child(parent, name.as_bytes())
+                    .is_some();
                 let r = Box::pin(self.mkdir(parent, name.as_bytes(), mode)).await;
+                self.follow_made(parent, name.as_bytes(), &r);
+                if let Ok((ino, _)) = &r
+                    && !known
+                {
+                    self.follow(|f| f.made(*ino));
+                }
                 self.entry_result(reply, r);
             }
             Op::Unlink {
                 parent,
                 name,
                 reply,
-            } => answer(
-                reply,
-                Box::pin(self.remove(OpName::Unlink, parent, name.as_bytes())).await,
-            ),
+            } => {
+                let r = Box::pin(self.remove(OpName::Unlink, parent, name.as_bytes())).await;
+                self.follow(|f| match &r {
+                    Ok(()) => f.removed(parent, name.as_bytes()),
+                    Err(_) => f.drop_dir(parent),
+                });
+                answer(reply, r)
+            }
             Op::Rmdir {
                 parent,
                 name,
                 reply,
-            } => answer(
-                reply,
-                Box::pin(self.remove(OpName::Rmdir, parent, name.as_bytes())).await,
-            ),
+            } => {
+                let child = self.inodes.borrow().child(parent, name.as_bytes());
+                let r = Box::pin(self.remove(OpName::Rmdir, parent, name.as_bytes())).await;
+                self.follow(|f| match &r {
+                    Ok(()) => {
+                        f.removed(parent, name.as_bytes());
+                        if let Some(c) = child {
+                            f.drop_dir(c);
+                        }
+                    }
+                    Err(_) => f.drop_dir(parent),
+                });
+                answer(reply, r)
+            }
             Op::Symlink {
                 parent,
                 name,
@@ -460,6 +512,7 @@ impl Dispatch {
                 reply,
             } => {
                 let r = Box::pin(self.symlink(parent, name.as_bytes(), target.as_bytes())).await;
+                self.follow_made(parent, name.as_bytes(), &r);
                 self.entry_result(reply, r);
             }
             Op::Rename {
@@ -478,6 +531,18 @@ impl Dispatch {
                     flags,
                 ))
                 .await;
+                // An exchange keeps both names where they are.
+                self.follow(|f| match &r {
+                    Ok(()) if flags & libc::RENAME_EXCHANGE == 0 => {
+                        f.removed(parent, name.as_bytes());
+                        f.added(newparent, newname.as_bytes());
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        f.drop_dir(parent);
+                        f.drop_dir(newparent);
+                    }
+                });
                 answer(reply, r)
             }
             Op::Link {
@@ -487,6 +552,7 @@ impl Dispatch {
                 reply,
             } => {
                 let r = Box::pin(self.link(ino, newparent, newname.as_bytes())).await;
+                self.follow_made(newparent, newname.as_bytes(), &r);
                 self.entry_result(reply, r);
             }
             Op::Open { ino, flags, reply } => match self.open(ino, flags, false).await {
@@ -579,16 +645,20 @@ impl Dispatch {
                 mode,
                 flags,
                 reply,
-            } => match self.create(parent, name.as_bytes(), mode, flags).await {
-                Ok((ino, st, fh, flags)) => reply.created(
-                    &self.cfg.entry_ttl,
-                    &st.to_attr(ino),
-                    Generation(0),
-                    FileHandle(fh),
-                    flags,
-                ),
-                Err(e) => reply.error(e),
-            },
+            } => {
+                let r = self.create(parent, name.as_bytes(), mode, flags).await;
+                self.follow_made(parent, name.as_bytes(), &r);
+                match r {
+                    Ok((ino, st, fh, flags)) => reply.created(
+                        &self.cfg.entry_ttl,
+                        &st.to_attr(ino),
+                        Generation(0),
+                        FileHandle(fh),
+                        flags,
+                    ),
+                    Err(e) => reply.error(e),
+                }
+            }
             Op::Getlk {
                 ino,
                 fh,
