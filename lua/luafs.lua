@@ -243,13 +243,11 @@ end
 -- The directory holding path, and the last name of path.
 local function parent_of(path)
 	if path == miss_path then return miss_dir, miss_name end
-	-- Split at the last "/": one `find` (a C call that scans once) costs less than a byte
-	-- loop from the end (a `byte` call per character of the name), and far less than
-	-- "^(.*)/([^/]+)$" (which backtracks from the end).
-	local len = #path
-	local i = find(path, "/[^/]*$")
-	if not i or i == len then error(EINVAL) end
-	local dpath, name = sub(path, 1, i - 1), sub(path, i + 1)
+	-- Split at the last "/": one `match` (`.*` takes the whole path, then gives back the name
+	-- a byte at a time) costs less than a `find` of "/[^/]*$" and two `sub`s (a created file's
+	-- Lua 1.93 -> 1.85 µs, run from a Lua loop), and far less than a byte loop from the end.
+	local dpath, name = match(path, "^(.*)/([^/]+)$")
+	if not dpath then error(EINVAL) end
 	local dir = lookup(dpath)
 	if not dir.entries then error(ENOTDIR) end
 	return dir, name
