@@ -16,6 +16,14 @@ fn luafs() -> Mount {
     Mount::new(&shipped("luafs.lua"), &[])
 }
 
+/// luafs with no kernel caching: every lookup and stat reaches the file system.
+fn luafs_uncached() -> Mount {
+    Mount::new(
+        &shipped("luafs.lua"),
+        &["-o", "attr_timeout=0,entry_timeout=0"],
+    )
+}
+
 fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
@@ -580,10 +588,7 @@ fn names_made_moved_linked_and_removed_in_new_directories_are_found_as_they_are(
     if !common::fuse_available() {
         return;
     }
-    let m = Mount::new(
-        &shipped("luafs.lua"),
-        &["-o", "entry_timeout=0,attr_timeout=0"],
-    );
+    let m = luafs_uncached();
     let exists = |p: &str| fs::symlink_metadata(m.path(p)).is_ok();
     let missing = |p: &str| {
         expect_errno(fs::symlink_metadata(m.path(p)), libc::ENOENT, p);
@@ -1483,11 +1488,7 @@ fn open_file_keeps_working_after_its_parent_directory_is_renamed() {
     if !common::fuse_available() {
         return;
     }
-    // No kernel caching, so every stat reaches the file system.
-    let m = Mount::new(
-        &shipped("luafs.lua"),
-        &["-o", "attr_timeout=0,entry_timeout=0"],
-    );
+    let m = luafs_uncached();
     fs::create_dir_all(m.path("a/b")).unwrap();
     fs::write(m.path("a/b/f"), b"12345").unwrap();
     let f = OpenOptions::new()
