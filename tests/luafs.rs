@@ -28,6 +28,21 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
+/// renameat2(2) of `a` to `b` in mount `m`: 0, or -1 with errno set.
+fn rename2(m: &Mount, a: &str, b: &str, flags: u32) -> i32 {
+    let (a, b) = (cstr(&m.path(a)), cstr(&m.path(b)));
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    }
+}
+
 /// errno of a failing libc call result (-1) or panic with `what`.
 fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap()
@@ -554,15 +569,7 @@ fn rename_noreplace_and_exchange_flags() {
     let m = luafs();
     fs::write(m.path("x"), b"X").unwrap();
     fs::write(m.path("y"), b"Y").unwrap();
-    let r = |a: &str, b: &str, flags: u32| unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cstr(&m.path(a)).as_ptr(),
-            libc::AT_FDCWD,
-            cstr(&m.path(b)).as_ptr(),
-            flags,
-        )
-    };
+    let r = |a: &str, b: &str, flags: u32| rename2(&m, a, b, flags);
     assert_eq!(r("x", "y", libc::RENAME_NOREPLACE), -1);
     assert_eq!(last_errno(), libc::EEXIST, "RENAME_NOREPLACE onto existing");
     assert_eq!(fs::read(m.path("y")).unwrap(), b"Y");
@@ -592,15 +599,6 @@ fn names_made_moved_linked_and_removed_in_new_directories_are_found_as_they_are(
     let exists = |p: &str| fs::symlink_metadata(m.path(p)).is_ok();
     let missing = |p: &str| {
         expect_errno(fs::symlink_metadata(m.path(p)), libc::ENOENT, p);
-    };
-    let rename2 = |a: &str, b: &str, flags: u32| unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            cstr(&m.path(a)).as_ptr(),
-            libc::AT_FDCWD,
-            cstr(&m.path(b)).as_ptr(),
-            flags,
-        )
     };
     fs::create_dir(m.path("a")).unwrap();
     fs::create_dir(m.path("b")).unwrap();
@@ -636,14 +634,14 @@ fn names_made_moved_linked_and_removed_in_new_directories_are_found_as_they_are(
     assert!(exists("b/h"));
     // An exchange keeps both names; a refused rename changes nothing.
     assert_eq!(
-        rename2("a/z", "b/h", libc::RENAME_EXCHANGE),
+        rename2(&m, "a/z", "b/h", libc::RENAME_EXCHANGE),
         0,
         "{}",
         last_errno()
     );
     assert_eq!(fs::read(m.path("a/z")).unwrap(), b"x");
     assert_eq!(fs::read(m.path("b/h")).unwrap(), b"y");
-    assert_eq!(rename2("a/z", "b/h", libc::RENAME_NOREPLACE), -1);
+    assert_eq!(rename2(&m, "a/z", "b/h", libc::RENAME_NOREPLACE), -1);
     assert_eq!(last_errno(), libc::EEXIST);
     assert!(exists("a/z") && exists("b/h"));
     // A directory removed and made again under the same name is empty.
