@@ -16,8 +16,8 @@ use std::hash::BuildHasher;
 use foldhash::HashMap;
 use foldhash::HashMapExt;
 
-/// Names kept per directory; a directory with more is dropped (its names are the script's to
-/// keep, not flufs's).
+/// Names followed per directory; a directory with more is dropped (a large directory's names
+/// are the script's to keep, not flufs's).
 const MAX_NAMES: u32 = 100_000;
 
 /// A directory's names, as counts of their hashes: no copy of a name is kept (one allocation
