@@ -687,8 +687,13 @@ local fs = {}
 -- returned, not raised (flufs takes a returned flu.errno value as the failure; raising costs
 -- an error's unwinding).
 function fs.getattr(path)
-	local node, e = walk(path)
-	if node then return stat(node) end
+	-- The path cache first, without a call (walk would look there too); a node is its own
+	-- stat table.
+	local node = paths[path]
+	if node then return node end
+	local e
+	node, e = walk(path)
+	if node then return node end
 	return e
 end
 
@@ -1083,12 +1088,13 @@ function fs.setxattr(path, name, value, flags)
 end
 
 function fs.getxattr(path, name)
-	local x = lookup(path).xattrs
+	local x = (paths[path] or lookup(path)).xattrs
 	local v = x and x[name]
 	if v == nil then
 		-- Asked of every file before its first write (security.capability) and by ls -l
-		-- (security.selinux): returned, not raised, as getattr's ENOENT.
-		xattr_name_ok(name)
+		-- (security.selinux): returned, not raised, as getattr's ENOENT; a name found valid
+		-- before is not checked again (without a call).
+		if not valid_names[name] then xattr_name_ok(name) end
 		return ENODATA
 	end
 	return v
