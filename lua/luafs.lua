@@ -979,20 +979,25 @@ function fs.create(path, mode, fi)
 	return node
 end
 
+-- read and write take the open file's node from fi without a call when it is a file (the
+-- common case: every read and write of an open file).
 function fs.read(path, size, offset, fi)
-	local node = file_node(fi, path)
+	local node = fi and fi.fh
+	if not (node and node.data) then node = file_node(fi, path) end
 	if size > 0 then access(node) end
 	return read_data(node, size, offset)
 end
 
 function fs.write(path, buf, offset, fi)
-	local node = file_node(fi, path)
+	local node = fi and fi.fh
+	if not (node and node.data) then node = file_node(fi, path) end
 	local n = #buf
 	if n > 0 then
 		if node.mode & S_SETID ~= 0 then drop_setid(node) end
 		write_data(node, buf, offset, n)
 		local s, ns = now()
-		touch_mc(node, s, ns)
+		node.modification, node.modification_nsec = s, ns
+		node.change, node.change_nsec = s, ns
 	end
 	return n
 end
