@@ -201,15 +201,16 @@ unsafe extern "C-unwind" fn get_context(state: *mut ffi::lua_State) -> c_int {
 }
 
 /// `flu.clone(t)`: a shallow copy of table `t` (its keys and values, and its metatable).
-/// Beyond Flu. A C closure; upvalue 1 is true when `luaraw::Cloner::new` passed, and then a
-/// table with only a hash part is copied slot for slot (a table built once as a template and
-/// copied costs far less than one built key by key: luafs's new inodes).
+/// Beyond Flu. When this Lua passed `luaraw::Cloner`'s checks (`register` runs them), a table
+/// with only a hash part is copied slot for slot (a table built once as a template and copied
+/// costs far less than one built key by key: luafs's new inodes).
 unsafe extern "C-unwind" fn clone_table(state: *mut ffi::lua_State) -> c_int {
     unsafe {
         ffi::luaL_checktype(state, 1, ffi::LUA_TTABLE);
         ffi::lua_settop(state, 1);
-        let raw = ffi::lua_toboolean(state, ffi::lua_upvalueindex(1)) != 0;
-        if raw && crate::luaraw::Cloner::checked_before().push_clone(state, 1) {
+        if let Some(c) = crate::luaraw::Cloner::checked()
+            && c.push_clone(state, 1)
+        {
             return 1;
         }
         ffi::lua_createtable(state, ffi::lua_rawlen(state, 1).try_into().unwrap_or(0), 0);
@@ -296,14 +297,10 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     // SAFETY: `now` only pushes two integers (a C function has room for them).
     flu.raw_set("now", unsafe { lua.create_c_function(now) }?)?;
 
-    let raw_clone = crate::luaraw::Cloner::new(lua).is_some();
-    // SAFETY: `clone_table` reads only its argument and its boolean upvalue.
-    flu.raw_set("clone", unsafe {
-        convert::c_closure(lua, clone_table, 1, |raw| {
-            ffi::lua_pushboolean(raw.state(), c_int::from(raw_clone));
-            Ok(())
-        })
-    }?)?;
+    // The layout checks `clone_table` relies on (once per process).
+    let _ = crate::luaraw::Cloner::new(lua);
+    // SAFETY: `clone_table` reads only its argument.
+    flu.raw_set("clone", unsafe { lua.create_c_function(clone_table) }?)?;
 
     flu.raw_set("mode", mode_function(lua)?)?;
 

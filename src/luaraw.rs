@@ -604,12 +604,26 @@ const TAG_DEAD_KEY: u8 = 11;
 #[derive(Clone, Copy, Debug)]
 pub struct Cloner(());
 
+/// Whether this Lua passed `Cloner`'s layout checks, once they ran.
+static CLONER_CHECKED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
 impl Cloner {
     /// A cloner, when this Lua passes the layout checks (copies of tables built here read back
-    /// the same through the C API, take new keys, and leave the original as it was).
+    /// the same through the C API, take new keys, and leave the original as it was). The
+    /// layout is the vendored Lua's, the same for every state: the checks run once per process.
     pub fn new(lua: &Lua) -> Option<Cloner> {
-        let c = Cloner(());
-        c.layout_matches(lua).then_some(c)
+        let ok = *CLONER_CHECKED.get_or_init(|| Cloner(()).layout_matches(lua));
+        ok.then_some(Cloner(()))
+    }
+
+    /// The cloner `Cloner::new` gave, for code that has no `Lua` at hand (`flu.clone`'s C
+    /// function); `None` also before any check ran.
+    pub fn checked() -> Option<Cloner> {
+        CLONER_CHECKED
+            .get()
+            .copied()
+            .unwrap_or(false)
+            .then_some(Cloner(()))
     }
 
     /// Push a copy of the table at stack index `idx` (its keys and values) when it has no
@@ -651,12 +665,6 @@ impl Cloner {
             }
             true
         }
-    }
-
-    /// A cloner where `Cloner::new` gave one before in this process (`flu.clone` records
-    /// that in its upvalue, as a C function cannot hold a Rust value).
-    pub fn checked_before() -> Cloner {
-        Cloner(())
     }
 
     fn layout_matches(self, lua: &Lua) -> bool {
