@@ -284,7 +284,7 @@ impl Names {
         let array = lua.create_sequence_from(all)?;
         let fi_template = match Cloner::new(lua) {
             Some(c) => {
-                let t = Names::build_in(&array, lua, 5, |state, names, fi| {
+                let t = Names::build_in(&array, lua, 5, None, |state, names, fi, _| {
                     // SAFETY: as in `fi`.
                     unsafe { Names::set_fi_fields(state, names, fi, 0, true, false, false, true) }
                 })?;
@@ -341,14 +341,16 @@ impl Names {
     }
 
     /// Build a table through the C API: `fill` gets the state, the stack index of the names
-    /// array and of the new table (made with room for `fields` keys), and sets its fields.
+    /// array and of the new table, and whether that table is a copy of `from` (else it is
+    /// empty, made with room for `fields` keys), and sets its fields.
     fn build(
         &self,
         lua: &Lua,
         fields: i32,
-        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32),
+        from: Option<&(Cloner, Table)>,
+        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32, bool),
     ) -> mlua::Result<Table> {
-        Names::build_in(&self.array, lua, fields, fill)
+        Names::build_in(&self.array, lua, fields, from, fill)
     }
 
     /// `build` with the names array given.
@@ -356,22 +358,34 @@ impl Names {
         array: &Table,
         lua: &Lua,
         fields: i32,
-        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32),
+        from: Option<&(Cloner, Table)>,
+        fill: impl FnOnce(*mut mlua::ffi::lua_State, i32, i32, bool),
     ) -> mlua::Result<Table> {
         use mlua::ffi;
         // SAFETY: stack space is checked first; everything pushed is popped again. As in mlua
         // with no memory limit set (the limit holds only while script code runs), table
-        // growth is not run in a protected call.
+        // growth (and a copy's allocation) is not run in a protected call.
         unsafe {
             lua.exec_raw_lua(|raw| {
                 let state = raw.state();
-                if ffi::lua_checkstack(state, 6) == 0 {
+                if ffi::lua_checkstack(state, 7) == 0 {
                     return Err(mlua::Error::StackError);
                 }
                 let top = ffi::lua_gettop(state);
                 array.push_into_stack(raw)?;
-                ffi::lua_createtable(state, 0, fields);
-                fill(state, top + 1, top + 2);
+                let mut copied = false;
+                if let Some((cloner, template)) = from {
+                    template.push_into_stack(raw)?;
+                    copied = cloner.push_clone(state, top + 2);
+                    if copied {
+                        ffi::lua_copy(state, top + 3, top + 2);
+                    }
+                    ffi::lua_settop(state, top + 1 + i32::from(copied));
+                }
+                if !copied {
+                    ffi::lua_createtable(state, 0, fields);
+                }
+                fill(state, top + 1, top + 2, copied);
                 let t = <Table as mlua::FromLua>::from_stack(top + 2, raw);
                 ffi::lua_settop(state, top);
                 t
@@ -395,7 +409,7 @@ impl Names {
 
     /// A mode as a Lua set (`{reg=true, rusr=true, ...}`).
     pub fn mode_set(&self, lua: &Lua, m: u32) -> mlua::Result<Table> {
-        self.build(lua, 8, |state, names, t| {
+        self.build(lua, 8, None, |state, names, t, _| {
             let fmt = m & libc::S_IFMT;
             let types = mode::TYPES.iter().map(|&(_, v)| v == fmt);
             let perms = mode::PERMS.iter().map(|&(_, v)| m & v != 0);
@@ -430,59 +444,28 @@ impl Names {
         direct_io: bool,
         keep_cache: bool,
     ) -> mlua::Result<Table> {
-        use mlua::ffi;
-        if let Some((cloner, template)) = &self.fi_template {
-            // A copy of the template (its keys are in place: setting them inserts nothing),
-            // with the fields that differ from it set.
-            // SAFETY: stack space is checked first; everything pushed is popped again; as in
-            // `build`, the copy's allocation is not run in a protected call.
-            let copied = unsafe {
-                lua.exec_raw_lua(|raw| {
-                    let state = raw.state();
-                    if ffi::lua_checkstack(state, 7) == 0 {
-                        return Err(mlua::Error::StackError);
-                    }
-                    let top = ffi::lua_gettop(state);
-                    template.push_into_stack(raw)?;
-                    if !cloner.push_clone(state, top + 1) {
-                        ffi::lua_settop(state, top);
-                        return Ok(None);
-                    }
-                    (&self.array).push_into_stack(raw)?;
+        // A copy of the template has its keys in place (setting them inserts nothing): only
+        // the fields that differ from it are set.
+        self.build(
+            lua,
+            5,
+            self.fi_template.as_ref(),
+            |state, names, fi, copied| {
+                // SAFETY: as in `set_fi_fields`.
+                unsafe {
                     Names::set_fi_fields(
                         state,
-                        top + 3,
-                        top + 2,
+                        names,
+                        fi,
                         flags,
                         flags_as_number,
                         direct_io,
                         keep_cache,
-                        false,
-                    );
-                    let t = <Table as mlua::FromLua>::from_stack(top + 2, raw);
-                    ffi::lua_settop(state, top);
-                    t.map(Some)
-                })
-            }?;
-            if let Some(t) = copied {
-                return Ok(t);
-            }
-        }
-        self.build(lua, 5, |state, names, fi| {
-            // SAFETY: as in `set_fi_fields`.
-            unsafe {
-                Names::set_fi_fields(
-                    state,
-                    names,
-                    fi,
-                    flags,
-                    flags_as_number,
-                    direct_io,
-                    keep_cache,
-                    true,
-                )
-            }
-        })
+                        !copied,
+                    )
+                }
+            },
+        )
     }
 
     /// Set `fi`'s `flags` (a number, or an open-flag set made at the top of the stack), and
@@ -1774,10 +1757,25 @@ mod tests {
 
     /// A new `fi` holds the open-flag set (exactly the names `mode::open_flag_names` gives,
     /// each also as `O_*`), and direct_io, keep_cache and nonseekable as asked.
+    /// Both ways of making one: a copy of the template, and built key by key (a Lua that
+    /// fails `Cloner`'s checks).
     #[test]
     fn fi_tables_hold_every_open_flag_name() {
         let lua = lua();
         let names = Names::new(&lua).unwrap();
+        assert!(
+            names.fi_template.is_some(),
+            "this Lua passes luaraw's checks"
+        );
+        fi_tables_hold_every_open_flag_name_in(&lua, &names);
+        let names = Names {
+            fi_template: None,
+            ..names
+        };
+        fi_tables_hold_every_open_flag_name_in(&lua, &names);
+    }
+
+    fn fi_tables_hold_every_open_flag_name_in(lua: &Lua, names: &Names) {
         let mut combos = vec![0, libc::O_WRONLY, libc::O_RDWR, libc::O_ACCMODE];
         combos.extend(mode::OPEN_FLAGS.iter().map(|&(_, b)| b | libc::O_RDWR));
         combos.push(
@@ -1786,7 +1784,7 @@ mod tests {
                 .fold(libc::O_WRONLY, |a, &(_, b)| a | b),
         );
         for flags in combos {
-            let fi = names.fi(&lua, flags, false, flags % 2 == 1, true).unwrap();
+            let fi = names.fi(lua, flags, false, flags % 2 == 1, true).unwrap();
             assert_eq!(fi.get::<bool>("direct_io").unwrap(), flags % 2 == 1);
             assert!(fi.get::<bool>("keep_cache").unwrap());
             assert!(!fi.get::<bool>("nonseekable").unwrap());
