@@ -1,8 +1,9 @@
 //! flufs: mount a FUSE filesystem written in Lua.
 //!
-//! One malloc arena for the process (`one_malloc_arena`), then `cli` (options) → `daemon` (detaching) → `script` (the Lua state, `flu.main`) → `mount`
-//! (session, signals) → `kernel` (fuser requests into a queue) → `dispatch` (the one Lua owner)
-//! using `inodes` (inode ↔ path), `convert`/`mode`/`errno` (values) and `ops` (operation names).
+//! One malloc arena for the process (`one_malloc_arena`), then `cli` (options) → `daemon`
+//! (detaching) → `script` (the Lua state, `flu.main`) → `mount` (session, signals) → `kernel`
+//! (fuser requests into a queue) → `dispatch` (the one Lua owner) using `inodes` (inode ↔
+//! path), `convert`/`mode`/`errno` (values) and `ops` (operation names).
 
 mod cli;
 mod convert;

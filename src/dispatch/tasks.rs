@@ -319,20 +319,23 @@ impl Sink for Engine {
     }
 
     fn submit(&self, req: Request) {
-        // Declared first, dropped last: replies go out after the lock is released.
-        let _out = self.hold_replies.then(replies::hold);
-        let mut g = self.lock();
-        // Closed: dropping the request drops its reply, which fuser answers with EIO.
-        let Some(o) = g.as_mut() else { return };
-        o.start(req, &self.ready);
-        o.drain(&self.ready);
+        self.run_new(|o, ready| o.start(req, ready));
     }
 
     fn write(&self, ctx: Ctx, w: Write<'_>) {
+        self.run_new(|o, ready| o.start_write(ctx, w, ready));
+    }
+}
+
+impl Engine {
+    /// Start a new request under the lock (`start`), then resume whatever became ready.
+    /// Closed: `start` is dropped, and with it the request's reply, which fuser answers EIO.
+    fn run_new(&self, start: impl FnOnce(&mut Owned, &Arc<Ready>)) {
+        // Declared first, dropped last: replies go out after the lock is released.
         let _out = self.hold_replies.then(replies::hold);
         let mut g = self.lock();
         let Some(o) = g.as_mut() else { return };
-        o.start_write(ctx, w, &self.ready);
+        start(o, &self.ready);
         o.drain(&self.ready);
     }
 }
