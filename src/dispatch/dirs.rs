@@ -319,7 +319,7 @@ unsafe fn checked_name<'a>(state: *mut ffi::lua_State, at: c_int) -> Result<&'a 
 /// Whether `name` can be an entry's name: 1 to 255 bytes, no '/' and no NUL (one pass over
 /// the short name, not two memchr calls).
 fn valid_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.len() <= 255 && !name.iter().any(|&b| b == b'/' || b == 0)
+    !name.is_empty() && name.len() <= super::NAME_MAX && !name.iter().any(|&b| b == b'/' || b == 0)
 }
 
 /// `filler(t)`: record every entry of the table at index 1 (its stat tables stored as one

@@ -164,6 +164,9 @@ struct Yielded {
 /// How many finished coroutines are kept for reuse.
 const THREAD_POOL: usize = 64;
 
+/// The longest name a directory entry may have (Linux's NAME_MAX).
+const NAME_MAX: usize = 255;
+
 /// Every operation is called as `xpcall(f, handler, ...)`, with `xpcall` itself as the body
 /// of the call's coroutine (no Lua function in between: a vararg Lua frame per call cost
 /// ~350-600 instructions, 4-6% of a lookup's). The handler turns errors into an errno (from
@@ -1224,7 +1227,7 @@ impl Dispatch {
     }
 
     fn child_path(&self, parent: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
-        if name.len() > 255 {
+        if name.len() > NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
         self.inodes
