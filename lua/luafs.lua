@@ -201,11 +201,10 @@ local function remember_path(path, node)
 	npaths = npaths + 1
 end
 
--- Walk from the root: the node, or nil and ENOENT / ENOTDIR / ENAMETOOLONG.
-local function walk(path)
-	local node = paths[path]
-	if node then return node end
-	node = root
+-- Walk from the root, for a path not in the path cache: the node, or nil and ENOENT /
+-- ENOTDIR / ENAMETOOLONG.
+local function walk_names(path)
+	local node = root
 	local pos, len = 2, #path
 	while pos <= len do
 		local e = find(path, "/", pos, true)
@@ -231,6 +230,13 @@ local function walk(path)
 	end
 	remember_path(path, node)
 	return node
+end
+
+-- The node of path: from the path cache, else walked from the root (see walk_names).
+local function walk(path)
+	local node = paths[path]
+	if node then return node end
+	return walk_names(path)
 end
 
 -- walk, raising its errno.
@@ -687,12 +693,11 @@ local fs = {}
 -- returned, not raised (flufs takes a returned flu.errno value as the failure; raising costs
 -- an error's unwinding).
 function fs.getattr(path)
-	-- The path cache first, without a call (walk would look there too); a node is its own
-	-- stat table.
+	-- walk without a call for a path in the cache; a node is its own stat table.
 	local node = paths[path]
 	if node then return node end
 	local e
-	node, e = walk(path)
+	node, e = walk_names(path)
 	if node then return node end
 	return e
 end
