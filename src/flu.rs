@@ -227,6 +227,31 @@ unsafe extern "C-unwind" fn clone_table(state: *mut ffi::lua_State) -> c_int {
     }
 }
 
+/// `flu.split(path)`: the part of `path` before its last "/" and the part after it
+/// (`"/a/b"` gives `"/a", "b"`; `"/b"` gives `"", "b"`), or nil for a path with no "/".
+/// Beyond Flu. A script that keeps its tree in tables splits the path of every create,
+/// mkdir, unlink or rename into its directory and the name; a Lua pattern does that with a
+/// capture and a backtrack per byte of the name (~2,000 instructions), this with one scan.
+unsafe extern "C-unwind" fn split_path(state: *mut ffi::lua_State) -> c_int {
+    unsafe {
+        let mut len = 0usize;
+        let p = ffi::luaL_checklstring(state, 1, &mut len);
+        // SAFETY: Lua strings are `len` bytes at `p` while the string is on the stack.
+        let bytes = std::slice::from_raw_parts(p as *const u8, len);
+        match bytes.iter().rposition(|&b| b == b'/') {
+            Some(i) => {
+                ffi::lua_pushlstring(state, p, i);
+                ffi::lua_pushlstring(state, p.add(i + 1), len - i - 1);
+                2
+            }
+            None => {
+                ffi::lua_pushnil(state);
+                1
+            }
+        }
+    }
+}
+
 /// The `get_context` closure over `ctx` (one reference to it is kept for the process's life:
 /// the closure may outlive everything else).
 fn get_context_function(lua: &Lua, ctx: &CurrentCtx) -> mlua::Result<mlua::Function> {
@@ -301,6 +326,8 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     let _ = crate::luaraw::Cloner::new(lua);
     // SAFETY: `clone_table` reads only its argument.
     flu.raw_set("clone", unsafe { lua.create_c_function(clone_table) }?)?;
+    // SAFETY: `split_path` reads only its argument and pushes at most two values.
+    flu.raw_set("split", unsafe { lua.create_c_function(split_path) }?)?;
 
     flu.raw_set("mode", mode_function(lua)?)?;
 
@@ -482,6 +509,28 @@ mod tests {
         assert!(
             err.contains("bad argument #1 to 'get_context' (table expected, got number)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn split_cuts_at_the_last_slash() {
+        lua_asserts(
+            r##"
+            local split = flu.split
+            local function is(p, d, n)
+                local a, b = split(p)
+                assert(a == d and b == n, ("%q: %q %q"):format(p, tostring(a), tostring(b)))
+            end
+            is("/a/b/c", "/a/b", "c")
+            is("/b", "", "b")
+            is("/", "", "")
+            is("/a/", "/a", "")
+            is("/d\0x/n\0y", "/d\0x", "n\0y")
+            is(("/x"):rep(300), ("/x"):rep(299), "x")
+            assert(split("name") == nil and select("#", split("name")) == 1)
+            assert(not pcall(split, {}))
+            return true
+            "##,
         );
     }
 
