@@ -1155,4 +1155,11 @@ fs.flags_as_numbers = true
 -- calling getattr (it follows the names made and removed there): one call less per new file.
 fs.reuse_listings = true
 
+-- A node luafs makes (create, mknod, mkdir, symlink) starts with no extended attributes, and
+-- gets them only from setxattr: flufs answers a getxattr of a user., security. or trusted.
+-- name on such a node ENODATA itself until one is set there. The kernel asks every new file
+-- for security.capability before its first write; that call no longer reaches Lua (1000
+-- created files: ~5% less time).
+fs.no_xattrs_until_set = true
+
 return fs

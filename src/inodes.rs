@@ -30,6 +30,8 @@ struct Node {
     /// Names in this directory whose node was dropped (forgotten by the kernel) and will get
     /// a new id when looked up again (no script ino): see `unnamings`.
     child_drops: u64,
+    /// Made by this mount with no extended attributes, and given none since (see `bare`).
+    bare: bool,
 }
 
 /// The path of `name` inside the directory at path `dir`.
@@ -88,6 +90,7 @@ impl Inodes {
                 kind: libc::S_IFDIR,
                 removed: false,
                 child_drops: 0,
+                bare: false,
             },
         );
         Inodes {
@@ -233,6 +236,32 @@ impl Inodes {
         self.nodes.get(&ino).is_some_and(|n| n.removed)
     }
 
+    /// The id the next node made will get: a node resolved since with an id at least this is
+    /// one the table had never seen (ids are not reused).
+    pub fn next_id(&self) -> u64 {
+        self.next
+    }
+
+    /// Mark node `ino` as having no extended attributes (it was just made through the mount).
+    /// The mark goes with the node when the kernel forgets it.
+    pub fn set_bare(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.bare = true;
+        }
+    }
+
+    /// Whether node `ino` is marked as having no extended attributes.
+    pub fn is_bare(&self, ino: u64) -> bool {
+        self.nodes.get(&ino).is_some_and(|n| n.bare)
+    }
+
+    /// Node `ino` may have extended attributes from now on (one is being set).
+    pub fn clear_bare(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.bare = false;
+        }
+    }
+
     /// The node for `name` in `parent` (creating it), without counting a kernel reference.
     /// A script `ino` seen before gets its old node id back, so inode numbers stay the same
     /// after the kernel forgets a node.
@@ -307,6 +336,7 @@ impl Inodes {
                 kind,
                 removed: false,
                 child_drops: 0,
+                bare: false,
             },
         );
         self.children

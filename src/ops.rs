@@ -85,6 +85,12 @@ pub struct Ops {
     /// call, while that listing is kept (see `dispatch::dirs`), and a lookup of a name missing
     /// from a directory made through the mount is answered without getattr (`dispatch::fresh`).
     pub reuse_listings: bool,
+    /// `fs.no_xattrs_until_set = true`: a node made through the mount (create, mknod, mkdir,
+    /// symlink) has no extended attributes until one is set on it through the mount. flufs
+    /// answers a getxattr of a `user.`, `security.` or `trusted.` name on such a node ENODATA
+    /// itself: the kernel asks every new file for `security.capability` before its first
+    /// write (see `dispatch::misc`).
+    pub no_xattrs_until_set: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -158,6 +164,7 @@ impl Ops {
         let modes_as_numbers = setting("modes_as_numbers")?;
         let flags_as_numbers = setting("flags_as_numbers")?;
         let reuse_listings = setting("reuse_listings")?;
+        let no_xattrs_until_set = setting("no_xattrs_until_set")?;
         let value = fs.get::<Value>("readdirplus")?;
         let named = match &value {
             Value::String(s) => READDIRPLUS
@@ -201,6 +208,7 @@ impl Ops {
             flags_as_numbers,
             readdirplus,
             reuse_listings,
+            no_xattrs_until_set,
             params,
         };
         // With no readdir there is nothing to answer READDIRPLUS with.

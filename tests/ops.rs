@@ -2408,3 +2408,150 @@ fn fi_keep_cache_set_by_opendir_keeps_the_listing() {
     assert_eq!(list("nokcdir"), vec![OsString::from("gen1")]);
     assert_eq!(list("nokcdir"), vec![OsString::from("gen2")]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// fs.no_xattrs_until_set
+
+/// `lgetxattr(path, name)`: the value, or the errno.
+fn lgetxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
+    let (cp, cn) = (cstr(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; 256];
+    let n =
+        unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+fn lsetxattr(p: &Path, name: &str, value: &[u8]) {
+    let (cp, cn) = (cstr(p), CString::new(name).unwrap());
+    let rc = unsafe {
+        libc::lsetxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    ok(rc as i64, &format!("lsetxattr {} {name}", p.display()));
+}
+
+/// With `fs.no_xattrs_until_set`, a getxattr of a user., security. or trusted. name on a node
+/// made through the mount (create, mknod, mkdir, symlink) is answered ENODATA without calling
+/// the script, also the kernel's security.capability probe before a new file's first write,
+/// until an attribute is set or removed on that node through the mount (under any of its
+/// names, after renames); nodes the script made itself, or handed out again from a create,
+/// and other namespaces still reach the script. Without the option every getxattr does.
+#[test]
+fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
+    if !fuse_available() {
+        return;
+    }
+    for on in [true, false] {
+        let m = Mount::with_args(
+            &fixture("ops_bare_xattrs.lua"),
+            &[],
+            &[if on { "on" } else { "off" }],
+        );
+        let calls = || -> u64 {
+            let s = fs::read_to_string(m.path("calls"))
+                .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", m.log()));
+            s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
+        };
+        // Whether `f` reached the script's getxattr `n` times when on, and at least once off.
+        let check = |what: &str, n: u64, f: &mut dyn FnMut()| {
+            let before = calls();
+            f();
+            let made = calls() - before;
+            if on {
+                assert_eq!(made, n, "{what}: getxattr calls that reached the script");
+            } else {
+                assert!(
+                    made >= 1,
+                    "{what}: every getxattr reaches the script when off"
+                );
+            }
+        };
+        let f = m.path("f");
+        check(
+            "a new file written, then asked for attributes",
+            0,
+            &mut || {
+                let mut file =
+                    File::create(&f).unwrap_or_else(|e| panic!("create: {e}\n{}", m.log()));
+                file.write_all(&[7u8; 4096]).unwrap();
+                drop(file);
+                assert_eq!(lgetxattr(&f, "user.a"), Err(libc::ENODATA));
+                assert_eq!(lgetxattr(&f, "security.capability"), Err(libc::ENODATA));
+                assert_eq!(lgetxattr(&f, "trusted.t"), Err(libc::ENODATA));
+            },
+        );
+        check("an unknown namespace", 1, &mut || {
+            assert_eq!(lgetxattr(&f, "other.a"), Err(libc::EOPNOTSUPP));
+        });
+        fs::create_dir(m.path("d")).unwrap();
+        let fifo = cstr(&m.path("d/p"));
+        ok(
+            unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) } as i64,
+            "mkfifo",
+        );
+        std::os::unix::fs::symlink("f", m.path("d/s")).unwrap();
+        check("a new directory, FIFO and symlink", 0, &mut || {
+            for p in ["d", "d/p", "d/s"] {
+                assert_eq!(
+                    lgetxattr(&m.path(p), "security.x"),
+                    Err(libc::ENODATA),
+                    "{p}"
+                );
+            }
+        });
+        check("a file given an attribute", 2, &mut || {
+            lsetxattr(&f, "user.a", b"1");
+            assert_eq!(lgetxattr(&f, "user.a"), Ok(b"1".to_vec()));
+            assert_eq!(lgetxattr(&f, "user.b"), Err(libc::ENODATA));
+        });
+        let (g, h) = (m.path("g"), m.path("d/h"));
+        File::create(&g).unwrap();
+        fs::hard_link(&g, &h).unwrap();
+        check(
+            "a hard link given an attribute, read by its first name",
+            1,
+            &mut || {
+                lsetxattr(&h, "user.x", b"2");
+                assert_eq!(lgetxattr(&g, "user.x"), Ok(b"2".to_vec()));
+            },
+        );
+        File::create(m.path("r")).unwrap();
+        fs::rename(m.path("r"), m.path("d/r2")).unwrap();
+        check("a renamed new file", 0, &mut || {
+            assert_eq!(lgetxattr(&m.path("d/r2"), "user.y"), Err(libc::ENODATA));
+        });
+        check("a renamed file given an attribute", 1, &mut || {
+            lsetxattr(&m.path("d/r2"), "user.y", b"3");
+            assert_eq!(lgetxattr(&m.path("d/r2"), "user.y"), Ok(b"3".to_vec()));
+        });
+        let q = m.path("q");
+        File::create(&q).unwrap();
+        check("a file an attribute was removed from", 1, &mut || {
+            let (cq, cn) = (cstr(&q), CString::new("user.none").unwrap());
+            let rc = unsafe { libc::removexattr(cq.as_ptr(), cn.as_ptr()) };
+            expect_libc_errno(rc as i64, libc::ENODATA, "removexattr of a missing name");
+            assert_eq!(lgetxattr(&q, "user.none"), Err(libc::ENODATA));
+        });
+        check("the script's own file", 1, &mut || {
+            assert_eq!(lgetxattr(&m.path("pre"), "user.pre"), Ok(b"p".to_vec()));
+        });
+        check("an existing node a create handed out", 1, &mut || {
+            File::create(m.path("again")).unwrap();
+            assert_eq!(lgetxattr(&m.path("again"), "user.pre"), Ok(b"p".to_vec()));
+        });
+        assert!(
+            log_record(&m.log(), "failed").is_none(),
+            "no script failures: {}",
+            m.log()
+        );
+    }
+}

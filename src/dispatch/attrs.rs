@@ -123,7 +123,7 @@ impl Dispatch {
             Some(st) => st,
             None => self.stat(path, None).await?,
         };
-        Ok((self.remember(parent, name, &st), st))
+        Ok((self.remember_made(parent, name, &st), st))
     }
 
     /// The stat table an operation that makes an entry (create, mknod, mkdir, symlink, link)

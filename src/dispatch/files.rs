@@ -110,7 +110,7 @@ impl Dispatch {
             Some(st) => st,
             None => self.stat(&path, Some(fi.clone())).await?,
         };
-        let ino = self.remember(parent, name, &st);
+        let ino = self.remember_made(parent, name, &st);
         let flags = self.fopen_flags(&fi, false);
         let fh = self.register(ino, fi);
         Ok((ino, st, fh, flags))

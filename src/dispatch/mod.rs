@@ -1302,6 +1302,20 @@ impl Dispatch {
             .lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink)
     }
 
+    /// `remember` for a node an operation just made (create, mknod, mkdir, symlink). With
+    /// `fs.no_xattrs_until_set`, a node the table had never seen is marked as having no
+    /// extended attributes (`Inodes::set_bare`); one it knew (a script that returned an
+    /// existing node) is not.
+    fn remember_made(&self, parent: u64, name: &[u8], st: &Stat) -> u64 {
+        let mut inodes = self.inodes.borrow_mut();
+        let first_new = inodes.next_id();
+        let ino = inodes.lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink);
+        if self.ops.no_xattrs_until_set && ino >= first_new {
+            inodes.set_bare(ino);
+        }
+        ino
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, ino: u64, st: &Stat) {
         reply.entry(&self.cfg.entry_ttl, &st.to_attr(ino), Generation(0));
     }
