@@ -30,7 +30,7 @@ struct Node {
     /// Names in this directory whose node was dropped (forgotten by the kernel) and will get
     /// a new id when looked up again (no script ino): see `unnamings`.
     child_drops: u64,
-    /// Made by this mount with no extended attributes, and given none since (see `bare`).
+    /// Made by this mount with no extended attributes, and given none since (`set_bare`).
     bare: bool,
 }
 
@@ -625,6 +625,31 @@ mod tests {
         t.forget(g, 1);
         assert!(!t.contains(g));
         assert_eq!(t.child(ROOT, b"g"), Some(f));
+    }
+
+    #[test]
+    fn a_bare_mark_stays_with_its_node_and_goes_with_it() {
+        let mut t = Inodes::new();
+        let first = t.next_id();
+        let f = t.lookup(ROOT, b"f", 5, REG, 1);
+        assert!(f >= first, "a node never seen gets an id from next_id on");
+        assert!(!t.is_bare(f), "unmarked until marked");
+        t.set_bare(f);
+        t.rename(ROOT, b"f", ROOT, b"g");
+        t.link(f, ROOT, b"h");
+        assert_eq!(t.child(ROOT, b"h"), Some(f));
+        assert!(t.is_bare(f), "renamed and linked, still the same node");
+        t.clear_bare(f);
+        assert!(!t.is_bare(f));
+        t.set_bare(f);
+        t.forget(f, 2);
+        assert!(!t.contains(f), "forgotten");
+        let again = t.lookup(ROOT, b"g", 5, REG, 1);
+        assert_eq!(again, f, "the script ino gets its old id back");
+        assert!(
+            again < t.next_id() && !t.is_bare(again),
+            "not new, and unmarked"
+        );
     }
 
     #[test]
