@@ -977,8 +977,10 @@ function fs.create(path, mode, fi)
 	node.opens = 1
 	link_in(dir, name, node)
 	fi.fh = node
-	-- The kernel's next request on a new file is the getxattr of security.capability before
-	-- its first write, by path: a walk from the root saved.
+	-- Requests that next reach a new file by path (a stat with caching off, ls -l's getxattr
+	-- of security.selinux, a chmod or utimens) find it here without a walk from the root
+	-- (without this: listdir + stat of 2000 new files with caching off 30.9 -> 32.4 ms). Its
+	-- writes and release come with fi; flufs answers its security.capability getxattr.
 	remember_path(path, node)
 	return node
 end
