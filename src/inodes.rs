@@ -204,6 +204,21 @@ impl Inodes {
         id
     }
 
+    /// `lookup` for the node an operation just made, and whether it is one the table had
+    /// never seen (a new id; ids are not reused): a script may hand out a node it had.
+    pub fn lookup_made(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        script_ino: u64,
+        kind: u32,
+        nlink: u32,
+    ) -> (u64, bool) {
+        let first_new = self.next;
+        let id = self.lookup(parent, name, script_ino, kind, nlink);
+        (id, id >= first_new)
+    }
+
     /// The node id that script inode `script_ino` has or will have (for readdir's d_ino, so it
     /// matches st_ino before the entry is looked up).
     pub fn id_for(&mut self, script_ino: u64) -> Option<u64> {
@@ -234,12 +249,6 @@ impl Inodes {
     /// True when no name refers to the node any more (it was unlinked while referenced).
     pub fn is_removed(&self, ino: u64) -> bool {
         self.nodes.get(&ino).is_some_and(|n| n.removed)
-    }
-
-    /// The id the next node made will get: a node resolved since with an id at least this is
-    /// one the table had never seen (ids are not reused).
-    pub fn next_id(&self) -> u64 {
-        self.next
     }
 
     /// Mark node `ino` as having no extended attributes (it was just made through the mount).
@@ -630,9 +639,8 @@ mod tests {
     #[test]
     fn a_bare_mark_stays_with_its_node_and_goes_with_it() {
         let mut t = Inodes::new();
-        let first = t.next_id();
-        let f = t.lookup(ROOT, b"f", 5, REG, 1);
-        assert!(f >= first, "a node never seen gets an id from next_id on");
+        let (f, new) = t.lookup_made(ROOT, b"f", 5, REG, 1);
+        assert!(new, "a node never seen");
         assert!(!t.is_bare(f), "unmarked until marked");
         t.set_bare(f);
         t.rename(ROOT, b"f", ROOT, b"g");
@@ -644,12 +652,9 @@ mod tests {
         t.set_bare(f);
         t.forget(f, 2);
         assert!(!t.contains(f), "forgotten");
-        let again = t.lookup(ROOT, b"g", 5, REG, 1);
+        let (again, new) = t.lookup_made(ROOT, b"g", 5, REG, 1);
         assert_eq!(again, f, "the script ino gets its old id back");
-        assert!(
-            again < t.next_id() && !t.is_bare(again),
-            "not new, and unmarked"
-        );
+        assert!(!new && !t.is_bare(again), "not new, and unmarked");
     }
 
     #[test]

@@ -464,18 +464,8 @@ impl Dispatch {
                 mode,
                 reply,
             } => {
-                let known = self
-                    .inodes
-                    .borrow()
-                    .child(parent, name.as_bytes())
-                    .is_some();
                 let r = Box::pin(self.mkdir(parent, name.as_bytes(), mode)).await;
                 self.follow_made(parent, name.as_bytes(), &r);
-                if let Ok((ino, _)) = &r
-                    && !known
-                {
-                    self.follow(|f| f.made(*ino));
-                }
                 self.entry_result(reply, r);
             }
             Op::Unlink {
@@ -1302,16 +1292,22 @@ impl Dispatch {
             .lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink)
     }
 
-    /// `remember` for a node an operation just made (create, mknod, mkdir, symlink). With
-    /// `fs.no_xattrs_until_set`, a node the table had never seen is marked as having no
-    /// extended attributes (`Inodes::set_bare`); one it knew (a script that returned an
-    /// existing node) is not.
+    /// `remember` for a node an operation just made (create, mknod, mkdir, symlink). A node
+    /// the table had never seen is new: with `fs.no_xattrs_until_set` it is marked as having no
+    /// extended attributes (`Inodes::set_bare`), and a new directory's names are followed from
+    /// here on (`fresh`, with `fs.reuse_listings`). One the table knew (a script that handed
+    /// out an existing node) is neither.
     fn remember_made(&self, parent: u64, name: &[u8], st: &Stat) -> u64 {
+        let kind = st.mode & libc::S_IFMT;
         let mut inodes = self.inodes.borrow_mut();
-        let first_new = inodes.next_id();
-        let ino = inodes.lookup(parent, name, st.ino, st.mode & libc::S_IFMT, st.nlink);
-        if self.ops.no_xattrs_until_set && ino >= first_new {
-            inodes.set_bare(ino);
+        let (ino, new) = inodes.lookup_made(parent, name, st.ino, kind, st.nlink);
+        if new {
+            if self.ops.no_xattrs_until_set {
+                inodes.set_bare(ino);
+            }
+            if kind == libc::S_IFDIR {
+                self.follow(|f| f.made(ino));
+            }
         }
         ino
     }
