@@ -89,7 +89,7 @@ pub struct Ops {
     /// symlink) has no extended attributes until one is set on it through the mount. flufs
     /// answers a getxattr of a `user.`, `security.` or `trusted.` name on such a node ENODATA
     /// itself: the kernel asks every new file for `security.capability` before its first
-    /// write (see `dispatch::misc`).
+    /// write (see `dispatch::misc`). Off when the script has no getxattr.
     pub no_xattrs_until_set: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
@@ -215,6 +215,9 @@ impl Ops {
         if !ops.has(OpName::Readdir) {
             ops.readdirplus = Readdirplus::Never;
         }
+        // With no getxattr every getxattr gets ENOSYS, after which the kernel asks no more:
+        // nothing for flufs to answer in the script's place.
+        ops.no_xattrs_until_set &= ops.has(OpName::Getxattr);
         Ok((ops, warnings))
     }
 

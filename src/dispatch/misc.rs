@@ -78,7 +78,6 @@ impl Dispatch {
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
         if self.ops.no_xattrs_until_set
             && plain_namespace(name)
-            && self.has(OpName::Getxattr)
             && self.inodes.borrow().is_bare(ino)
         {
             return Err(Errno::ENODATA);
