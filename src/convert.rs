@@ -263,25 +263,13 @@ fn open_flag_slots(flags: i32) -> impl Iterator<Item = usize> {
 }
 
 impl Names {
+    /// The names, the raw reads of `fi` and the `fi` template: what the dispatcher needs.
     pub fn new(lua: &Lua) -> mlua::Result<Names> {
-        let open = mode::OPEN_FLAGS
-            .iter()
-            .map(|&(n, _)| n)
-            .chain(OPEN_EXTRA)
-            .collect::<Vec<_>>();
-        let mut all: Vec<String> = mode::TYPES
-            .iter()
-            .chain(mode::PERMS)
-            .map(|&(n, _)| n.to_string())
-            .collect();
-        all.extend(open.iter().map(|n| n.to_string()));
-        all.extend(open.iter().map(|n| format!("O_{}", n.to_ascii_uppercase())));
-        all.extend(FI_FIELDS.iter().map(|n| n.to_string()));
+        let array = Names::array(lua)?;
         let fi_raw = RawTables::new(
             lua,
             &lua.create_sequence_from(FI_FIELDS[1..].iter().copied())?,
         );
-        let array = lua.create_sequence_from(all)?;
         let fi_template = match Cloner::new(lua) {
             Some(c) => {
                 let t = Names::build_in(&array, lua, 5, None, |state, names, fi, _| {
@@ -297,6 +285,34 @@ impl Names {
             fi_raw,
             fi_template,
         })
+    }
+
+    /// The names alone, for `mode_set` (`flu.modeset`): no `fi` is made or read through these,
+    /// so neither its raw reads (and their start-up checks) nor its template are made.
+    pub fn for_mode_sets(lua: &Lua) -> mlua::Result<Names> {
+        Ok(Names {
+            array: Names::array(lua)?,
+            fi_raw: None,
+            fi_template: None,
+        })
+    }
+
+    /// The names, in the order the doc of the `array` field gives.
+    fn array(lua: &Lua) -> mlua::Result<Table> {
+        let open = mode::OPEN_FLAGS
+            .iter()
+            .map(|&(n, _)| n)
+            .chain(OPEN_EXTRA)
+            .collect::<Vec<_>>();
+        let mut all: Vec<String> = mode::TYPES
+            .iter()
+            .chain(mode::PERMS)
+            .map(|&(n, _)| n.to_string())
+            .collect();
+        all.extend(open.iter().map(|n| n.to_string()));
+        all.extend(open.iter().map(|n| format!("O_{}", n.to_ascii_uppercase())));
+        all.extend(FI_FIELDS.iter().map(|n| n.to_string()));
+        lua.create_sequence_from(all)
     }
 
     /// The boolean fields of `fi` after `flags` in `FI_FIELDS` (`direct_io`, `keep_cache`,

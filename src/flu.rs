@@ -332,7 +332,7 @@ pub fn register(lua: &Lua, host: Rc<Host>) -> mlua::Result<Table> {
     flu.raw_set("mode", mode_function(lua)?)?;
 
     flu.raw_set("modeset", {
-        let names = convert::Names::new(lua)?;
+        let names = convert::Names::for_mode_sets(lua)?;
         lua.create_function(move |lua, m: u32| names.mode_set(lua, m))?
     })?;
 
