@@ -2414,29 +2414,12 @@ fn fi_keep_cache_set_by_opendir_keeps_the_listing() {
 
 /// `lgetxattr(path, name)`: the value, or the errno.
 fn lgetxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
-    let (cp, cn) = (cstr(p), CString::new(name).unwrap());
-    let mut buf = vec![0u8; 256];
-    let n =
-        unsafe { libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(last_errno());
-    }
-    buf.truncate(n as usize);
-    Ok(buf)
+    common::getxattr(p, name, 256).map_err(|e| errno(&e))
 }
 
 fn lsetxattr(p: &Path, name: &str, value: &[u8]) {
-    let (cp, cn) = (cstr(p), CString::new(name).unwrap());
-    let rc = unsafe {
-        libc::lsetxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    ok(rc as i64, &format!("lsetxattr {} {name}", p.display()));
+    common::setxattr(p, name, value, 0, false)
+        .unwrap_or_else(|e| panic!("lsetxattr {} {name}: {e}", p.display()));
 }
 
 /// With `fs.no_xattrs_until_set`, a getxattr of a user., security. or trusted. name on a node
@@ -2536,9 +2519,11 @@ fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
         let q = m.path("q");
         File::create(&q).unwrap();
         check("a file an attribute was removed from", 1, &mut || {
-            let (cq, cn) = (cstr(&q), CString::new("user.none").unwrap());
-            let rc = unsafe { libc::removexattr(cq.as_ptr(), cn.as_ptr()) };
-            expect_libc_errno(rc as i64, libc::ENODATA, "removexattr of a missing name");
+            expect_errno(
+                common::removexattr(&q, "user.none"),
+                libc::ENODATA,
+                "removexattr of a missing name",
+            );
             assert_eq!(lgetxattr(&q, "user.none"), Err(libc::ENODATA));
         });
         check("the script's own file", 1, &mut || {

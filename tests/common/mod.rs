@@ -288,6 +288,84 @@ pub fn cpath(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
+/// An extended-attribute call's 0 or -1 as a result.
+fn xattr_result(r: libc::c_int) -> std::io::Result<()> {
+    if r == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// setxattr (`follow`) or lsetxattr of `name` on `p`.
+pub fn setxattr(
+    p: &Path,
+    name: &str,
+    value: &[u8],
+    flags: i32,
+    follow: bool,
+) -> std::io::Result<()> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let f = if follow {
+        libc::setxattr
+    } else {
+        libc::lsetxattr
+    };
+    xattr_result(unsafe {
+        f(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const _,
+            value.len(),
+            flags,
+        )
+    })
+}
+
+/// lgetxattr with a buffer of `size` bytes (0 = size query, returned as a vec of that length).
+pub fn getxattr(p: &Path, name: &str, size: usize) -> std::io::Result<Vec<u8>> {
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; size];
+    let r = unsafe {
+        libc::lgetxattr(
+            cpath(p).as_ptr(),
+            n.as_ptr(),
+            buf.as_mut_ptr() as *mut _,
+            size,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if size == 0 {
+        return Ok(vec![0u8; r as usize]);
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+/// llistxattr: the names, sorted.
+pub fn listxattr(p: &Path) -> std::io::Result<Vec<String>> {
+    let mut buf = vec![0u8; 65536];
+    let r = unsafe { libc::llistxattr(cpath(p).as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut v: Vec<String> = buf[..r as usize]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// lremovexattr.
+pub fn removexattr(p: &Path, name: &str) -> std::io::Result<()> {
+    let n = std::ffi::CString::new(name).unwrap();
+    xattr_result(unsafe { libc::lremovexattr(cpath(p).as_ptr(), n.as_ptr()) })
+}
+
 /// errno of the last failed libc call.
 pub fn last_errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap()

@@ -560,65 +560,8 @@ pub mod sys {
         cvt(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
     }
 
-    pub fn setxattr(
-        p: &Path,
-        name: &str,
-        value: &[u8],
-        flags: i32,
-        follow: bool,
-    ) -> io::Result<()> {
-        let n = CString::new(name).unwrap();
-        let f = if follow {
-            libc::setxattr
-        } else {
-            libc::lsetxattr
-        };
-        cvt(unsafe {
-            f(
-                c(p).as_ptr(),
-                n.as_ptr(),
-                value.as_ptr() as *const _,
-                value.len(),
-                flags,
-            )
-        })
-    }
-
-    /// getxattr with a buffer of `size` bytes (0 = size query, returned as a vec of that length).
-    pub fn getxattr(p: &Path, name: &str, size: usize) -> io::Result<Vec<u8>> {
-        let n = CString::new(name).unwrap();
-        let mut buf = vec![0u8; size];
-        let r =
-            unsafe { libc::lgetxattr(c(p).as_ptr(), n.as_ptr(), buf.as_mut_ptr() as *mut _, size) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if size == 0 {
-            return Ok(vec![0u8; r as usize]);
-        }
-        buf.truncate(r as usize);
-        Ok(buf)
-    }
-
-    pub fn listxattr(p: &Path) -> io::Result<Vec<String>> {
-        let mut buf = vec![0u8; 65536];
-        let r = unsafe { libc::llistxattr(c(p).as_ptr(), buf.as_mut_ptr() as *mut _, buf.len()) };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut v: Vec<String> = buf[..r as usize]
-            .split(|&b| b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| String::from_utf8_lossy(s).into_owned())
-            .collect();
-        v.sort();
-        Ok(v)
-    }
-
-    pub fn removexattr(p: &Path, name: &str) -> io::Result<()> {
-        let n = CString::new(name).unwrap();
-        cvt(unsafe { libc::lremovexattr(c(p).as_ptr(), n.as_ptr()) })
-    }
+    // The extended-attribute calls are shared with tests/ops.rs.
+    pub use crate::common::{getxattr, listxattr, removexattr, setxattr};
 
     /// Every entry of a directory as (name, d_ino, d_type), "." and ".." included.
     pub fn readdir(p: &Path) -> io::Result<Vec<(Vec<u8>, u64, u8)>> {
