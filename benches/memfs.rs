@@ -8,7 +8,10 @@
 //!   flufs does after mounting, the mount's /sys/class/bdi/*/read_ahead_kb raised to 1 MiB;
 //! - attr/entry time-outs of 1 s and no negative caching (flufs defaults), overridable with
 //!   `-o attr_timeout=S,entry_timeout=S,negative_timeout=S`;
-//! - one malloc arena for every thread (flufs's `one_malloc_arena`);
+//! - one malloc arena for every thread (flufs's `one_malloc_arena`), and flufs's global
+//!   allocator (src/prefault.rs: large new blocks faulted in at once). memfs's file data grows
+//!   by `realloc` (one vector per file), which that allocator leaves alone, so its writes
+//!   take their page faults one page at a time as before;
 //! - one fuser session thread, the same mount (as root: mount(2) with nosuid,nodev and
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
 //! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
@@ -23,6 +26,12 @@
 //!
 //! Usage: `memfs [-o opt[,opt...]] MOUNTPOINT` — stays in the foreground; SIGINT, SIGTERM and
 //! SIGHUP unmount (lazily) and exit 0, as does `fusermount3 -u MOUNTPOINT`.
+
+#[path = "../src/prefault.rs"]
+mod prefault;
+
+#[global_allocator]
+static ALLOCATOR: prefault::Prefaulting = prefault::Prefaulting;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};

@@ -23,6 +23,7 @@ mod mode;
 mod mount;
 mod ops;
 mod options;
+mod prefault;
 mod prefetch;
 mod replies;
 mod runtime;
@@ -32,6 +33,10 @@ mod watchdog;
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
+
+/// glibc's malloc, with large new blocks faulted in at once (see `prefault`).
+#[global_allocator]
+static ALLOCATOR: prefault::Prefaulting = prefault::Prefaulting;
 
 fn fail(msg: &str) -> ! {
     eprintln!("flufs: {msg}");
