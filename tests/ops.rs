@@ -2540,3 +2540,87 @@ fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
         );
     }
 }
+
+/// With `fs.reuse_listings`, a lookup of a name missing from a directory made through the
+/// mount is answered ENOENT by flufs without calling the script: a name never made, one
+/// unlinked, one renamed away, in a new directory and in one made inside it. A directory the
+/// script made itself still asks the script, and so does a new directory once an operation in
+/// it failed in the script (flufs no longer knows its names). Without the setting every such
+/// lookup asks the script (a getattr call).
+#[test]
+fn lookups_of_missing_names_in_new_directories_skip_the_script() {
+    if !fuse_available() {
+        return;
+    }
+    for on in [true, false] {
+        let m = Mount::with_args(
+            &fixture("ops_fresh_dirs.lua"),
+            &[],
+            &[if on { "on" } else { "off" }],
+        );
+        let log = || m.log();
+        // The getattr calls of `path` that reached the script so far.
+        let calls = |path: &str| -> u64 {
+            fs::write(m.path("calls"), path)
+                .unwrap_or_else(|e| panic!("write /calls: {e}\n{}", log()));
+            let s = fs::read_to_string(m.path("calls"))
+                .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", log()));
+            s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
+        };
+        let missing = |rel: &str| {
+            assert_eq!(
+                fs::symlink_metadata(m.path(rel))
+                    .map_err(|e| errno(&e))
+                    .err(),
+                Some(libc::ENOENT),
+                "on {on}: {rel}"
+            );
+        };
+        // The getattr calls of `path` so far: `when_on` with the setting, `when_off` without.
+        let expect = |path: &str, when_on: u64, when_off: u64| {
+            let want = if on { when_on } else { when_off };
+            assert_eq!(
+                calls(path),
+                want,
+                "on {on}: getattr calls of {path}\n{}",
+                log()
+            );
+        };
+
+        fs::create_dir(m.path("n")).unwrap();
+        missing("n/a");
+        missing("n/a");
+        expect("/n/a", 0, 2);
+
+        // Each create is preceded by the kernel's lookup of the new name.
+        File::create(m.path("n/b")).unwrap();
+        assert!(fs::symlink_metadata(m.path("n/b")).unwrap().is_file());
+        fs::remove_file(m.path("n/b")).unwrap();
+        missing("n/b");
+        expect("/n/b", 0, 2);
+
+        File::create(m.path("n/c")).unwrap();
+        fs::rename(m.path("n/c"), m.path("n/d")).unwrap();
+        missing("n/c");
+        expect("/n/c", 0, 2);
+        assert!(fs::symlink_metadata(m.path("n/d")).unwrap().is_file());
+
+        fs::create_dir(m.path("n/sub")).unwrap();
+        missing("n/sub/q");
+        expect("/n/sub/q", 0, 1);
+
+        missing("made/x");
+        expect("/made/x", 1, 1);
+
+        // A failed create in /n: its names are the script's to tell again.
+        let failed = File::create(m.path("n/fail1")).map_err(|e| errno(&e));
+        assert_eq!(failed.err(), Some(libc::EIO), "on {on}: create n/fail1");
+        missing("n/e");
+        expect("/n/e", 1, 1);
+        missing("n/a");
+        expect("/n/a", 1, 3);
+        // /n/sub is still followed.
+        missing("n/sub/q");
+        expect("/n/sub/q", 0, 2);
+    }
+}
