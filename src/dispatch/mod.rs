@@ -406,6 +406,12 @@ impl Dispatch {
         &self.ctx
     }
 
+    /// Count a request that may change attributes, at its start and again at its end
+    /// (`changes`): a listing taken while one ran may hold attributes from before or after it.
+    fn count_change(&self) {
+        self.changes.set(self.changes.get() + 1);
+    }
+
     /// Serve one request: the only place replies are sent.
     ///
     /// One future per request, boxed by the engine: it holds `self` and the request itself
@@ -415,7 +421,7 @@ impl Dispatch {
     pub async fn handle(self: Rc<Self>, req: Request) {
         let changes = may_change_attributes(&req.op);
         if changes {
-            self.changes.set(self.changes.get() + 1);
+            self.count_change();
         }
         let ttl = self.cfg.attr_ttl;
         match req.op {
@@ -750,7 +756,7 @@ impl Dispatch {
             }
         }
         if changes {
-            self.changes.set(self.changes.get() + 1);
+            self.count_change();
         }
     }
 
@@ -765,7 +771,7 @@ impl Dispatch {
         data: mlua::Result<mlua::LuaString>,
         reply: crate::replies::ReplyWrite,
     ) {
-        self.changes.set(self.changes.get() + 1);
+        self.count_change();
         let r = match data {
             Ok(data) => self.write(ino, fh, offset, &data).await,
             Err(_) => Err(Errno::ENOMEM),
@@ -774,7 +780,7 @@ impl Dispatch {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
         }
-        self.changes.set(self.changes.get() + 1);
+        self.count_change();
     }
 
     /// A WRITE's data as a Lua string: the one copy of it flufs makes.
