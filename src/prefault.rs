@@ -1,21 +1,25 @@
-//! The process's global allocator: the system allocator (glibc's malloc), with the pages of a
-//! large new block faulted in at once, by one `madvise(MADV_POPULATE_WRITE)`, before it is
-//! returned.
+//! The process's global allocator (flufs's, and memfs's in `benches/`): the system allocator
+//! (glibc's malloc), with the pages of a large new block faulted in at once, by one
+//! `madvise(MADV_POPULATE_WRITE)`, before it is returned.
 //!
-//! Why: a large block is written whole as soon as it is made. The big ones here are Lua
-//! strings (a WRITE's data, copied into the string the script gets) and the arrays of large Lua
-//! tables, which Lua fills when it makes them. glibc gives a block of 128 KiB or more fresh
-//! pages from mmap(2) (smaller ones often come from the heap's new top, fresh too), and the
-//! copy then takes one page fault per 4 KiB page (a 1 MiB write: 256 faults, each a trap into
-//! the kernel and back). One madvise faults them all in one call. On the development machine, 256 MiB copied into fresh 1 MiB blocks (a C loop) took
-//! 108 -> 76 ms, and in `scripts/bench` sequential 1 MiB writes into luafs went from ~1150 to
-//! ~1360 MiB/s, their daemon CPU 146 -> 110 ms per 256 MiB; nothing else moved.
+//! Why: flufs's large blocks are written whole as soon as they are made. They are Lua strings
+//! (a WRITE's data, copied into the string the script gets), the arrays of large Lua tables
+//! (which Lua fills when it makes them) and buffers sized to what they will hold (a listing's).
+//! glibc gives a block of 128 KiB or more fresh pages from mmap(2) (smaller ones often come from
+//! the heap's new top, fresh too), and the copy then takes one page fault per 4 KiB page (a
+//! 1 MiB write: 256 faults, each a trap into the kernel and back). One madvise faults them all
+//! in one call. On the development machine, 256 MiB copied into fresh 1 MiB blocks (a C loop)
+//! took 108 -> 76 ms, and in `scripts/bench` sequential 1 MiB writes into luafs went from ~1150
+//! to ~1360 MiB/s, their daemon CPU 146 -> 110 ms per 256 MiB; nothing else moved.
 //!
-//! Only `alloc` does it: `alloc_zeroed` (a zeroed buffer, such as fuser's request buffer,
-//! whose fresh pages are zero already and may never all be touched) and `realloc` (a growing
-//! vector, whose new capacity may stay unused) are passed through, so no page is faulted in
-//! that would not have been. Errors are ignored: on a kernel without the advice (before 5.14)
-//! or without memory to spare, the pages are faulted in on first touch as before.
+//! Only `alloc` does it: `alloc_zeroed` (a zeroed buffer, such as fuser's request buffer, whose
+//! fresh pages are zero already and may never all be touched) and `realloc` (a growing vector,
+//! whose new capacity may stay unused) are passed through. A block allocated larger than it is
+//! then filled has its unused pages made resident early (memory, not correctness); the large
+//! blocks of flufs's requests are filled.
+//! Errors are ignored: on a kernel without the advice (before 5.14), with pages larger than
+//! 4 KiB (the range is then not page-aligned and refused) or without memory to spare, the pages
+//! are faulted in on first touch as before.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
