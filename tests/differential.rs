@@ -253,22 +253,9 @@ fn apply(root: &Path, op: &Op) -> Outcome {
         }
         Op::Rmdir { path } => fs::remove_dir(p(path)).map(|_| String::new()).map_err(err),
         Op::Unlink { path } => fs::remove_file(p(path)).map(|_| String::new()).map_err(err),
-        Op::Rename { from, to, flags } => {
-            let rc = unsafe {
-                libc::renameat2(
-                    libc::AT_FDCWD,
-                    cpath(&p(from)).as_ptr(),
-                    libc::AT_FDCWD,
-                    cpath(&p(to)).as_ptr(),
-                    *flags,
-                )
-            };
-            if rc != 0 {
-                Err(last_errno())
-            } else {
-                Ok(String::new())
-            }
-        }
+        Op::Rename { from, to, flags } => common::rename2(&p(from), &p(to), *flags)
+            .map(|_| String::new())
+            .map_err(err),
         Op::Link { from, to } => fs::hard_link(p(from), p(to))
             .map(|_| String::new())
             .map_err(err),

@@ -28,19 +28,9 @@ fn cstr(p: &Path) -> CString {
     CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-/// renameat2(2) of `a` to `b` in mount `m`: 0, or -1 with errno set.
-fn rename2(m: &Mount, a: &str, b: &str, flags: u32) -> i32 {
-    let (a, b) = (cstr(&m.path(a)), cstr(&m.path(b)));
-    // SAFETY: both paths are NUL-terminated strings that live across the call.
-    unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            flags,
-        )
-    }
+/// renameat2(2) of `a` to `b` in mount `m`, failing with its errno.
+fn rename2(m: &Mount, a: &str, b: &str, flags: u32) -> Result<(), i32> {
+    common::rename2(&m.path(a), &m.path(b), flags).map_err(|e| errno(&e))
 }
 
 /// errno of a failing libc call result (-1) or panic with `what`.
@@ -570,18 +560,20 @@ fn rename_noreplace_and_exchange_flags() {
     fs::write(m.path("x"), b"X").unwrap();
     fs::write(m.path("y"), b"Y").unwrap();
     let r = |a: &str, b: &str, flags: u32| rename2(&m, a, b, flags);
-    assert_eq!(r("x", "y", libc::RENAME_NOREPLACE), -1);
-    assert_eq!(last_errno(), libc::EEXIST, "RENAME_NOREPLACE onto existing");
+    assert_eq!(
+        r("x", "y", libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST),
+        "RENAME_NOREPLACE onto existing"
+    );
     assert_eq!(fs::read(m.path("y")).unwrap(), b"Y");
     assert_eq!(
         r("x", "y", libc::RENAME_EXCHANGE),
-        0,
-        "RENAME_EXCHANGE: errno {}",
-        last_errno()
+        Ok(()),
+        "RENAME_EXCHANGE"
     );
     assert_eq!(fs::read(m.path("x")).unwrap(), b"Y");
     assert_eq!(fs::read(m.path("y")).unwrap(), b"X");
-    assert_eq!(r("x", "z", libc::RENAME_NOREPLACE), 0);
+    assert_eq!(r("x", "z", libc::RENAME_NOREPLACE), Ok(()));
     assert!(!m.path("x").exists());
     assert_eq!(fs::read(m.path("z")).unwrap(), b"Y");
 }
@@ -633,16 +625,13 @@ fn names_made_moved_linked_and_removed_in_new_directories_are_found_as_they_are(
     missing("a/x");
     assert!(exists("b/h"));
     // An exchange keeps both names; a refused rename changes nothing.
-    assert_eq!(
-        rename2(&m, "a/z", "b/h", libc::RENAME_EXCHANGE),
-        0,
-        "{}",
-        last_errno()
-    );
+    assert_eq!(rename2(&m, "a/z", "b/h", libc::RENAME_EXCHANGE), Ok(()));
     assert_eq!(fs::read(m.path("a/z")).unwrap(), b"x");
     assert_eq!(fs::read(m.path("b/h")).unwrap(), b"y");
-    assert_eq!(rename2(&m, "a/z", "b/h", libc::RENAME_NOREPLACE), -1);
-    assert_eq!(last_errno(), libc::EEXIST);
+    assert_eq!(
+        rename2(&m, "a/z", "b/h", libc::RENAME_NOREPLACE),
+        Err(libc::EEXIST)
+    );
     assert!(exists("a/z") && exists("b/h"));
     // A directory removed and made again under the same name is empty.
     fs::remove_file(m.path("b/sub2/f")).unwrap();

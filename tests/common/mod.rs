@@ -288,13 +288,27 @@ pub fn cpath(p: &Path) -> std::ffi::CString {
     std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap()
 }
 
-/// An extended-attribute call's 0 or -1 as a result.
-fn xattr_result(r: libc::c_int) -> std::io::Result<()> {
+/// A libc call's 0 or -1 (errno set) as a result.
+pub fn cvt(r: libc::c_int) -> std::io::Result<()> {
     if r == -1 {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(())
     }
+}
+
+/// renameat2(2) of `a` to `b` with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+pub fn rename2(a: &Path, b: &Path, flags: u32) -> std::io::Result<()> {
+    // SAFETY: both paths are NUL-terminated strings that live across the call.
+    cvt(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cpath(a).as_ptr(),
+            libc::AT_FDCWD,
+            cpath(b).as_ptr(),
+            flags,
+        )
+    })
 }
 
 /// setxattr (`follow`) or lsetxattr of `name` on `p`.
@@ -311,7 +325,7 @@ pub fn setxattr(
     } else {
         libc::lsetxattr
     };
-    xattr_result(unsafe {
+    cvt(unsafe {
         f(
             cpath(p).as_ptr(),
             n.as_ptr(),
@@ -363,7 +377,7 @@ pub fn listxattr(p: &Path) -> std::io::Result<Vec<String>> {
 /// lremovexattr.
 pub fn removexattr(p: &Path, name: &str) -> std::io::Result<()> {
     let n = std::ffi::CString::new(name).unwrap();
-    xattr_result(unsafe { libc::lremovexattr(cpath(p).as_ptr(), n.as_ptr()) })
+    cvt(unsafe { libc::lremovexattr(cpath(p).as_ptr(), n.as_ptr()) })
 }
 
 /// errno of the last failed libc call.

@@ -414,14 +414,6 @@ pub mod sys {
         CString::new(b).unwrap()
     }
 
-    pub fn cvt(r: libc::c_int) -> io::Result<()> {
-        if r == -1 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
     pub fn open(p: &Path, flags: i32, mode: u32) -> io::Result<File> {
         let fd = unsafe { libc::open(c(p).as_ptr(), flags | libc::O_CLOEXEC, mode) };
         if fd < 0 {
@@ -477,18 +469,6 @@ pub mod sys {
 
     pub fn ftruncate(f: &File, len: i64) -> io::Result<()> {
         cvt(unsafe { libc::ftruncate(f.as_raw_fd(), len) })
-    }
-
-    pub fn rename2(a: &Path, b: &Path, flags: u32) -> io::Result<()> {
-        cvt(unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                c(a).as_ptr(),
-                libc::AT_FDCWD,
-                c(b).as_ptr(),
-                flags,
-            )
-        })
     }
 
     pub fn rename(a: &Path, b: &Path) -> io::Result<()> {
@@ -560,8 +540,8 @@ pub mod sys {
         cvt(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
     }
 
-    // The extended-attribute calls are shared with tests/ops.rs.
-    pub use crate::common::{getxattr, listxattr, removexattr, setxattr};
+    // cvt, rename2 and the extended-attribute calls are shared with the other suites.
+    pub use crate::common::{cvt, getxattr, listxattr, removexattr, rename2, setxattr};
 
     /// Every entry of a directory as (name, d_ino, d_type), "." and ".." included.
     pub fn readdir(p: &Path) -> io::Result<Vec<(Vec<u8>, u64, u8)>> {
