@@ -2410,7 +2410,23 @@ fn fi_keep_cache_set_by_opendir_keeps_the_listing() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fs.no_xattrs_until_set
+// fs.no_xattrs_until_set, fs.reuse_listings' lookups: fixtures that count the calls they get
+
+/// `fixture` mounted with its setting on or off (its first script argument).
+fn mount_with_setting(fixture_name: &str, on: bool) -> Mount {
+    Mount::with_args(
+        &fixture(fixture_name),
+        &[],
+        &[if on { "on" } else { "off" }],
+    )
+}
+
+/// The count the fixture's /calls file holds (8 digits).
+fn read_calls(m: &Mount) -> u64 {
+    let s = fs::read_to_string(m.path("calls"))
+        .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", m.log()));
+    s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
+}
 
 /// `lgetxattr(path, name)`: the value, or the errno.
 fn lgetxattr(p: &Path, name: &str) -> Result<Vec<u8>, i32> {
@@ -2434,16 +2450,8 @@ fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
         return;
     }
     for on in [true, false] {
-        let m = Mount::with_args(
-            &fixture("ops_bare_xattrs.lua"),
-            &[],
-            &[if on { "on" } else { "off" }],
-        );
-        let calls = || -> u64 {
-            let s = fs::read_to_string(m.path("calls"))
-                .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", m.log()));
-            s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
-        };
+        let m = mount_with_setting("ops_bare_xattrs.lua", on);
+        let calls = || read_calls(&m);
         // Whether `f` reached the script's getxattr `n` times when on, and at least once off.
         let check = |what: &str, n: u64, f: &mut dyn FnMut()| {
             let before = calls();
@@ -2553,19 +2561,13 @@ fn lookups_of_missing_names_in_new_directories_skip_the_script() {
         return;
     }
     for on in [true, false] {
-        let m = Mount::with_args(
-            &fixture("ops_fresh_dirs.lua"),
-            &[],
-            &[if on { "on" } else { "off" }],
-        );
+        let m = mount_with_setting("ops_fresh_dirs.lua", on);
         let log = || m.log();
         // The getattr calls of `path` that reached the script so far.
         let calls = |path: &str| -> u64 {
             fs::write(m.path("calls"), path)
                 .unwrap_or_else(|e| panic!("write /calls: {e}\n{}", log()));
-            let s = fs::read_to_string(m.path("calls"))
-                .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", log()));
-            s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
+            read_calls(&m)
         };
         let missing = |rel: &str| {
             assert_eq!(
