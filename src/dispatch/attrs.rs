@@ -87,11 +87,7 @@ impl Dispatch {
         name: &[u8],
     ) -> Result<Option<(u64, Stat)>, Fail> {
         // A name missing from a directory whose every name flufs saw made (`fresh`).
-        if name.len() <= super::NAME_MAX
-            && name != b"."
-            && name != b".."
-            && self.fresh.borrow().lacks(parent, name)
-        {
+        if self.fresh.borrow().lacks(parent, name) {
             return if self.cfg.negative_ttl.is_zero() {
                 Err(Errno::ENOENT)
             } else {

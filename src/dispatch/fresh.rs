@@ -99,9 +99,10 @@ impl FreshDirs {
         }
     }
 
-    /// Whether `name` is known to be missing from `dir`.
+    /// Whether `name` is known to be missing from `dir`. "." and "..", and a name too long to
+    /// be an entry's (the script answers it ENAMETOOLONG), never are.
     pub fn lacks(&self, dir: u64, name: &[u8]) -> bool {
-        if self.dirs.is_empty() {
+        if self.dirs.is_empty() || name.len() > super::NAME_MAX || name == b"." || name == b".." {
             return false;
         }
         match self.dirs.get(&dir) {
@@ -126,6 +127,9 @@ mod tests {
         assert!(f.lacks(7, b"b"));
         f.removed(7, b"a");
         assert!(f.lacks(7, b"a"));
+        for name in [&b"."[..], b"..", &[b'n'; 256]] {
+            assert!(!f.lacks(7, name), "never made, yet not missing");
+        }
         f.added(8, b"x");
         assert!(
             !f.lacks(8, b"y"),
