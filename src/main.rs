@@ -1,6 +1,7 @@
 //! flufs: mount a FUSE filesystem written in Lua.
 //!
-//! One malloc arena for the process (`one_malloc_arena`), then `cli` (options) → `daemon`
+//! One malloc arena for the process (`one_malloc_arena`) and the global allocator that faults
+//! large new blocks in at once (`prefault`), then `cli` (options) → `daemon`
 //! (detaching) → `script` (the Lua state, `flu.main`) → `mount` (session, signals) → `kernel`
 //! (fuser requests into a queue) → `dispatch` (the one Lua owner) using `inodes` (inode ↔
 //! path), `convert`/`mode`/`errno` (values) and `ops` (operation names).
