@@ -2,7 +2,8 @@
 mod common;
 
 use common::{
-    Mount, drop_kernel_caches, drop_kernel_caches_for, errno, root_for, sh, shipped, sorted_names,
+    Mount, cpath as cstr, drop_kernel_caches, drop_kernel_caches_for, errno, last_errno, root_for,
+    sh, shipped, sorted_names,
 };
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
@@ -24,18 +25,9 @@ fn luafs_uncached() -> Mount {
     )
 }
 
-fn cstr(p: &Path) -> CString {
-    CString::new(p.as_os_str().as_bytes()).unwrap()
-}
-
 /// renameat2(2) of `a` to `b` in mount `m`, failing with its errno.
 fn rename2(m: &Mount, a: &str, b: &str, flags: u32) -> Result<(), i32> {
     common::rename2(&m.path(a), &m.path(b), flags).map_err(|e| errno(&e))
-}
-
-/// errno of a failing libc call result (-1) or panic with `what`.
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
 }
 
 fn expect_errno<T: std::fmt::Debug>(r: std::io::Result<T>, want: i32, what: &str) {
