@@ -491,7 +491,12 @@ impl Dispatch {
                 name,
                 reply,
             } => {
-                let child = self.inodes.borrow().child(parent, name.as_bytes());
+                // The directory's own node, to stop following it once removed.
+                let child = self
+                    .ops
+                    .reuse_listings
+                    .then(|| self.inodes.borrow().child(parent, name.as_bytes()))
+                    .flatten();
                 let r = Box::pin(self.remove(OpName::Rmdir, parent, name.as_bytes())).await;
                 self.follow(|f| match &r {
                     Ok(()) => {
