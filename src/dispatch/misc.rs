@@ -29,6 +29,14 @@ fn plain_namespace(name: &[u8]) -> bool {
 }
 
 impl Dispatch {
+    /// A setxattr or removexattr reached node `ino`: whatever the script makes of it, the node
+    /// may have extended attributes from now on (`fs.no_xattrs_until_set`'s mark goes).
+    fn may_have_xattrs(&self, ino: u64) {
+        if self.ops.no_xattrs_until_set {
+            self.inodes.borrow_mut().clear_bare(ino);
+        }
+    }
+
     /// statfs; without it, libfuse's defaults.
     pub(super) async fn statfs(&self, ino: u64) -> Result<Statfs, Fail> {
         if !self.has(OpName::Statfs) {
@@ -56,8 +64,7 @@ impl Dispatch {
         value: &[u8],
         flags: i32,
     ) -> Result<(), Fail> {
-        // Whatever the script makes of it, the node may have extended attributes from now on.
-        self.inodes.borrow_mut().clear_bare(ino);
+        self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
         let set = self.table()?;
@@ -129,7 +136,7 @@ impl Dispatch {
     }
 
     pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
-        self.inodes.borrow_mut().clear_bare(ino);
+        self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
         self.call_unit(OpName::Removexattr, (lpath, Bytes(name)))
