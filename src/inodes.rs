@@ -30,8 +30,14 @@ struct Node {
     /// Names in this directory whose node was dropped (forgotten by the kernel) and will get
     /// a new id when looked up again (no script ino): see `unnamings`.
     child_drops: u64,
-    /// Made by this mount with no extended attributes, and given none since (`set_bare`).
-    bare: bool,
+}
+
+/// Where node id `ino`'s mark is in `Inodes::bare`: the word and the bit in it.
+fn bare_bit(ino: u64) -> (usize, u64) {
+    (
+        usize::try_from(ino / 64).unwrap_or(usize::MAX),
+        1 << (ino % 64),
+    )
 }
 
 /// The path of `name` inside the directory at path `dir`.
@@ -67,6 +73,11 @@ pub struct Inodes {
     /// out of date. Forgetting nodes elsewhere (thousands at a time after `drop_caches`)
     /// leaves a directory's count alone.
     unnamings: u64,
+    /// One bit per node id: made by this mount with no extended attributes, and given none
+    /// since (`set_bare`). Kept by id, not in `Node`, so that the mark outlives the kernel's
+    /// forgetting the node: a node with a script ino gets its id back when it is looked up
+    /// again (after `drop_caches`, or a listing of thousands of names), and the mark with it.
+    bare: Vec<u64>,
 }
 
 impl Default for Inodes {
@@ -90,7 +101,6 @@ impl Inodes {
                 kind: libc::S_IFDIR,
                 removed: false,
                 child_drops: 0,
-                bare: false,
             },
         );
         Inodes {
@@ -100,6 +110,7 @@ impl Inodes {
             next: ROOT + 1,
             moves: 0,
             unnamings: 0,
+            bare: Vec::new(),
         }
     }
 
@@ -252,22 +263,30 @@ impl Inodes {
     }
 
     /// Mark node `ino` as having no extended attributes (it was just made through the mount).
-    /// The mark goes with the node when the kernel forgets it.
+    /// The mark stays with the id: when the kernel forgets the node and looks its script ino
+    /// up again, the node gets the same id back and is still marked (see `bare`).
     pub fn set_bare(&mut self, ino: u64) {
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.bare = true;
+        if !self.nodes.contains_key(&ino) {
+            return;
         }
+        let (word, bit) = bare_bit(ino);
+        if self.bare.len() <= word {
+            self.bare.resize(word + 1, 0);
+        }
+        self.bare[word] |= bit;
     }
 
     /// Whether node `ino` is marked as having no extended attributes.
     pub fn is_bare(&self, ino: u64) -> bool {
-        self.nodes.get(&ino).is_some_and(|n| n.bare)
+        let (word, bit) = bare_bit(ino);
+        self.bare.get(word).is_some_and(|w| w & bit != 0) && self.nodes.contains_key(&ino)
     }
 
     /// Node `ino` may have extended attributes from now on (one is being set).
     pub fn clear_bare(&mut self, ino: u64) {
-        if let Some(n) = self.nodes.get_mut(&ino) {
-            n.bare = false;
+        let (word, bit) = bare_bit(ino);
+        if let Some(w) = self.bare.get_mut(word) {
+            *w &= !bit;
         }
     }
 
@@ -345,7 +364,6 @@ impl Inodes {
                 kind,
                 removed: false,
                 child_drops: 0,
-                bare: false,
             },
         );
         self.children
@@ -429,6 +447,10 @@ impl Inodes {
         let Some(n) = self.nodes.remove(&ino) else {
             return;
         };
+        if n.removed {
+            // Gone for good: a script may give its ino to a node made later by other means.
+            self.clear_bare(ino);
+        }
         if n.kind == libc::S_IFDIR {
             self.unnamings += 1;
         }
@@ -637,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bare_mark_stays_with_its_node_and_goes_with_it() {
+    fn a_bare_mark_stays_with_its_node_until_it_is_unlinked_and_dropped() {
         let mut t = Inodes::new();
         let (f, new) = t.lookup_made(ROOT, b"f", 5, REG, 1);
         assert!(new, "a node never seen");
@@ -652,9 +674,27 @@ mod tests {
         t.set_bare(f);
         t.forget(f, 2);
         assert!(!t.contains(f), "forgotten");
+        assert!(!t.is_bare(f), "no node, no mark to find");
         let (again, new) = t.lookup_made(ROOT, b"g", 5, REG, 1);
         assert_eq!(again, f, "the script ino gets its old id back");
-        assert!(!new && !t.is_bare(again), "not new, and unmarked");
+        assert!(!new && t.is_bare(again), "not new, and still marked");
+        // Unlinked under both names, then forgotten: the mark goes with the node, so a node
+        // the script gives that ino later is not taken for one without attributes.
+        t.unlink(ROOT, b"g");
+        t.unlink(ROOT, b"h");
+        t.forget(f, 1);
+        assert!(!t.contains(f));
+        let other = t.lookup(ROOT, b"x", 5, REG, 1);
+        assert_eq!(other, f, "the ino's old id again");
+        assert!(!t.is_bare(other), "but no longer marked");
+        // A node without a script ino gets a new id after a forget: never marked.
+        let (n, new) = t.lookup_made(ROOT, b"n", 0, REG, 1);
+        assert!(new);
+        t.set_bare(n);
+        t.forget(n, 1);
+        let n2 = t.lookup(ROOT, b"n", 0, REG, 1);
+        assert_ne!(n2, n);
+        assert!(!t.is_bare(n2));
     }
 
     #[test]

@@ -89,7 +89,8 @@ pub struct Ops {
     /// symlink) has no extended attributes until one is set on it through the mount. flufs
     /// answers a getxattr of a `user.`, `security.` or `trusted.` name on such a node ENODATA
     /// itself: the kernel asks every new file for `security.capability` before its first
-    /// write (see `dispatch::misc`). Off when the script has no getxattr.
+    /// write, and `ls -l` every file for `security.selinux` (see `dispatch::misc`). Off when
+    /// the script has no getxattr.
     pub no_xattrs_until_set: bool,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,

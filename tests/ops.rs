@@ -2423,9 +2423,14 @@ fn mount_with_setting(fixture_name: &str, on: bool) -> Mount {
 
 /// The count the fixture's /calls file holds (8 digits).
 fn read_calls(m: &Mount) -> u64 {
-    let s = fs::read_to_string(m.path("calls"))
-        .unwrap_or_else(|e| panic!("read /calls: {e}\n{}", m.log()));
-    s.parse().unwrap_or_else(|_| panic!("/calls holds {s:?}"))
+    read_count(m, "calls")
+}
+
+/// The count the fixture's file `name` holds (8 digits).
+fn read_count(m: &Mount, name: &str) -> u64 {
+    let s = fs::read_to_string(m.path(name))
+        .unwrap_or_else(|e| panic!("read /{name}: {e}\n{}", m.log()));
+    s.parse().unwrap_or_else(|_| panic!("/{name} holds {s:?}"))
 }
 
 /// `lgetxattr(path, name)`: the value, or the errno.
@@ -2534,6 +2539,27 @@ fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
             );
             assert_eq!(lgetxattr(&q, "user.none"), Err(libc::ENODATA));
         });
+        // The kernel forgets the nodes and looks them up again: the marks are kept (a node
+        // with a script ino gets its id back), also for `ls -l`'s security.selinux.
+        if common::drop_kernel_caches_for("xattr marks after the kernel forgot the nodes") {
+            let looked = read_count(&m, "lookups");
+            check("new nodes looked up again", 0, &mut || {
+                for p in ["d", "d/p", "d/s"] {
+                    assert_eq!(
+                        lgetxattr(&m.path(p), "security.selinux"),
+                        Err(libc::ENODATA),
+                        "{p}"
+                    );
+                }
+            });
+            assert!(
+                read_count(&m, "lookups") >= looked + 3,
+                "the kernel forgot d, d/p and d/s and looked them up again"
+            );
+            check("a file given an attribute, looked up again", 1, &mut || {
+                assert_eq!(lgetxattr(&f, "user.a"), Ok(b"1".to_vec()));
+            });
+        }
         check("the script's own file", 1, &mut || {
             assert_eq!(lgetxattr(&m.path("pre"), "user.pre"), Ok(b"p".to_vec()));
         });

@@ -81,7 +81,9 @@ impl Dispatch {
     /// getxattr. On a node made through the mount and given no extended attribute since, a
     /// plain name is answered ENODATA without the script when it promised such nodes have
     /// none (`fs.no_xattrs_until_set`): the kernel asks every new file for
-    /// `security.capability` before its first write (1000 created files: 28.2 -> 27.3 ms).
+    /// `security.capability` before its first write (1000 created files: 28.2 -> 27.3 ms), and
+    /// `ls -l` asks every file for `security.selinux`, also after the kernel forgot the nodes
+    /// (the mark is kept by node id: 2000 files after `drop_caches`, 20.2 -> 17.6 ms).
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
         if self.ops.no_xattrs_until_set
             && plain_namespace(name)
