@@ -29,6 +29,7 @@ mod prefetch;
 mod replies;
 mod runtime;
 mod script;
+mod trim;
 mod watchdog;
 
 use std::cell::RefCell;

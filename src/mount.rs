@@ -382,6 +382,7 @@ pub fn serve(
     }
     raise_readahead(&mnt, features.max_readahead);
     ready();
+    crate::trim::start();
 
     let session_engine = engine.clone();
     let session_thread = thread::Builder::new()
