@@ -2319,9 +2319,10 @@ fn faulty_script_errors_every_request_but_daemon_survives() {
 
 /// read may return (data, offset, length): the reader gets that range of the data; a range
 /// outside it is EIO for that read only; an offset that is not an integer leaves Flu's plain
-/// string.
+/// string. read may also return an array of strings: the reader gets them one after another,
+/// cut to the size asked for; an element that is not a string is EIO, logged with its index.
 #[test]
-fn read_may_return_a_range_of_a_string() {
+fn read_may_return_a_range_of_a_string_or_pieces() {
     if !fuse_available() {
         return;
     }
@@ -2345,6 +2346,38 @@ fn read_may_return_a_range_of_a_string() {
     assert!(
         m.log().contains("outside a string of 26"),
         "the bad range is logged: {}",
+        m.log()
+    );
+    // An array of strings: its pieces one after another, no more than was asked for (the
+    // fixture adds ten digits past the end of its letters, which direct_io lets through).
+    let f = fs::File::open(m.path("pieces")).unwrap();
+    let all = "abcdefghijklmnopqrstuvwxyz0123456789";
+    for (at, len) in [
+        (0usize, 26usize),
+        (0, 64),
+        (4, 5),
+        (10, 1),
+        (25, 8),
+        (7, 19),
+    ] {
+        let n = f.read_at(&mut buf[..len], at as u64).unwrap();
+        let end = (at + len).min(all.len());
+        assert_eq!(
+            std::str::from_utf8(&buf[..n]).unwrap(),
+            &all[at..end],
+            "pieces from {at}, {len} asked"
+        );
+    }
+    assert_eq!(
+        f.read_at(&mut buf, 26).unwrap(),
+        0,
+        "an empty array at the end"
+    );
+    let err = fs::read(m.path("badpiece")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        m.log().contains("piece 2 of the array is 5, not a string"),
+        "the bad piece is logged: {}",
         m.log()
     );
 }

@@ -117,7 +117,9 @@ impl Dispatch {
     }
 
     /// read: the script returns the data, or (beyond Flu) the data, an offset in it (from 0)
-    /// and a length, so that a slice of a string it keeps goes out without being copied into
+    /// and a length, or an array of strings sent one after another (pieces it keeps, which it
+    /// need not join into a new string first), so that a slice of a string it keeps goes out
+    /// without being copied into
     /// a new string first. The reply is sent straight from the string where the call left it
     /// (`read_peek`); other shapes are taken as values and checked.
     pub(super) async fn read(
@@ -169,6 +171,23 @@ impl Dispatch {
         };
         out.truncate(1);
         let path = path.as_bytes();
+        if let Some(Value::Table(t)) = out.front() {
+            // An array of pieces that `read_peek` did not take: say which piece is wrong.
+            let mut joined = Vec::new();
+            for (i, v) in t.sequence_values::<Value>().enumerate() {
+                match v {
+                    Ok(Value::String(piece)) => joined.extend_from_slice(&piece.as_bytes()),
+                    other => {
+                        let got = super::type_or_value(&other.ok());
+                        let msg = format!("piece {} of the array is {got}, not a string", i + 1);
+                        return Err(self.bad_value(OpName::Read, &path, msg));
+                    }
+                }
+            }
+            let n = joined.len();
+            let joined = self.lua.create_string(&joined).map_err(|_| Errno::ENOMEM)?;
+            return Ok(Some((joined, 0..n)));
+        }
         let s = self.want_string(OpName::Read, &path, out)?;
         let n = s.as_bytes().len();
         let range = match range {
@@ -393,6 +412,13 @@ unsafe fn read_peek(
 ) -> bool {
     use mlua::ffi;
     unsafe {
+        if nres == 2
+            && ffi::lua_type(co, 1) == ffi::LUA_TBOOLEAN
+            && ffi::lua_toboolean(co, 1) != 0
+            && ffi::lua_type(co, 2) == ffi::LUA_TTABLE
+        {
+            return read_pieces_peek(co, size, slot);
+        }
         if !(nres == 2 || nres == 4)
             || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
             || ffi::lua_toboolean(co, 1) == 0
@@ -428,6 +454,56 @@ unsafe fn read_peek(
         reply.data(&b[..b.len().min(size as usize)]);
         true
     }
+}
+
+thread_local! {
+    /// Where a read's pieces are gathered into one reply (kept between reads: no allocation
+    /// once it has grown to the reads' size).
+    static PIECES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `read_peek` for an array of strings at index 2 of `co`'s stack: their bytes, one after
+/// another and at most `size` of them, gathered into one reply with one copy each. False (the
+/// reply left in `slot`) when an element is not a string, for the caller to report.
+///
+/// # Safety
+/// As `read_peek`'s.
+unsafe fn read_pieces_peek(
+    co: *mut mlua::ffi::lua_State,
+    size: u32,
+    slot: &std::cell::Cell<Option<crate::replies::ReplyData>>,
+) -> bool {
+    use mlua::ffi;
+    let size = size as usize;
+    PIECES.with_borrow_mut(|buf| {
+        buf.clear();
+        // SAFETY: index 2 holds a table; lua_rawgeti runs no Lua code (no metamethods), and
+        // each element pushed is popped again before the next; a string's bytes stay valid
+        // while it is on the stack.
+        unsafe {
+            if ffi::lua_checkstack(co, 1) == 0 {
+                return false;
+            }
+            let n = ffi::lua_rawlen(co, 2);
+            for i in 1..=n {
+                ffi::lua_rawgeti(co, 2, i as ffi::lua_Integer);
+                if ffi::lua_type(co, -1) != ffi::LUA_TSTRING {
+                    ffi::lua_settop(co, -2);
+                    return false;
+                }
+                let mut len = 0usize;
+                let p = ffi::lua_tolstring(co, -1, &mut len) as *const u8;
+                let take = len.min(size - buf.len());
+                buf.extend_from_slice(std::slice::from_raw_parts(p, take));
+                ffi::lua_settop(co, -2);
+            }
+        }
+        let Some(reply) = slot.take() else {
+            return false;
+        };
+        reply.data(buf);
+        true
+    })
 }
 
 /// The count a write returned, read where the call left it on coroutine `co`'s stack: an
