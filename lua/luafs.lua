@@ -161,16 +161,34 @@ do
 end
 
 -- Drop an inode that has no links left once nobody has it open.
+-- File data dropped (a file removed, or cut short): Lua paces its collector by what is
+-- allocated, not by what dies, so without a nudge the memory stayed taken until as much again
+-- was allocated (rm -rf of 300 MB of files: RSS 331 MB three seconds later). The collector is
+-- told of what was dropped as if it had been allocated, once that is a quarter of the heap
+-- (and at least 16 MiB): a collection each time that much is freed.
+local DROP_MIN = 16 * 1024 * 1024
+local dropped = 0
+
+local function drop_blocks(blocks)
+	used = used - blocks
+	dropped = dropped + blocks * 512
+	if dropped >= DROP_MIN and dropped >= collectgarbage("count") * 256 then
+		collectgarbage("step", dropped // 1024)
+		dropped = 0
+	end
+end
+
 local function maybe_free(node)
 	if node.nlink <= 0 and node.opens <= 0 and not node.freed then
 		node.freed = true
 		ninodes = ninodes - 1
 		if node.data then
-			used = used - fblocks(node)
+			local blocks = fblocks(node)
 			node.data = {}
 			node.nalloc = 0
 			node.size = 0
 			node.blocks = 0
+			drop_blocks(blocks) -- last: the collector may run, and must find the data dead
 		end
 	end
 end
@@ -363,7 +381,8 @@ end
 --                               more than CS bytes stores its full chunks this way, so
 --                               the data is not copied, and a read of exactly what one
 --                               such write stored returns B itself.
---   {n=, len=, [1..n]=strings}  a "rope" that small appends go to; flattened when read
+--   {n=, len=, [1..n]=strings}  a "rope" that small appends go to; read as its pieces,
+--                               joined when written inside or after ROPE_MAX pieces
 
 -- The chunk as a string (ropes and views are materialized and stored back).
 local function flat(data, idx, c)
@@ -403,6 +422,48 @@ local function chunk_range(data, idx, o, m)
 	return sub(c, o + 1) .. sub(ZERO, 1, e - cl)
 end
 
+-- Append to parts (np so far) the pieces of rope c that hold its m bytes from offset o, whole
+-- pieces as they are and the ends as substrings, then zeros for what lies past its end (the
+-- file was extended since); returns the new count.
+local function rope_pieces(c, o, m, parts, np)
+	local e = o + m
+	local pos = 0
+	for i = 1, c.n do
+		if pos >= e then break end
+		local p = c[i]
+		local pl = #p
+		local pe = pos + pl
+		if pe > o then
+			local s = o > pos and o - pos or 0
+			local t = e < pe and e - pos or pl
+			np = np + 1
+			parts[np] = (s == 0 and t == pl) and p or sub(p, s + 1, t)
+		end
+		pos = pe
+	end
+	if pos < e then
+		np = np + 1
+		parts[np] = sub(ZERO, 1, e - (pos > o and pos or o))
+	end
+	return np
+end
+
+-- Append to parts the m bytes of chunk idx from offset o; returns the new count. A rope goes
+-- out as its pieces (flufs gathers them into the reply, one copy): a file written in small
+-- pieces, as `tar` unpacks one, is never joined by reading it, so its memory is not taken
+-- twice (the pieces and the joined string until the collector frees the pieces).
+local function range_into(data, idx, o, m, parts, np)
+	local c = data[idx]
+	if type(c) == "table" and not c.big then
+		return rope_pieces(c, o, m, parts, np)
+	end
+	np = np + 1
+	parts[np] = chunk_range(data, idx, o, m)
+	return np
+end
+
+-- A read's answer: a string, a string with an offset and a length (a range of it), or an
+-- array of strings (pieces flufs sends one after another: no new string joins them).
 local function read_data(node, size, offset)
 	local fsize = node.size
 	if offset >= fsize or size <= 0 then return "" end
@@ -412,9 +473,15 @@ local function read_data(node, size, offset)
 	local o = offset - (idx - 1) * CS
 	if o + size <= CS then
 		local c = data[idx]
-		if type(c) == "table" and c.big then
-			-- A view of a string one write stored: flufs sends that range of it, no copy.
-			return c.big, c.off + o, size
+		if type(c) == "table" then
+			if c.big then
+				-- A view of a string one write stored: flufs sends that range of it, no copy.
+				return c.big, c.off + o, size
+			end
+			local parts = {}
+			local np = range_into(data, idx, o, size, parts, 0)
+			if np == 1 then return parts[1] end
+			return parts
 		end
 		return chunk_range(data, idx, o, size)
 	end
@@ -446,15 +513,14 @@ local function read_data(node, size, offset)
 		else
 			local m = CS - o
 			if m > size then m = size end
-			np = np + 1
-			parts[np] = chunk_range(data, idx, o, m)
+			np = range_into(data, idx, o, m, parts, np)
 			size = size - m
 			idx = idx + 1
 		end
 		o = 0
 	end
 	if np == 1 then return parts[1] end
-	return concat(parts, "", 1, np)
+	return parts
 end
 
 -- Store piece p (m bytes) at offset o of chunk idx.
@@ -636,7 +702,11 @@ local function set_size(node, newsize)
 	end
 	node.size = newsize
 	local after = fblocks(node)
-	used = used + after - before
+	if after < before then
+		drop_blocks(before - after)
+	else
+		used = used + after - before
+	end
 	node.blocks = after
 end
 
