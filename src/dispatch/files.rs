@@ -184,6 +184,10 @@ impl Dispatch {
                     }
                 }
             }
+            if t.raw_len() == 0 {
+                let msg = "expected a string or an array of strings, got a table without pieces";
+                return Err(self.bad_value(OpName::Read, &path, msg));
+            }
             let n = joined.len();
             let joined = self.lua.create_string(&joined).map_err(|_| Errno::ENOMEM)?;
             return Ok(Some((joined, 0..n)));
@@ -464,7 +468,8 @@ thread_local! {
 
 /// `read_peek` for an array of strings at index 2 of `co`'s stack: their bytes, one after
 /// another and at most `size` of them, gathered into one reply with one copy each. False (the
-/// reply left in `slot`) when an element is not a string, for the caller to report.
+/// reply left in `slot`) when an element is not a string or there is none (a table returned
+/// by mistake, such as a file's node), for the caller to report.
 ///
 /// # Safety
 /// As `read_peek`'s.
@@ -485,6 +490,9 @@ unsafe fn read_pieces_peek(
                 return false;
             }
             let n = ffi::lua_rawlen(co, 2);
+            if n == 0 {
+                return false; // no pieces: most likely a wrong table, reported by the caller
+            }
             for i in 1..=n {
                 ffi::lua_rawgeti(co, 2, i as ffi::lua_Integer);
                 if ffi::lua_type(co, -1) != ffi::LUA_TSTRING {
