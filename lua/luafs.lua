@@ -161,21 +161,27 @@ do
 end
 
 -- Drop an inode that has no links left once nobody has it open.
--- File data dropped (a file removed, or cut short): Lua paces its collector by what is
--- allocated, not by what dies, so without a nudge the memory stayed taken until as much again
--- was allocated (rm -rf of 300 MB of files: RSS 331 MB three seconds later). The collector is
--- told of what was dropped as if it had been allocated, once that is a quarter of the heap
--- (and at least 16 MiB): a collection each time that much is freed.
+-- File data dropped (a file removed, cut short or written over): Lua paces its collector by
+-- what is allocated, not by what dies, so without a nudge the memory stayed taken until as
+-- much again was allocated (rm -rf of 300 MB of files: RSS 331 MB three seconds later, 22 MB
+-- with this and flufs's trimming; a 256 MiB file written over three times: RSS 522 MB, 344
+-- MB). The collector is told of what was dropped as if it had been allocated, once that is a
+-- quarter of the heap (and at least 16 MiB). It then frees as it goes: rm -rf of those 300 MB
+-- took ~390 ms instead of ~300, against ~370 for the removal and one full collection after.
 local DROP_MIN = 16 * 1024 * 1024
 local dropped = 0
 
-local function drop_blocks(blocks)
-	used = used - blocks
-	dropped = dropped + blocks * 512
+local function drop_bytes(n)
+	dropped = dropped + n
 	if dropped >= DROP_MIN and dropped >= collectgarbage("count") * 256 then
 		collectgarbage("step", dropped // 1024)
 		dropped = 0
 	end
+end
+
+local function drop_blocks(blocks)
+	used = used - blocks
+	drop_bytes(blocks * 512)
 end
 
 local function maybe_free(node)
@@ -537,6 +543,7 @@ local function put(node, data, idx, o, p, m)
 	end
 	if o == 0 and m == CS then
 		data[idx] = p
+		drop_bytes(CS) -- written over: the old chunk is garbage
 		return
 	end
 	if type(c) == "table" then
@@ -597,12 +604,14 @@ local function write_data(node, buf, offset, n)
 			pos = m
 			idx = idx + 1
 		end
+		local over = 0 -- chunks written over
 		while n - pos >= CS do -- full chunks: views of buf
-			if data[idx] == nil then node.nalloc = node.nalloc + 1 end
+			if data[idx] == nil then node.nalloc = node.nalloc + 1 else over = over + 1 end
 			data[idx] = { big = buf, off = pos }
 			pos = pos + CS
 			idx = idx + 1
 		end
+		if over > 0 then drop_bytes(over * CS) end
 		if pos < n then -- tail
 			put(node, data, idx, 0, sub(buf, pos + 1), n - pos)
 		end

@@ -1819,6 +1819,46 @@ fn memory_of_removed_files_goes_back_to_the_kernel() {
     assert_eq!(fs::read(m.path("after")).unwrap(), b"kept");
 }
 
+/// A file written over twice (as a build or a download writes over its output) does not keep
+/// all of its old data in memory: within seconds the daemon's RSS is under 1.9 times the
+/// file's size (1.75 here; 2.07, before luafs told the collector of the data written over:
+/// Lua paces it by what is allocated, and the old data was all garbage at once).
+#[test]
+fn memory_of_data_written_over_is_given_back() {
+    const MIB: usize = 1 << 20;
+    const SIZE: usize = 128 * MIB;
+    let m = luafs();
+    let p = m.path("rewritten");
+    let block = vec![7u8; MIB];
+    for _ in 0..3 {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        for _ in 0..SIZE / MIB {
+            f.write_all(&block).unwrap();
+        }
+    }
+    assert_eq!(fs::metadata(&p).unwrap().len(), SIZE as u64);
+    let limit = (SIZE / MIB) as u64 * 19 / 10;
+    let mut rss = daemon_rss_mib(&m);
+    for _ in 0..60 {
+        if rss <= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rss = daemon_rss_mib(&m);
+    }
+    assert!(
+        rss <= limit,
+        "daemon RSS {rss} MiB for a {} MiB file written three times (limit {limit})\n{}",
+        SIZE / MIB,
+        m.log()
+    );
+}
+
 /// Files written in small appends (a chunk keeps them as its pieces, and reads send those
 /// pieces), some with gaps and one extended past its end, read back at random offsets and
 /// lengths: every byte is what was written, or zero in a gap. With direct_io the reads reach

@@ -2368,11 +2368,7 @@ fn read_may_return_a_range_of_a_string_or_pieces() {
             "pieces from {at}, {len} asked"
         );
     }
-    assert_eq!(
-        f.read_at(&mut buf, 26).unwrap(),
-        0,
-        "nothing past the end"
-    );
+    assert_eq!(f.read_at(&mut buf, 26).unwrap(), 0, "nothing past the end");
     let err = fs::read(m.path("badpiece")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert!(
