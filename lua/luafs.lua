@@ -26,7 +26,8 @@
 -- chunk touched); reads copy only the requested range.  Two refinements avoid copies:
 -- a write larger than a chunk stores its full chunks as views of the written string
 -- (and reading back exactly that range returns the string itself), and a chunk that
--- is appended to in small pieces is kept as a rope until it is read.
+-- is appended to in small pieces is kept as a rope (a list of the pieces, sent as they are
+-- when read).
 
 local flu = require "flu"
 
