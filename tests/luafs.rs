@@ -1756,6 +1756,20 @@ fn names_created_after_their_directory_moved_land_where_the_path_says() {
     assert!(fs::symlink_metadata(m.path("d/z")).unwrap().is_symlink());
 }
 
+/// The daemon's RSS in MiB once it is at most `limit`, or after 6 s (memory is given back by
+/// a thread that looks once a second).
+fn rss_within(m: &Mount, limit: u64) -> u64 {
+    let mut rss = daemon_rss_mib(m);
+    for _ in 0..60 {
+        if rss <= limit {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rss = daemon_rss_mib(m);
+    }
+    rss
+}
+
 /// The daemon's resident memory in MiB (VmRSS).
 fn daemon_rss_mib(m: &Mount) -> u64 {
     let pid = m.pid().expect("the daemon's pid");
@@ -1802,14 +1816,7 @@ fn memory_of_removed_files_goes_back_to_the_kernel() {
     );
     fs::remove_file(&p).unwrap();
     let limit = (SIZE / MIB / 4) as u64;
-    let mut rss = daemon_rss_mib(&m);
-    for _ in 0..60 {
-        if rss <= limit {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        rss = daemon_rss_mib(&m);
-    }
+    let rss = rss_within(&m, limit);
     assert!(
         rss <= limit,
         "daemon RSS {rss} MiB after removing a {} MiB file (limit {limit}; {full} before)\n{}",
@@ -1843,14 +1850,7 @@ fn memory_of_data_written_over_is_given_back() {
     }
     assert_eq!(fs::metadata(&p).unwrap().len(), SIZE as u64);
     let limit = (SIZE / MIB) as u64 * 19 / 10;
-    let mut rss = daemon_rss_mib(&m);
-    for _ in 0..60 {
-        if rss <= limit {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        rss = daemon_rss_mib(&m);
-    }
+    let rss = rss_within(&m, limit);
     assert!(
         rss <= limit,
         "daemon RSS {rss} MiB for a {} MiB file written three times (limit {limit})\n{}",
