@@ -117,11 +117,11 @@ impl Dispatch {
     }
 
     /// read: the script returns the data, or (beyond Flu) the data, an offset in it (from 0)
-    /// and a length, or an array of strings sent one after another (pieces it keeps, which it
-    /// need not join into a new string first), so that a slice of a string it keeps goes out
-    /// without being copied into
-    /// a new string first. The reply is sent straight from the string where the call left it
-    /// (`read_peek`); other shapes are taken as values and checked.
+    /// and a length, so that a slice of a string it keeps goes out without being copied into a
+    /// new string first, or an array of strings sent one after another (pieces it keeps, which
+    /// it need not join into a new string). The reply is sent straight from the string, or
+    /// gathered from the pieces, where the call left them (`read_peek`); other shapes are
+    /// taken as values and checked.
     pub(super) async fn read(
         &self,
         ino: u64,
@@ -172,7 +172,11 @@ impl Dispatch {
         out.truncate(1);
         let path = path.as_bytes();
         if let Some(Value::Table(t)) = out.front() {
-            // An array of pieces that `read_peek` did not take: say which piece is wrong.
+            // An array of pieces that `read_peek` did not take: say what is wrong with it.
+            if t.raw_len() == 0 {
+                let msg = "expected a string or an array of strings, got a table without pieces";
+                return Err(self.bad_value(OpName::Read, &path, msg));
+            }
             let mut joined = Vec::new();
             for (i, v) in t.sequence_values::<Value>().enumerate() {
                 match v {
@@ -183,10 +187,6 @@ impl Dispatch {
                         return Err(self.bad_value(OpName::Read, &path, msg));
                     }
                 }
-            }
-            if t.raw_len() == 0 {
-                let msg = "expected a string or an array of strings, got a table without pieces";
-                return Err(self.bad_value(OpName::Read, &path, msg));
             }
             let n = joined.len();
             let joined = self.lua.create_string(&joined).map_err(|_| Errno::ENOMEM)?;
