@@ -981,11 +981,15 @@ end
 
 -- chmod, chown, truncate and utimens get the open file's fi as an extra argument when the
 -- change is made through a descriptor (fchmod, ...), which still works after unlink.
+-- chmod, chown, truncate, ftruncate and utimens return the node, which is its own stat table:
+-- flufs answers the kernel with it instead of calling getattr after them (`tar x` sets the
+-- times, owner and mode of every file it makes).
 function fs.chmod(path, mode, fi)
 	local node = fi and fi.fh or lookup(path)
 	node.mode = (node.mode & S_IFMT) | (mode & PERM)
 	local s, ns = now()
 	touch_c(node, s, ns)
+	return node
 end
 
 function fs.chown(path, uid, gid, fi)
@@ -997,6 +1001,7 @@ function fs.chown(path, uid, gid, fi)
 	if gid and gid ~= -1 and gid ~= 0xFFFFFFFF then node.gid = gid end
 	local s, ns = now()
 	touch_c(node, s, ns)
+	return node
 end
 
 -- Times change even when the size does not: open(O_TRUNC) of an empty file reaches us as
@@ -1008,6 +1013,7 @@ function fs.truncate(path, size, fi)
 	set_size(node, size)
 	local s, ns = now()
 	touch_mc(node, s, ns)
+	return node
 end
 
 function fs.ftruncate(path, size, fi)
@@ -1016,6 +1022,7 @@ function fs.ftruncate(path, size, fi)
 	set_size(node, size)
 	local s, ns = now()
 	touch_mc(node, s, ns)
+	return node
 end
 
 function fs.utimens(path, atime, mtime, fi)
@@ -1024,6 +1031,7 @@ function fs.utimens(path, atime, mtime, fi)
 	if mtime then node.modification, node.modification_nsec = time_of(mtime) end
 	local s, ns = now()
 	touch_c(node, s, ns)
+	return node
 end
 
 -- fi.flags is the open(2) flags integer (fs.flags_as_numbers below).

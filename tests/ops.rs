@@ -2380,6 +2380,8 @@ fn read_may_return_a_range_of_a_string_or_pieces() {
 
 /// create, mknod, mkdir, symlink and link may return the new entry's stat table: the kernel
 /// gets that one (size 777 here) and getattr (which would say size 1) is not called for it.
+/// So may chmod, chown, truncate and utimens, the last call of a SETATTR: without a table
+/// from it, getattr answers.
 #[test]
 fn entries_made_with_a_returned_stat_need_no_getattr() {
     if !fuse_available() {
@@ -2421,6 +2423,46 @@ fn entries_made_with_a_returned_stat_need_no_getattr() {
     assert_eq!((st.len(), st.mtime()), (777, 777), "link's table");
     // Only the lookups of the new names (each answered "no such file") reached getattr.
     assert_eq!(calls() - before, 5);
+
+    // A SETATTR whose call returned the changed entry's table is answered with it (the sizes
+    // say whose table the kernel got; getattr's says 1).
+    let f = m.path("f");
+    let before = calls();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 801, "chmod's table");
+    assert_eq!(
+        calls() - before,
+        0,
+        "no getattr after a chmod that returned its table"
+    );
+    // (Before a chown the kernel refreshes the attributes itself, with a getattr, unless the
+    // script handles killpriv.)
+    std::os::unix::fs::chown(&f, Some(1), Some(1)).unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().len(), 802, "chown's table");
+    let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    let before = calls();
+    file.set_len(5).unwrap();
+    assert_eq!(file.metadata().unwrap().len(), 803, "truncate's table");
+    file.set_modified(UNIX_EPOCH + Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(file.metadata().unwrap().len(), 804, "utimens's table");
+    drop(file);
+    assert_eq!(
+        calls() - before,
+        0,
+        "no getattr after changes that returned their table"
+    );
+    // One that returned nothing: getattr's table.
+    let plain = m.path("plain");
+    drop(fs::File::create(&plain).unwrap());
+    let before = calls();
+    fs::set_permissions(&plain, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&plain).unwrap().len(), 1, "getattr's table");
+    assert_eq!(
+        calls() - before,
+        1,
+        "getattr after a chmod that returned nothing"
+    );
 }
 
 /// opendir's `fi.keep_cache` keeps the kernel's cached listing across opens (readdir is not

@@ -2,7 +2,7 @@
 //! path API splits into chmod, chown, truncate/ftruncate and utimens.
 
 use fuser::{Errno, TimeOrNow};
-use mlua::{MultiValue, Table, Value};
+use mlua::{IntoLuaMulti, MultiValue, Table, Value};
 
 use super::{Dispatch, Fail, Returned, first, type_or_value};
 use crate::convert::Bytes;
@@ -152,43 +152,71 @@ impl Dispatch {
 
     /// SETATTR as libfuse's path API does it: chmod, chown, truncate, utimens, then getattr.
     /// The open file's `fi` (when the kernel names one, or the node was unlinked while open)
-    /// is passed as an extra last argument.
+    /// is passed as an extra last argument. Beyond Flu, the last of these calls may return
+    /// the node's stat table as it now is, and getattr is not called (luafs returns its node:
+    /// `tar x` sets times, owner and mode of every file, three SETATTRs each).
     pub(super) async fn setattr(&self, ino: u64, set: SetAttr) -> Result<Stat, Fail> {
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
         let fi = self.fi_for(ino, set.fh);
+        // What the last call returned, if a stat table.
+        let mut now = None;
         if let Some(mode) = set.mode {
             let mode = if mode & libc::S_IFMT == 0 {
                 mode | self.inodes.borrow_mut().kind(ino).unwrap_or(0)
             } else {
                 mode
             };
-            self.call_with_fi(OpName::Chmod, (lpath, self.modeset(mode)?), &fi)
+            now = self
+                .call_stat_with_fi(OpName::Chmod, &path, (lpath, self.modeset(mode)?), &fi)
                 .await?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            self.call_with_fi(OpName::Chown, (lpath, set.uid, set.gid), &fi)
+            now = self
+                .call_stat_with_fi(OpName::Chown, &path, (lpath, set.uid, set.gid), &fi)
                 .await?;
         }
         if let Some(size) = set.size {
-            match &fi {
+            now = match &fi {
                 Some(fi) if self.has(OpName::Ftruncate) => {
-                    self.call_unit(OpName::Ftruncate, (lpath, size, fi.clone()))
+                    let args = (lpath, size, fi.clone());
+                    self.call_stat_with_fi(OpName::Ftruncate, &path, args, &None)
                         .await?
                 }
                 _ => {
-                    self.call_with_fi(OpName::Truncate, (lpath, size), &fi)
+                    self.call_stat_with_fi(OpName::Truncate, &path, (lpath, size), &fi)
                         .await?
                 }
-            }
+            };
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let a = self.time_arg(set.atime)?;
             let m = self.time_arg(set.mtime)?;
-            self.call_with_fi(OpName::Utimens, (lpath, a, m), &fi)
+            now = self
+                .call_stat_with_fi(OpName::Utimens, &path, (lpath, a, m), &fi)
                 .await?;
         }
-        self.stat(&path, fi).await
+        match now {
+            Some(st) => Ok(st),
+            None => self.stat(&path, fi).await,
+        }
+    }
+
+    /// Call `op` with `fi` (if any) as an extra last argument; the stat table it returned,
+    /// if it returned one.
+    async fn call_stat_with_fi(
+        &self,
+        op: OpName,
+        path: &[u8],
+        args: impl IntoLuaMulti,
+        fi: &Option<Table>,
+    ) -> Result<Option<Stat>, Fail> {
+        let mut argv = args.into_lua_multi(&self.lua).map_err(|_| Errno::ENOMEM)?;
+        if let Some(fi) = fi {
+            argv.push_back(Value::Table(fi.clone()));
+        }
+        let out = self.call_peek(op, argv, self.stat_peek()).await?;
+        self.returned_stat(op, path, out)
     }
 
     /// A utimens argument: `{sec=, nsec=}`, the current time for UTIME_NOW, nil for UTIME_OMIT.

@@ -1152,21 +1152,6 @@ impl Dispatch {
         result
     }
 
-    /// Call `op` with `fi` appended when there is one (Flu's chmod, chown, truncate and
-    /// utimens have no `fi`; flufs passes it as an extra last argument when it has one).
-    async fn call_with_fi(
-        &self,
-        op: OpName,
-        args: impl IntoLuaMulti,
-        fi: &Option<Table>,
-    ) -> Result<(), Fail> {
-        let mut argv = args.into_lua_multi(&self.lua).map_err(|_| Errno::ENOMEM)?;
-        if let Some(fi) = fi {
-            argv.push_back(Value::Table(fi.clone()));
-        }
-        self.call_unit(op, argv).await
-    }
-
     /// Call `op` and ignore what it returns.
     async fn call_unit(&self, op: OpName, args: impl IntoLuaMulti) -> Result<(), Fail> {
         self.call(op, args).await.map(drop)
