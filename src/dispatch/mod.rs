@@ -888,6 +888,31 @@ impl Dispatch {
         (outcome, interrupted)
     }
 
+    /// Work on the collector's cycle for `slice` at most while no request runs (see
+    /// `tasks::IdleGc`); true once a cycle finished. Finalizers (`__gc`) may run in it, as in
+    /// any request that allocates, so it runs as script code (under `--lua-memory`), on the
+    /// main thread's state. Lua runs finalizers with hooks off: `--op-timeout` cannot stop one
+    /// that never returns, here or in a request.
+    pub(super) fn collect_for(&self, slice: Duration) -> bool {
+        let main = self.lua.current_thread();
+        let start = Instant::now();
+        let (finished, _) = self.script_runs(main.to_pointer(), || {
+            loop {
+                match self.lua.gc_step() {
+                    Ok(true) => return true,
+                    Ok(false) if start.elapsed() < slice => {}
+                    _ => return false,
+                }
+            }
+        });
+        finished
+    }
+
+    /// The Lua heap's size in bytes.
+    pub(super) fn lua_heap(&self) -> usize {
+        self.lua.used_memory()
+    }
+
     /// Run `f`, which resumes coroutine `state`, as script code: under `--lua-memory` and
     /// `--op-timeout`. Returns what `f` returned and whether the timeout interrupted it.
     fn script_runs<R>(&self, state: *const std::ffi::c_void, f: impl FnOnce() -> R) -> (R, bool) {

@@ -12,9 +12,10 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Wake, Waker};
+use std::time::Duration;
 
 use super::Dispatch;
 use crate::kernel::{Ctx, Request, Sink, Write};
@@ -81,6 +82,19 @@ impl Ready {
         let mut g = self.ids();
         self.any.store(false, Ordering::Release);
         std::mem::take(&mut *g)
+    }
+
+    /// Sleep until a task is ready or the engine stops, or for `limit` at most; true when the
+    /// time ran out with nothing ready.
+    fn wait_for(&self, limit: Duration) -> bool {
+        let g = self.ids();
+        let (g, r) = self
+            .cv
+            .wait_timeout_while(g, limit, |g| {
+                g.is_empty() && !self.stop.load(Ordering::Acquire)
+            })
+            .unwrap_or_else(|e| e.into_inner());
+        r.timed_out() && g.is_empty()
     }
 
     /// Sleep until a task is ready or the engine stops (or, with `for_block_on`, the future
@@ -226,7 +240,32 @@ pub struct Engine {
     /// once saves a closure per reply and a copy of read data (2000 random 4 KiB reads:
     /// ~3% less daemon CPU, A/B medians).
     hold_replies: bool,
+    /// Requests started so far (for `IdleGc`: was there any since it last looked).
+    requests: AtomicU64,
 }
+
+/// Collecting garbage while the mount is idle. Lua's collector works only when something is
+/// allocated, so the cycle under way when a burst of requests ends stays where it is, with the
+/// garbage the burst made (old file data written over, say), until requests come again. The
+/// main thread, waiting for suspended requests anyway, looks once a second: when requests came
+/// since it last looked and the Lua heap grew by a quarter since the last cycle finished here,
+/// it finishes a cycle, in slices of `SLICE` under the lock, `TICK_BUSY` apart, and at most
+/// `BUDGET` per idle spell. A 128 MiB luafs file written three times: RSS 224 -> ~140 MiB a
+/// few seconds after the last write.
+#[derive(Default)]
+struct IdleGc {
+    /// `Engine::requests` when it last looked.
+    seen: u64,
+    /// The Lua heap when a cycle last finished here.
+    live: usize,
+    /// A cycle is being finished, and this much time went to it.
+    collecting: Option<Duration>,
+}
+
+const TICK: Duration = Duration::from_secs(1);
+const TICK_BUSY: Duration = Duration::from_millis(20);
+const SLICE: Duration = Duration::from_millis(2);
+const BUDGET: Duration = Duration::from_millis(500);
 
 impl Engine {
     /// `kernel_threads`: how many threads read kernel requests (`-o threads`).
@@ -239,6 +278,7 @@ impl Engine {
             })),
             ready: Arc::default(),
             hold_replies: kernel_threads > 1,
+            requests: AtomicU64::new(0),
         })
     }
 
@@ -280,17 +320,59 @@ impl Engine {
         }
     }
 
-    /// Serve ready tasks on this thread until `stop` is called.
+    /// Serve ready tasks on this thread until `stop` is called; collect garbage when idle.
     pub fn run_until_stopped(&self) {
+        let mut idle = IdleGc::default();
         loop {
-            self.ready.wait(false);
+            let limit = if idle.collecting.is_some() {
+                TICK_BUSY
+            } else {
+                TICK
+            };
+            let timed_out = self.ready.wait_for(limit);
             if self.ready.stop.load(Ordering::Acquire) {
                 return;
+            }
+            if timed_out {
+                self.collect_idle(&mut idle);
+                continue;
             }
             let _out = replies::hold();
             if let Some(o) = self.lock().as_mut() {
                 o.drain(&self.ready);
             }
+        }
+    }
+
+    /// One look of `IdleGc`'s.
+    fn collect_idle(&self, idle: &mut IdleGc) {
+        let now = self.requests.load(Ordering::Relaxed);
+        let g = self.lock();
+        let Some(o) = g.as_ref() else {
+            return;
+        };
+        let d = &o.dispatch;
+        let spent = match idle.collecting {
+            Some(spent) => spent,
+            None => {
+                if now == idle.seen {
+                    return;
+                }
+                idle.seen = now;
+                if d.lua_heap() < idle.live + idle.live / 4 + (1 << 20) {
+                    return;
+                }
+                Duration::ZERO
+            }
+        };
+        let start = std::time::Instant::now();
+        let finished = d.collect_for(SLICE);
+        let spent = spent + start.elapsed();
+        if finished || spent >= BUDGET {
+            idle.live = d.lua_heap();
+            idle.collecting = None;
+        } else {
+            idle.collecting = Some(spent);
         }
     }
 
@@ -319,10 +401,12 @@ impl Sink for Engine {
     }
 
     fn submit(&self, req: Request) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.run_new(|o, ready| o.start(req, ready));
     }
 
     fn write(&self, ctx: Ctx, w: Write<'_>) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.run_new(|o, ready| o.start_write(ctx, w, ready));
     }
 }
