@@ -247,15 +247,18 @@ pub struct Engine {
 /// Collecting garbage while the mount is idle. Lua's collector works only when something is
 /// allocated, so the cycle under way when a burst of requests ends stays where it is, with the
 /// garbage the burst made (old file data written over, say), until requests come again. The
-/// main thread, waiting for suspended requests anyway, looks once a second: when requests came
-/// since it last looked and the Lua heap grew by a quarter since the last cycle finished here,
-/// it finishes a cycle, in slices of `SLICE` under the lock, `TICK_BUSY` apart, and at most
-/// `BUDGET` per idle spell. A 128 MiB luafs file written three times: RSS 224 -> ~140 MiB a
-/// few seconds after the last write.
+/// main thread, waiting for suspended requests anyway, looks once a second: after a whole
+/// second without a request, when requests came before it and the Lua heap grew by a quarter
+/// since the last cycle finished here, it finishes a cycle, in slices of `SLICE` under the
+/// lock, `TICK_BUSY` apart, at most `BUDGET` per idle spell; a request in between stops it.
+/// A 128 MiB luafs file written three times: RSS 224 -> ~140 MiB a few seconds after the last
+/// write.
 #[derive(Default)]
 struct IdleGc {
     /// `Engine::requests` when it last looked.
     seen: u64,
+    /// Requests came since the last collection here.
+    dirty: bool,
     /// The Lua heap when a cycle last finished here.
     live: usize,
     /// A cycle is being finished, and this much time went to it.
@@ -347,6 +350,16 @@ impl Engine {
     /// One look of `IdleGc`'s.
     fn collect_idle(&self, idle: &mut IdleGc) {
         let now = self.requests.load(Ordering::Relaxed);
+        if now != idle.seen {
+            // Requests since the last look: not idle (and any collection here stops).
+            idle.seen = now;
+            idle.dirty = true;
+            idle.collecting = None;
+            return;
+        }
+        if !idle.dirty {
+            return;
+        }
         let g = self.lock();
         let Some(o) = g.as_ref() else {
             return;
@@ -354,16 +367,11 @@ impl Engine {
         let d = &o.dispatch;
         let spent = match idle.collecting {
             Some(spent) => spent,
-            None => {
-                if now == idle.seen {
-                    return;
-                }
-                idle.seen = now;
-                if d.lua_heap() < idle.live + idle.live / 4 + (1 << 20) {
-                    return;
-                }
-                Duration::ZERO
+            None if d.lua_heap() < idle.live + idle.live / 4 + (1 << 20) => {
+                idle.dirty = false;
+                return;
             }
+            None => Duration::ZERO,
         };
         let start = std::time::Instant::now();
         let finished = d.collect_for(SLICE);
@@ -371,6 +379,7 @@ impl Engine {
         if finished || spent >= BUDGET {
             idle.live = d.lua_heap();
             idle.collecting = None;
+            idle.dirty = false;
         } else {
             idle.collecting = Some(spent);
         }
