@@ -122,8 +122,9 @@ impl Dispatch {
         Ok((self.remember_made(parent, name, &st), st))
     }
 
-    /// The stat table an operation that makes an entry (create, mknod, mkdir, symlink, link)
-    /// may return, saving the getattr that would follow; `None` when it returned no table.
+    /// The stat table an operation that makes an entry (create, mknod, mkdir, symlink, link) or
+    /// changes one (chmod, chown, truncate, ftruncate, utimens) may return, saving the getattr
+    /// that would follow; `None` when it returned no table.
     /// Not async: the fields it may hold stay out of the callers' futures.
     pub(super) fn returned_stat(
         &self,
@@ -177,17 +178,14 @@ impl Dispatch {
                 .await?;
         }
         if let Some(size) = set.size {
-            now = match &fi {
-                Some(fi) if self.has(OpName::Ftruncate) => {
-                    let args = (lpath, size, fi.clone());
-                    self.call_stat_with_fi(OpName::Ftruncate, &path, args, &None)
-                        .await?
-                }
-                _ => {
-                    self.call_stat_with_fi(OpName::Truncate, &path, (lpath, size), &fi)
-                        .await?
-                }
+            let op = if fi.is_some() && self.has(OpName::Ftruncate) {
+                OpName::Ftruncate
+            } else {
+                OpName::Truncate
             };
+            now = self
+                .call_stat_with_fi(op, &path, (lpath, size), &fi)
+                .await?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let a = self.time_arg(set.atime)?;

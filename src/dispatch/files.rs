@@ -416,18 +416,16 @@ unsafe fn read_peek(
 ) -> bool {
     use mlua::ffi;
     unsafe {
-        if nres == 2
-            && ffi::lua_type(co, 1) == ffi::LUA_TBOOLEAN
-            && ffi::lua_toboolean(co, 1) != 0
-            && ffi::lua_type(co, 2) == ffi::LUA_TTABLE
-        {
-            return read_pieces_peek(co, size, slot);
-        }
         if !(nres == 2 || nres == 4)
             || ffi::lua_type(co, 1) != ffi::LUA_TBOOLEAN
             || ffi::lua_toboolean(co, 1) == 0
-            || ffi::lua_type(co, 2) != ffi::LUA_TSTRING
         {
+            return false;
+        }
+        if nres == 2 && ffi::lua_type(co, 2) == ffi::LUA_TTABLE {
+            return read_pieces_peek(co, size, slot);
+        }
+        if ffi::lua_type(co, 2) != ffi::LUA_TSTRING {
             return false;
         }
         let mut n = 0usize;
