@@ -1756,18 +1756,22 @@ fn names_created_after_their_directory_moved_land_where_the_path_says() {
     assert!(fs::symlink_metadata(m.path("d/z")).unwrap().is_symlink());
 }
 
-/// The daemon's RSS in MiB once it is at most `limit`, or after 6 s (memory is given back by
-/// a thread that looks once a second).
-fn rss_within(m: &Mount, limit: u64) -> u64 {
+/// Asserts that the daemon's RSS comes down to `limit` MiB within 6 s (memory is given back
+/// by threads that look once a second); `what` says what was done, for the message.
+fn assert_rss_comes_under(m: &Mount, limit: u64, what: &str) {
     let mut rss = daemon_rss_mib(m);
     for _ in 0..60 {
         if rss <= limit {
-            break;
+            return;
         }
         std::thread::sleep(Duration::from_millis(100));
         rss = daemon_rss_mib(m);
     }
-    rss
+    assert!(
+        rss <= limit,
+        "daemon RSS {rss} MiB {what} (limit {limit})\n{}",
+        m.log()
+    );
 }
 
 /// The daemon's resident memory in MiB (VmRSS).
@@ -1815,14 +1819,8 @@ fn memory_of_removed_files_goes_back_to_the_kernel() {
         "the file is in memory first: RSS {full} MiB"
     );
     fs::remove_file(&p).unwrap();
-    let limit = (SIZE / MIB / 4) as u64;
-    let rss = rss_within(&m, limit);
-    assert!(
-        rss <= limit,
-        "daemon RSS {rss} MiB after removing a {} MiB file (limit {limit}; {full} before)\n{}",
-        SIZE / MIB,
-        m.log()
-    );
+    let what = format!("after removing a {} MiB file ({full} before)", SIZE / MIB);
+    assert_rss_comes_under(&m, (SIZE / MIB / 4) as u64, &what);
     assert_eq!(fs::read(m.path("after")).unwrap(), b"kept");
 }
 
@@ -1851,14 +1849,8 @@ fn memory_of_data_written_over_is_given_back() {
         }
     }
     assert_eq!(fs::metadata(&p).unwrap().len(), SIZE as u64);
-    let limit = (SIZE / MIB) as u64 * 13 / 10;
-    let rss = rss_within(&m, limit);
-    assert!(
-        rss <= limit,
-        "daemon RSS {rss} MiB for a {} MiB file written three times (limit {limit})\n{}",
-        SIZE / MIB,
-        m.log()
-    );
+    let what = format!("for a {} MiB file written three times", SIZE / MIB);
+    assert_rss_comes_under(&m, (SIZE / MIB) as u64 * 13 / 10, &what);
 }
 
 /// Files written in small appends (a chunk keeps them as its pieces, and reads send those
