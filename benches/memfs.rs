@@ -19,7 +19,10 @@
 //!   time-out and count a lookup each;
 //! - no flush (fuser answers ENOSYS, as flufs does for a script without flush and lock: the
 //!   kernel sends no more FLUSH);
-//! - ENODATA for absent xattrs (luafs stores xattrs, so `ls -l` costs the same requests).
+//! - extended attributes as luafs keeps them: ENODATA for absent ones; EOPNOTSUPP for names
+//!   outside `user.`, `security.` and `trusted.` and for `security.selinux`, which luafs
+//!   declares unsupported (`fs.unsupported_xattrs`). `ls -l` then asks only its first file
+//!   for `security.selinux` and for `system.posix_acl_access`, as with luafs.
 //!
 //! Everything is kept in one `Mutex<State>`: an inode table (HashMap), directories as HashMaps
 //! of names, file data as one `Vec<u8>` per file (reads reply with a slice, no copy).
@@ -953,6 +956,9 @@ impl fuser::Filesystem for MemFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if unsupported(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mut st = self.lock();
         let now = SystemTime::now();
         let r = (|| {
@@ -973,6 +979,9 @@ impl fuser::Filesystem for MemFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if unsupported(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let st = self.lock();
         let r = st.node(ino.0).and_then(|n| {
             n.xattrs
@@ -1009,6 +1018,9 @@ impl fuser::Filesystem for MemFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if unsupported(name) {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
         let mut st = self.lock();
         let r = st.node_mut(ino.0).and_then(|n| {
             n.xattrs
@@ -1023,6 +1035,14 @@ impl fuser::Filesystem for MemFs {
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         done(self.lock().node(ino.0).map(|_| ()), reply);
     }
+}
+
+/// The extended attribute names luafs refuses: outside the namespaces it keeps (its
+/// `xattr_name_ok`), or declared unsupported (`fs.unsupported_xattrs`).
+fn unsupported(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    let kept = [&b"user."[..], b"security.", b"trusted."];
+    name == b"security.selinux" || !kept.iter().any(|p| name.starts_with(p))
 }
 
 struct Opts {

@@ -1252,4 +1252,12 @@ fs.reuse_listings = true
 -- keeps the mark while the kernel forgets and looks up a node again.
 fs.no_xattrs_until_set = true
 
+-- luafs keeps no security.selinux label: flufs answers its getxattr, setxattr and removexattr
+-- EOPNOTSUPP without calling luafs. SELinux answers the same for a FUSE mount it labels by the
+-- mount (genfscon, as Fedora's policy labels fuse), and answers the label's getxattr itself;
+-- without a security module tmpfs would store the name, so this is where luafs and tmpfs part.
+-- ls -l asks every file for the label, and after EOPNOTSUPP no further file on that
+-- filesystem: one request instead of one per file.
+fs.unsupported_xattrs = { "security.selinux" }
+
 return fs

@@ -92,6 +92,11 @@ pub struct Ops {
     /// write, and `ls -l` every file for `security.selinux` (see `dispatch::misc`). Off when
     /// the script has no getxattr.
     pub no_xattrs_until_set: bool,
+    /// `fs.unsupported_xattrs = { name, ... }`: extended attribute names the script does not
+    /// support. flufs answers their getxattr, setxattr and removexattr EOPNOTSUPP itself, as a
+    /// filesystem without that namespace does. `ls -l` asks every file for `security.selinux`
+    /// and, told EOPNOTSUPP, asks no further file on that filesystem (see `dispatch::misc`).
+    pub unsupported_xattrs: Vec<Box<[u8]>>,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }
@@ -166,6 +171,7 @@ impl Ops {
         let flags_as_numbers = setting("flags_as_numbers")?;
         let reuse_listings = setting("reuse_listings")?;
         let no_xattrs_until_set = setting("no_xattrs_until_set")?;
+        let unsupported_xattrs = names_setting(fs, "unsupported_xattrs", &mut warnings)?;
         let value = fs.get::<Value>("readdirplus")?;
         let named = match &value {
             Value::String(s) => READDIRPLUS
@@ -210,6 +216,7 @@ impl Ops {
             readdirplus,
             reuse_listings,
             no_xattrs_until_set,
+            unsupported_xattrs,
             params,
         };
         // With no readdir there is nothing to answer READDIRPLUS with.
@@ -220,6 +227,12 @@ impl Ops {
         // nothing for flufs to answer in the script's place.
         ops.no_xattrs_until_set &= ops.has(OpName::Getxattr);
         Ok((ops, warnings))
+    }
+
+    /// Whether the script declared extended attribute `name` unsupported
+    /// (`fs.unsupported_xattrs`).
+    pub fn unsupported_xattr(&self, name: &[u8]) -> bool {
+        self.unsupported_xattrs.iter().any(|n| **n == *name)
     }
 
     pub fn get(&self, op: OpName) -> Option<&Function> {
@@ -235,6 +248,40 @@ impl Ops {
     pub fn reads_arg(&self, op: OpName, n: usize) -> bool {
         self.params.get(op as usize).is_none_or(|&p| p >= n)
     }
+}
+
+/// A setting that is an array of strings (`fs.unsupported_xattrs`); anything else is warned
+/// about and ignored, as the boolean settings are.
+fn names_setting(
+    fs: &Table,
+    name: &str,
+    warnings: &mut Vec<String>,
+) -> mlua::Result<Vec<Box<[u8]>>> {
+    let t = match fs.get::<Value>(name)? {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Table(t) => t,
+        other => {
+            warnings.push(format!(
+                "'{name}' is a {}, not an array of names; ignored",
+                other.type_name()
+            ));
+            return Ok(Vec::new());
+        }
+    };
+    let mut names = Vec::new();
+    for v in t.sequence_values::<Value>() {
+        match v? {
+            Value::String(s) => names.push(s.as_bytes().to_vec().into_boxed_slice()),
+            other => {
+                warnings.push(format!(
+                    "'{name}' holds a {}, not a name; ignored",
+                    other.type_name()
+                ));
+                return Ok(Vec::new());
+            }
+        }
+    }
+    Ok(names)
 }
 
 /// The known operation name closest to `name` (edit distance, or a shared prefix).
@@ -302,5 +349,32 @@ mod tests {
                 .iter()
                 .any(|w| w.contains("'readdir' is a") && w.contains("not a function"))
         );
+    }
+
+    #[test]
+    fn unsupported_xattrs_are_names_or_warned_about() {
+        let lua = mlua::Lua::new();
+        let resolve = |src: &str| {
+            let fs: Table = lua.load(src).eval().unwrap();
+            Ops::resolve(&fs).unwrap()
+        };
+        let (ops, warnings) = resolve("{unsupported_xattrs = {'security.selinux', 'user.x'}}");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(ops.unsupported_xattr(b"security.selinux"));
+        assert!(ops.unsupported_xattr(b"user.x"));
+        assert!(!ops.unsupported_xattr(b"security.selinu"));
+        assert!(!ops.unsupported_xattr(b"security.selinux.x"));
+        assert!(!resolve("{}").0.unsupported_xattr(b"security.selinux"));
+        for bad in [
+            "{unsupported_xattrs = 'security.selinux'}",
+            "{unsupported_xattrs = {1}}",
+        ] {
+            let (ops, warnings) = resolve(bad);
+            assert!(ops.unsupported_xattrs.is_empty(), "{bad}");
+            assert!(
+                warnings.len() == 1 && warnings[0].contains("'unsupported_xattrs'"),
+                "{bad}: {warnings:?}"
+            );
+        }
     }
 }

@@ -1032,6 +1032,58 @@ fn xattrs_set_get_list_remove_with_attr_tools() {
     assert!(err.contains("No such attribute"), "{err}");
 }
 
+/// luafs keeps no `security.selinux` label (`fs.unsupported_xattrs`): setting, reading and
+/// removing it fail with "Operation not supported", other security. names are kept, and
+/// `ls -l`, which asks every file for the label, asks no further file once told so. The files
+/// are given a user. attribute first, so that flufs's no-attributes mark does not answer for
+/// them: without the setting each file's label would reach luafs (the -d trace lists every
+/// call that reached it).
+#[test]
+fn selinux_labels_are_unsupported_and_ls_l_asks_once() {
+    if !common::fuse_available() {
+        return;
+    }
+    require_tool("setfattr");
+    require_tool("getfattr");
+    let m = Mount::new(&shipped("luafs.lua"), &["-d"]);
+    let d = m.path("d");
+    fs::create_dir(&d).unwrap();
+    for i in 0..30 {
+        let f = d.join(format!("f{i}"));
+        fs::write(&f, b"x").unwrap();
+        common::setxattr(&f, "user.k", b"v", 0, false).unwrap();
+    }
+    let f = d.join("f0").display().to_string();
+    for c in [
+        format!("setfattr -n security.selinux -v system_u:object_r:tmp_t:s0 '{f}'"),
+        format!("getfattr -n security.selinux '{f}'"),
+        format!("setfattr -x security.selinux '{f}'"),
+    ] {
+        let (code, _, err) = sh(&c);
+        assert_ne!(code, 0, "{c} succeeded");
+        assert!(err.contains("Operation not supported"), "{c}: {err}");
+    }
+    let (code, _, err) = sh(&format!("setfattr -n security.other -v 1 '{f}'"));
+    assert_eq!(code, 0, "security.other: {err}");
+    let (code, out, _) = sh(&format!("getfattr --only-values -n security.other '{f}'"));
+    assert_eq!((code, out.as_str()), (0, "1"));
+
+    let asked = |log: &str| log.lines().filter(|l| l.starts_with("getxattr(")).count();
+    let before = asked(&m.log());
+    let (code, out, err) = sh(&format!("ls -l '{}'", d.display()));
+    assert_eq!(code, 0, "ls -l: {err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('-')).count(),
+        30,
+        "{out}"
+    );
+    let made = asked(&m.log()) - before;
+    assert!(
+        made <= 2,
+        "ls -l of 30 files: {made} getxattr calls reached luafs"
+    );
+}
+
 #[test]
 fn xattr_binary_values_flags_and_size_queries() {
     if !common::fuse_available() {

@@ -2646,6 +2646,60 @@ fn no_xattrs_until_set_answers_new_nodes_without_the_script() {
     }
 }
 
+/// With `fs.unsupported_xattrs`, a getxattr, setxattr or removexattr of a listed name is
+/// answered EOPNOTSUPP without calling the script, on every node, and the node may still take
+/// other names. `ls -l` asks every file for `security.selinux` and, told EOPNOTSUPP, no
+/// further file: listing 50 files then reaches the script's getxattr at most twice (the
+/// directory's and the first file's POSIX ACL probe, which the script refuses). Without the
+/// setting each file's `security.selinux` reaches it.
+#[test]
+fn unsupported_xattrs_are_refused_without_the_script() {
+    if !fuse_available() {
+        return;
+    }
+    for on in [true, false] {
+        let m = mount_with_setting("ops_unsupported_xattrs.lua", on);
+        let f = m.path("d/f1");
+        let before = read_calls(&m);
+        let got = lgetxattr(&f, "security.selinux");
+        let set = common::setxattr(&f, "security.selinux", b"x", 0, false).map_err(|e| errno(&e));
+        let removed = common::removexattr(&f, "security.selinux").map_err(|e| errno(&e));
+        let made = read_calls(&m) - before;
+        if on {
+            assert_eq!(got, Err(libc::EOPNOTSUPP), "getxattr");
+            assert_eq!(set, Err(libc::EOPNOTSUPP), "setxattr");
+            assert_eq!(removed, Err(libc::EOPNOTSUPP), "removexattr");
+            assert_eq!(made, 0, "calls that reached the script");
+        } else {
+            assert_eq!((got, set, removed), (Err(libc::ENODATA), Ok(()), Ok(())));
+            assert_eq!(made, 3, "calls that reached the script");
+        }
+        // A name not listed still reaches the script, also one the listed name begins.
+        lsetxattr(&f, "security.selinux2", b"s");
+        lsetxattr(&f, "user.a", b"1");
+        assert_eq!(lgetxattr(&f, "security.selinux2"), Ok(b"s".to_vec()));
+        assert_eq!(lgetxattr(&f, "user.a"), Ok(b"1".to_vec()));
+
+        let before = read_calls(&m);
+        let (code, out, err) = sh(&format!("ls -l {}", m.path("d").display()));
+        assert_eq!(code, 0, "ls -l: {err}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with('-')).count(),
+            50,
+            "{out}"
+        );
+        let made = read_calls(&m) - before;
+        if on {
+            assert!(made <= 2, "ls -l of 50 files reached getxattr {made} times");
+        } else {
+            assert!(
+                made >= 50,
+                "ls -l of 50 files reached getxattr {made} times"
+            );
+        }
+    }
+}
+
 /// With `fs.reuse_listings`, a lookup of a name missing from a directory made through the
 /// mount is answered ENOENT by flufs without calling the script: a name never made, one
 /// unlinked, one renamed away, in a new directory and in one made inside it. A directory the

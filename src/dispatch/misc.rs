@@ -64,6 +64,9 @@ impl Dispatch {
         value: &[u8],
         flags: i32,
     ) -> Result<(), Fail> {
+        if self.ops.unsupported_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
         self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
@@ -84,7 +87,14 @@ impl Dispatch {
     /// `security.capability` before its first write (1000 created files: 28.2 -> 27.3 ms), and
     /// `ls -l` asks every file for `security.selinux`, also after the kernel forgot the nodes
     /// (the mark is kept by node id: 2000 files after `drop_caches`, 20.2 -> 17.6 ms).
+    ///
+    /// A name the script declared unsupported (`fs.unsupported_xattrs`) is answered EOPNOTSUPP
+    /// without it. `ls -l` takes that answer for the whole filesystem and asks no further file
+    /// for `security.selinux`: 2000 files, one getxattr instead of 2000 round trips.
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
+        if self.ops.unsupported_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
         if self.ops.no_xattrs_until_set
             && plain_namespace(name)
             && self.inodes.borrow().is_bare(ino)
@@ -138,6 +148,9 @@ impl Dispatch {
     }
 
     pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
+        if self.ops.unsupported_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
         self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
