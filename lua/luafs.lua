@@ -205,8 +205,9 @@ end
 -------------------------------------------------------------------------------
 
 -- Paths looked up lately -> node, in front of the walk from the root (which makes a string
--- per name on the way). Only unlink, rmdir and rename take a name away or give it another node
--- (a renamed directory moves every path below it): each empties the whole cache. At PATHS_MAX
+-- per name on the way). Only unlink, rmdir and rename take a name away or give it another node.
+-- unlink and rmdir take out their own path (nothing is below a file or an empty directory); a
+-- rename empties the whole cache (a renamed directory moves every path below it). At PATHS_MAX
 -- entries it starts over.
 local paths, npaths = {}, 0
 local PATHS_MAX = 16384
@@ -222,6 +223,13 @@ local miss_path, miss_dir, miss_name
 
 local function forget_paths()
 	if npaths > 0 then paths, npaths = {}, 0 end
+	miss_path, miss_dir, miss_name = nil, nil, nil
+end
+
+-- Only path loses its node; and the last missing name is forgotten, since it may be in a
+-- directory that goes.
+local function forget_path(path)
+	if paths[path] then paths[path] = nil end
 	miss_path, miss_dir, miss_name = nil, nil, nil
 end
 
@@ -847,7 +855,9 @@ function fs.symlink(target, path)
 end
 
 function fs.unlink(path)
-	forget_paths()
+	-- Only this path loses its node (a file has no paths below it, and its other names keep
+	-- it): the cache keeps the rest, so rm -rf finds each parent there instead of walking it.
+	forget_path(path)
 	local dir, name = parent_of(path)
 	local ents = dir.entries
 	local node = ents[name]
@@ -866,7 +876,9 @@ end
 
 function fs.rmdir(path)
 	if path == "/" then error(EBUSY) end
-	forget_paths()
+	-- An empty directory: the paths below it left the cache with their own unlink, rmdir or
+	-- rename.
+	forget_path(path)
 	local dir, name = parent_of(path)
 	local ents = dir.entries
 	local node = ents[name]
