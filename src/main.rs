@@ -12,6 +12,7 @@ mod convert;
 mod daemon;
 mod dispatch;
 mod errno;
+mod finalizers;
 mod flu;
 mod gett;
 mod http;

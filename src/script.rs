@@ -126,6 +126,8 @@ pub fn run(job: Job, reporter: Rc<RefCell<Reporter>>) -> Result<(), String> {
     crate::gett::register(&lua).map_err(|e| format!("cannot set up the gett module: {e}"))?;
     crate::json::register(&lua).map_err(|e| format!("cannot set up the json module: {e}"))?;
     crate::http::register(&lua).map_err(|e| format!("cannot set up the http module: {e}"))?;
+    crate::finalizers::guard(&lua, job.options.op_timeout)
+        .map_err(|e| format!("cannot set up the finalizer guard: {e}"))?;
 
     let script_dir = job
         .script

@@ -33,6 +33,55 @@ fn endless_loop_is_interrupted_by_op_timeout_and_mount_keeps_serving() {
     assert!(m.log().contains("--op-timeout"), "log: {}", m.log());
 }
 
+/// A `__gc` finalizer that never returns is stopped after --op-timeout and logged with where it
+/// was, and the mount keeps serving (Lua runs finalizers with debug hooks off, so flufs runs a
+/// script's finalizers in a coroutine of their own). The read that collected it gets its data,
+/// or ETIMEDOUT when its own --op-timeout ran out first (the finalizer's time is the read's
+/// too). A finalizer that raises an error is logged with its traceback.
+#[test]
+fn runaway_or_failing_finalizer_is_stopped_and_logged_and_mount_keeps_serving() {
+    if !fuse_available() {
+        return;
+    }
+    let m = Mount::new(&fixture("faults_runaway.lua"), &["--op-timeout", "0.5"]);
+    let gc = m.path("gc");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(&gc).map_err(|e| errno(&e)));
+    });
+    // On a hang the guard's unmount and kill end the blocked read.
+    let got = rx
+        .recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| {
+            panic!(
+                "reading /gc hung: the finalizer was not stopped\n{}",
+                m.log()
+            )
+        });
+    match got {
+        Ok(s) => assert_eq!(s, "collected"),
+        Err(e) => assert_eq!(e, libc::ETIMEDOUT, "reading /gc"),
+    }
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+    let log = m.log();
+    assert!(
+        log.contains("finalizer")
+            && log.contains("--op-timeout")
+            && log.contains("faults_runaway.lua:"),
+        "log: {log}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.path("gcerr")).unwrap(),
+        "collected"
+    );
+    let log = m.log();
+    assert!(
+        log.contains("boom in a finalizer") && log.contains("traceback"),
+        "log: {log}"
+    );
+    assert_eq!(std::fs::read_to_string(m.path("ok")).unwrap(), "0123456789");
+}
+
 #[test]
 fn unbounded_allocation_gives_enomem_under_lua_memory() {
     if !fuse_available() {

@@ -5,6 +5,8 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -185,8 +187,33 @@ impl Mount {
         s
     }
 
-    /// Unmount now and wait for the daemon; returns its exit status code.
+    /// Unmount now and wait for the daemon; returns its exit status code. A daemon stuck in a
+    /// request (a failing test) can hang the unmount: `fusermount3` looks at the mountpoint,
+    /// and a process forked while one of the test's threads waits on the mount hung before its
+    /// exec, seen here. So a thread kills the daemon if all this has not finished in 15 s,
+    /// which fails its requests, and the rest then goes through.
     pub fn unmount(&mut self) -> Option<i32> {
+        let finished = Arc::new(AtomicBool::new(false));
+        if let Some(pid) = self.pid() {
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < deadline {
+                    if finished.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                // Not reaped yet (`finished` is set after `reap`), so the pid is still ours.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            });
+        }
+        let code = self.unmount_now();
+        finished.store(true, Ordering::Release);
+        code
+    }
+
+    fn unmount_now(&mut self) -> Option<i32> {
         if is_mounted(&self.mnt) {
             let ok = Command::new("fusermount3")
                 .arg("-u")
