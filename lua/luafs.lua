@@ -631,6 +631,48 @@ local function write_data(node, buf, offset, n)
 	node.blocks = after
 end
 
+-- Chunk idx of node becomes c (a string or a view, never changed in place, so two files may
+-- hold the same one; nil: a hole), the file growing to at least e bytes.
+local function share_chunk(node, idx, c, e)
+	local data = node.data
+	local before = fblocks(node)
+	local old = data[idx]
+	if old ~= nil then
+		drop_bytes(CS) -- written over: the old chunk is garbage
+		if c == nil then node.nalloc = node.nalloc - 1 end
+	elseif c ~= nil then
+		node.nalloc = node.nalloc + 1
+	end
+	data[idx] = c
+	if e > node.size then node.size = e end
+	local after = fblocks(node)
+	used = used + after - before
+	node.blocks = after
+end
+
+-- Copy n bytes (n > 0) of src from offset a to dst at offset b, inside luafs (ranges of one
+-- file do not overlap: the kernel refuses that). A whole chunk copied to a whole chunk is
+-- shared, not copied (a rope, which appends change in place, is joined first); the rest goes
+-- through write_data a chunk's piece at a time.
+local function copy_data(src, a, dst, b, n)
+	local sdata = src.data
+	while n > 0 do
+		local si = a // CS + 1
+		local so = a - (si - 1) * CS
+		local bo = b % CS
+		local m = CS - (so > bo and so or bo)
+		if m > n then m = n end
+		if m == CS then
+			local c = sdata[si]
+			if type(c) == "table" and not c.big then c = flat(sdata, si, c) end
+			share_chunk(dst, b // CS + 1, c, b + CS)
+		else
+			write_data(dst, chunk_range(sdata, si, so, m), b, m)
+		end
+		a, b, n = a + m, b + m, n - m
+	end
+end
+
 -- Zero [offset, offset+len) inside the file without changing its size.
 local function zero_range(node, offset, len)
 	local size = node.size
@@ -1104,6 +1146,28 @@ function fs.write(path, buf, offset, fi)
 		node.change, node.change_nsec = s, ns
 	end
 	return n
+end
+
+-- copy_file_range(2), as cp (coreutils 9) copies a file: the data stays in luafs instead of
+-- going out to the kernel and back, and whole chunks are shared between the two files. At
+-- most 1 GiB per call (a short copy is allowed; callers loop), none past the source's end.
+local COPY_MAX = 1024 * 1024 * 1024
+
+function fs.copy_file_range(pin, fiin, offin, pout, fiout, offout, len)
+	local src = file_node(fiin, pin)
+	local dst = file_node(fiout, pout)
+	local size = src.size
+	if offin >= size or len <= 0 then return 0 end
+	if len > size - offin then len = size - offin end
+	if len > COPY_MAX then len = COPY_MAX end
+	if src == dst and offin < offout + len and offout < offin + len then error(EINVAL) end
+	access(src)
+	if dst.mode & S_SETID ~= 0 then drop_setid(dst) end
+	copy_data(src, offin, dst, offout, len)
+	local s, ns = now()
+	dst.modification, dst.modification_nsec = s, ns
+	dst.change, dst.change_nsec = s, ns
+	return len
 end
 
 function fs.release(path, fi)

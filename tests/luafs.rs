@@ -8,6 +8,7 @@ use common::{
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
@@ -1511,6 +1512,181 @@ fn writes_do_not_each_ask_for_security_capability() {
     assert!(
         asks <= 1,
         "{asks} getxattr(security.capability) for 5 writes:\n{log}"
+    );
+}
+
+/// `copy_file_range(2)` (cp copies with it) reaches luafs, which copies inside the filesystem
+/// and shares whole chunks: random copies between two files and within one, at chunk-aligned
+/// and unaligned offsets, over a big write's chunks, small appends (also after a copy shared
+/// the chunk), a hole and the source's end, read back against the same copies made in memory; overlapping ranges of one file are
+/// refused (EINVAL); `cp` of a file gives the same bytes.
+#[test]
+fn copy_file_range_copies_inside_luafs_like_a_model() {
+    if !common::fuse_available() {
+        return;
+    }
+    const CS: u64 = 131072; // luafs's chunk size
+    let m = Mount::new(&shipped("luafs.lua"), &["-d"]);
+    let mut rng = common::Rng::new(11);
+    let bytes =
+        |n: usize, rng: &mut common::Rng| -> Vec<u8> { (0..n).map(|_| rng.next() as u8).collect() };
+    let open_new = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(p)
+            .unwrap()
+    };
+    let paths = [m.path("a"), m.path("b")];
+    let files: Vec<File> = paths.iter().map(|p| open_new(p)).collect();
+    let mut model: Vec<Vec<u8>> = vec![Vec::new(), Vec::new()];
+    let put = |i: usize, off: u64, data: &[u8], model: &mut Vec<Vec<u8>>| {
+        files[i].write_all_at(data, off).unwrap();
+        let (o, e) = (off as usize, off as usize + data.len());
+        if model[i].len() < e {
+            model[i].resize(e, 0);
+        }
+        model[i][o..e].copy_from_slice(data);
+    };
+    // a: one big write (whole chunks), small appends after it (a rope), a hole, a tail.
+    let big = bytes(3 * CS as usize + 1000, &mut rng);
+    put(0, 0, &big, &mut model);
+    for _ in 0..40 {
+        let at = model[0].len() as u64;
+        let small = bytes(100, &mut rng);
+        put(0, at, &small, &mut model);
+    }
+    let tail = bytes(10, &mut rng);
+    put(0, 6 * CS + 5, &tail, &mut model);
+    let small = bytes(300, &mut rng);
+    put(1, 0, &small, &mut model);
+
+    let copy = |from: usize, off_in: u64, to: usize, off_out: u64, len: u64| -> isize {
+        let (mut oi, mut oo) = (off_in as i64, off_out as i64);
+        unsafe {
+            libc::copy_file_range(
+                files[from].as_raw_fd(),
+                &mut oi,
+                files[to].as_raw_fd(),
+                &mut oo,
+                len as usize,
+                0,
+            ) as isize
+        }
+    };
+    for round in 0..300 {
+        if rng.chance(15) {
+            // a small append (a rope in luafs), also onto chunks a copy shares
+            let i = rng.below(2) as usize;
+            let at = model[i].len() as u64;
+            let small = bytes(50, &mut rng);
+            put(i, at, &small, &mut model);
+        }
+        let from = rng.below(2) as usize;
+        let to = if rng.chance(20) { from } else { 1 - from };
+        let size_in = model[from].len() as u64;
+        let aligned = rng.chance(50);
+        let pick = |rng: &mut common::Rng, limit: u64| {
+            let o = rng.below(limit + 1);
+            if aligned { o / CS * CS } else { o }
+        };
+        let off_in = pick(&mut rng, size_in + 100);
+        let off_out = pick(&mut rng, model[to].len() as u64 + CS);
+        let len = match rng.below(4) {
+            0 => CS,
+            1 => 2 * CS + rng.below(2) * rng.below(CS),
+            2 => 1 + rng.below(1000),
+            _ => 1 + rng.below(3 * CS),
+        };
+        let want = size_in.saturating_sub(off_in).min(len);
+        if from == to && off_in < off_out + want && off_out < off_in + want {
+            continue; // overlapping ranges of one file: checked below
+        }
+        let got = copy(from, off_in, to, off_out, len);
+        assert_eq!(
+            got,
+            want as isize,
+            "round {round}: copy {from}@{off_in} -> {to}@{off_out}, {len} bytes: {}",
+            std::io::Error::last_os_error()
+        );
+        if want > 0 {
+            let src = model[from][off_in as usize..(off_in + want) as usize].to_vec();
+            let (o, e) = (off_out as usize, (off_out + want) as usize);
+            if model[to].len() < e {
+                model[to].resize(e, 0);
+            }
+            model[to][o..e].copy_from_slice(&src);
+        }
+        if round % 25 == 24 {
+            for i in 0..2 {
+                let on_disk = fs::read(&paths[i]).unwrap();
+                assert!(
+                    on_disk == model[i],
+                    "round {round}: file {i} differs from the model ({} bytes against {})",
+                    on_disk.len(),
+                    model[i].len()
+                );
+            }
+        }
+    }
+    assert!(
+        m.log().contains("copy_file_range("),
+        "the copies reached luafs as copy_file_range"
+    );
+    // A chunk written in small appends (a rope, which luafs appends to in place) copied whole,
+    // then appended to in both files: neither sees the other's append.
+    let (d, e) = (m.path("d"), m.path("e"));
+    let (fd, fe) = (open_new(&d), open_new(&e));
+    let mut want = Vec::new();
+    for i in 0..60u8 {
+        fd.write_all_at(&[i; 100], u64::from(i) * 100).unwrap();
+        want.extend_from_slice(&[i; 100]);
+    }
+    fd.write_all_at(b"end", CS + 5).unwrap();
+    let (mut oi, mut oo) = (0i64, 0i64);
+    let n = unsafe {
+        libc::copy_file_range(
+            fd.as_raw_fd(),
+            &mut oi,
+            fe.as_raw_fd(),
+            &mut oo,
+            CS as usize,
+            0,
+        )
+    };
+    assert_eq!(n, CS as isize, "{}", std::io::Error::last_os_error());
+    // At the end of what was appended: luafs appends to the rope.
+    fd.write_all_at(b"only in d", 6000).unwrap();
+    fe.write_all_at(b"only in e", 6100).unwrap();
+    want.resize(CS as usize, 0);
+    let (mut in_d, mut in_e) = (want.clone(), want);
+    in_d[6000..6009].copy_from_slice(b"only in d");
+    in_e[6100..6109].copy_from_slice(b"only in e");
+    in_d.resize(CS as usize + 5, 0);
+    in_d.extend_from_slice(b"end");
+    assert!(
+        fs::read(&d).unwrap() == in_d,
+        "d after the copy and its own write"
+    );
+    assert!(
+        fs::read(&e).unwrap() == in_e,
+        "e after the copy and its own write"
+    );
+    // Overlapping ranges of one file.
+    assert_eq!(copy(0, 0, 0, 10, 100), -1);
+    assert_eq!(last_errno(), libc::EINVAL);
+    // cp copies with it, and the copy reads back the same.
+    let (code, _, err) = sh(&format!(
+        "cp '{}' '{}'",
+        paths[0].display(),
+        m.path("c").display()
+    ));
+    assert_eq!(code, 0, "cp: {err}");
+    assert!(
+        fs::read(m.path("c")).unwrap() == model[0],
+        "cp's copy differs"
     );
 }
 

@@ -37,6 +37,15 @@ impl Dispatch {
         }
     }
 
+    /// EOPNOTSUPP, without the script, for a name it declared unsupported
+    /// (`fs.unsupported_xattrs`): getxattr, setxattr and removexattr.
+    fn supported_xattr(&self, name: &[u8]) -> Result<(), Fail> {
+        if self.ops.unsupported_xattr(name) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        Ok(())
+    }
+
     /// statfs; without it, libfuse's defaults.
     pub(super) async fn statfs(&self, ino: u64) -> Result<Statfs, Fail> {
         if !self.has(OpName::Statfs) {
@@ -64,9 +73,7 @@ impl Dispatch {
         value: &[u8],
         flags: i32,
     ) -> Result<(), Fail> {
-        if self.ops.unsupported_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        self.supported_xattr(name)?;
         self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
@@ -92,9 +99,7 @@ impl Dispatch {
     /// without it. `ls -l` takes that answer for the whole filesystem and asks no further file
     /// for `security.selinux`: 2000 files, one getxattr instead of 2000 round trips.
     pub(super) async fn getxattr(&self, ino: u64, name: &[u8]) -> Result<Vec<u8>, Fail> {
-        if self.ops.unsupported_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        self.supported_xattr(name)?;
         if self.ops.no_xattrs_until_set
             && plain_namespace(name)
             && self.inodes.borrow().is_bare(ino)
@@ -148,9 +153,7 @@ impl Dispatch {
     }
 
     pub(super) async fn removexattr(&self, ino: u64, name: &[u8]) -> Result<(), Fail> {
-        if self.ops.unsupported_xattr(name) {
-            return Err(Errno::EOPNOTSUPP);
-        }
+        self.supported_xattr(name)?;
         self.may_have_xattrs(ino);
         let path = self.path(ino)?;
         let lpath = Bytes(&path);
