@@ -337,6 +337,23 @@ impl MemFs {
     }
 }
 
+/// Write `data` at `offset` of file node `n` (growing it with zeros first), as write and
+/// copy_file_range do; the count written.
+fn store(n: &mut Node, offset: u64, data: &[u8], now: SystemTime) -> Result<u32, Errno> {
+    let Content::File(d) = &mut n.content else {
+        return Err(Errno::EINVAL);
+    };
+    let off = usize::try_from(offset).map_err(|_| Errno::EFBIG)?;
+    let end = off.checked_add(data.len()).ok_or(Errno::EFBIG)?;
+    if end > d.len() {
+        d.resize(end, 0);
+    }
+    d[off..end].copy_from_slice(data);
+    n.mtime = now;
+    n.ctime = now;
+    Ok(data.len() as u32)
+}
+
 fn done(r: Result<(), Errno>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
@@ -785,18 +802,7 @@ impl fuser::Filesystem for MemFs {
                     n.perm &= !(libc::S_ISGID as u16);
                 }
             }
-            let Content::File(d) = &mut n.content else {
-                return Err(Errno::EINVAL);
-            };
-            let off = offset as usize;
-            let end = off.checked_add(data.len()).ok_or(Errno::EFBIG)?;
-            if end > d.len() {
-                d.resize(end, 0);
-            }
-            d[off..end].copy_from_slice(data);
-            n.mtime = now;
-            n.ctime = now;
-            Ok(data.len() as u32)
+            store(n, offset, data, now)
         })();
         match r {
             Ok(n) => reply.written(n),
@@ -1059,19 +1065,7 @@ impl fuser::Filesystem for MemFs {
                 .unwrap_or(0)
                 .min(d.len() - start);
             let bytes = d[start..start + n].to_vec();
-            let n = st.node_mut(ino_out.0)?;
-            let Content::File(d) = &mut n.content else {
-                return Err(Errno::EINVAL);
-            };
-            let off = usize::try_from(offset_out).map_err(|_| Errno::EFBIG)?;
-            let end = off.checked_add(bytes.len()).ok_or(Errno::EFBIG)?;
-            if end > d.len() {
-                d.resize(end, 0);
-            }
-            d[off..end].copy_from_slice(&bytes);
-            n.mtime = now;
-            n.ctime = now;
-            Ok(bytes.len() as u32)
+            store(st.node_mut(ino_out.0)?, offset_out, &bytes, now)
         })();
         match r {
             Ok(n) => reply.written(n),
