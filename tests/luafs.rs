@@ -1515,11 +1515,27 @@ fn writes_do_not_each_ask_for_security_capability() {
     );
 }
 
+/// `copy_file_range(2)` of `len` bytes from `off_in` of `from` to `off_out` of `to`: what it
+/// returned (-1 with errno set on failure).
+fn copy_range(from: &File, off_in: u64, to: &File, off_out: u64, len: u64) -> isize {
+    let (mut oi, mut oo) = (off_in as i64, off_out as i64);
+    unsafe {
+        libc::copy_file_range(
+            from.as_raw_fd(),
+            &mut oi,
+            to.as_raw_fd(),
+            &mut oo,
+            len as usize,
+            0,
+        ) as isize
+    }
+}
+
 /// `copy_file_range(2)` (cp copies with it) reaches luafs, which copies inside the filesystem
 /// and shares whole chunks: random copies between two files and within one, at chunk-aligned
 /// and unaligned offsets, over a big write's chunks, small appends (also after a copy shared
-/// the chunk), a hole and the source's end, read back against the same copies made in memory; overlapping ranges of one file are
-/// refused (EINVAL); `cp` of a file gives the same bytes.
+/// the chunk), a hole and the source's end, read back against the same copies made in memory;
+/// overlapping ranges of one file are refused (EINVAL); `cp` of a file gives the same bytes.
 #[test]
 fn copy_file_range_copies_inside_luafs_like_a_model() {
     if !common::fuse_available() {
@@ -1563,18 +1579,8 @@ fn copy_file_range_copies_inside_luafs_like_a_model() {
     let small = bytes(300, &mut rng);
     put(1, 0, &small, &mut model);
 
-    let copy = |from: usize, off_in: u64, to: usize, off_out: u64, len: u64| -> isize {
-        let (mut oi, mut oo) = (off_in as i64, off_out as i64);
-        unsafe {
-            libc::copy_file_range(
-                files[from].as_raw_fd(),
-                &mut oi,
-                files[to].as_raw_fd(),
-                &mut oo,
-                len as usize,
-                0,
-            ) as isize
-        }
+    let copy = |from: usize, off_in: u64, to: usize, off_out: u64, len: u64| {
+        copy_range(&files[from], off_in, &files[to], off_out, len)
     };
     for round in 0..300 {
         if rng.chance(15) {
@@ -1645,17 +1651,7 @@ fn copy_file_range_copies_inside_luafs_like_a_model() {
         want.extend_from_slice(&[i; 100]);
     }
     fd.write_all_at(b"end", CS + 5).unwrap();
-    let (mut oi, mut oo) = (0i64, 0i64);
-    let n = unsafe {
-        libc::copy_file_range(
-            fd.as_raw_fd(),
-            &mut oi,
-            fe.as_raw_fd(),
-            &mut oo,
-            CS as usize,
-            0,
-        )
-    };
+    let n = copy_range(&fd, 0, &fe, 0, CS);
     assert_eq!(n, CS as isize, "{}", std::io::Error::last_os_error());
     // At the end of what was appended: luafs appends to the rope.
     fd.write_all_at(b"only in d", 6000).unwrap();
