@@ -96,7 +96,7 @@ pub struct Ops {
     /// support. flufs answers their getxattr, setxattr and removexattr EOPNOTSUPP itself, as a
     /// filesystem without that namespace does. `ls -l` asks every file for `security.selinux`
     /// and, told EOPNOTSUPP, asks no further file on that filesystem (see `dispatch::misc`).
-    pub unsupported_xattrs: Vec<Box<[u8]>>,
+    unsupported_xattrs: Vec<Box<[u8]>>,
     /// How many parameters each function declares (`usize::MAX`: vararg, C, or unknown).
     params: Vec<usize>,
 }

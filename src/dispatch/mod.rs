@@ -891,8 +891,8 @@ impl Dispatch {
     /// Work on the collector's cycle for `slice` at most while no request runs (see
     /// `tasks::IdleGc`); true once a cycle finished. Finalizers (`__gc`) may run in it, as in
     /// any request that allocates, so it runs as script code (under `--lua-memory`), on the
-    /// main thread's state. Lua runs finalizers with hooks off: `--op-timeout` cannot stop one
-    /// that never returns, here or in a request.
+    /// main thread's state. Lua runs finalizers with hooks off, so `--op-timeout` reaches a
+    /// script's finalizer through its own guard (`crate::finalizers`), here as in a request.
     pub(super) fn collect_for(&self, slice: Duration) -> bool {
         let main = self.lua.current_thread();
         let start = Instant::now();
