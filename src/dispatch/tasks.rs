@@ -97,13 +97,13 @@ impl Ready {
         r.timed_out() && g.is_empty()
     }
 
-    /// Sleep until a task is ready or the engine stops (or, with `for_block_on`, the future
-    /// of `block_on` is woken).
-    fn wait(&self, for_block_on: bool) {
+    /// Sleep until a task is ready, the engine stops or the future of `block_on` is woken.
+    /// (`run_until_stopped` sleeps in `wait_for`.)
+    fn wait_for_block_on(&self) {
         let mut g = self.ids();
         while g.is_empty()
             && !self.stop.load(Ordering::Acquire)
-            && !(for_block_on && self.block_on.load(Ordering::Acquire))
+            && !self.block_on.load(Ordering::Acquire)
         {
             g = self.cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
@@ -317,7 +317,7 @@ impl Engine {
                 }
                 o.drain(&self.ready);
             }
-            self.ready.wait(true);
+            self.ready.wait_for_block_on();
         }
     }
 
