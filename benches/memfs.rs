@@ -12,7 +12,9 @@
 //!   allocator (src/prefault.rs: large new blocks faulted in at once). memfs's file data grows
 //!   by `realloc` (one vector per file), which that allocator leaves alone, so its writes
 //!   take their page faults one page at a time as before;
-//! - one fuser session thread, the same mount (as root: mount(2) with nosuid,nodev and
+//! - two fuser session threads, the second reading only in spells of requests (flufs's
+//!   `src/readers.rs`, included here; each request's lock guard reports it done); the same
+//!   mount (as root: mount(2) with nosuid,nodev and
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
 //! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
 //!   from it for the following offsets (as flufs does); readdirplus entries carry the entry
@@ -32,6 +34,9 @@
 
 #[path = "../src/prefault.rs"]
 mod prefault;
+#[allow(dead_code)] // memfs holds no replies back: `Readers::several` is flufs's
+#[path = "../src/readers.rs"]
+mod readers;
 
 #[global_allocator]
 static ALLOCATOR: prefault::Prefaulting = prefault::Prefaulting;
@@ -39,6 +44,8 @@ static ALLOCATOR: prefault::Prefaulting = prefault::Prefaulting;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::mem::ManuallyDrop;
+use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
@@ -53,6 +60,8 @@ use fuser::{
     ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SessionACL, TimeOrNow,
     WriteFlags,
 };
+
+use readers::Readers;
 
 const ROOT: u64 = 1;
 const NAME_MAX: usize = 255;
@@ -287,6 +296,39 @@ struct MemFs {
     attr_ttl: Duration,
     entry_ttl: Duration,
     negative_ttl: Duration,
+    readers: Readers,
+}
+
+/// flufs's kernel threads (mount::DEFAULT_THREADS): the second reads only in spells of
+/// requests (src/readers.rs).
+const THREADS: usize = 2;
+
+/// The state, locked for one request. Dropping it unlocks and then tells `readers` the
+/// request is done (every request takes the lock once and answers before letting it go).
+struct Locked<'a> {
+    st: ManuallyDrop<MutexGuard<'a, State>>,
+    readers: &'a Readers,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the guard is dropped here only, and not used after.
+        unsafe { ManuallyDrop::drop(&mut self.st) };
+        self.readers.done();
+    }
 }
 
 impl MemFs {
@@ -322,11 +364,15 @@ impl MemFs {
             attr_ttl: opts.attr_ttl,
             entry_ttl: opts.entry_ttl,
             negative_ttl: opts.negative_ttl,
+            readers: Readers::new(THREADS),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            st: ManuallyDrop::new(self.state.lock().unwrap_or_else(|e| e.into_inner())),
+            readers: &self.readers,
+        }
     }
 
     fn reply_new(&self, st: &State, r: Result<u64, Errno>, reply: ReplyEntry) {
@@ -921,7 +967,8 @@ impl fuser::Filesystem for MemFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.lock().dirs.remove(&fh.0);
+        let mut st = self.lock();
+        st.dirs.remove(&fh.0);
         reply.ok();
     }
 
@@ -1244,7 +1291,7 @@ fn main() {
         MountOption::NoDev,
     ];
     config.acl = SessionACL::Owner;
-    config.n_threads = Some(1); // flufs's default (mount::DEFAULT_THREADS)
+    config.n_threads = Some(THREADS);
     let session = if unsafe { libc::geteuid() } == 0 {
         mount_direct(&mnt).and_then(|fd| {
             Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| lazy_unmount(&mnt))

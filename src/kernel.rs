@@ -3,13 +3,15 @@
 //! handed to the dispatcher (a `Sink`), the single owner of the Lua state, which answers it;
 //! a WRITE is handed over with its data still in fuser's buffer (`Sink::write`), so that the
 //! dispatcher copies it once. Runs on fuser's session threads; holds no Lua and no filesystem
-//! state.
+//! state. After each request a thread reports to `readers`, which may have it wait there rather
+//! than read the next one (one reader in bursts, all of them in a spell of requests).
 
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::readers::Readers;
 use crate::replies;
 use std::time::SystemTime;
 
@@ -302,6 +304,7 @@ pub enum Readdirplus {
 pub struct Kernel {
     sink: Arc<dyn Sink>,
     features: Features,
+    readers: Readers,
 }
 
 /// Where requests go: the dispatcher, which runs each on the calling kernel thread.
@@ -316,8 +319,13 @@ pub trait Sink: Send + Sync {
 }
 
 impl Kernel {
-    pub fn new(sink: Arc<dyn Sink>, features: Features) -> Kernel {
-        Kernel { sink, features }
+    /// `threads`: fuser's session threads (see `crate::readers`).
+    pub fn new(sink: Arc<dyn Sink>, features: Features, threads: usize) -> Kernel {
+        Kernel {
+            sink,
+            features,
+            readers: Readers::new(threads),
+        }
     }
 
     fn send(&self, req: &fuser::Request, op: Op) {
@@ -327,7 +335,20 @@ impl Kernel {
     fn send_ctx(&self, ctx: Ctx, op: Op) {
         // The dispatcher runs it now, on this thread. Once the dispatcher is closed the
         // request (and its reply) is dropped, and fuser answers EIO for an unanswered reply.
-        self.sink.submit(Request { ctx, op });
+        {
+            let _out = self.hold_replies();
+            self.sink.submit(Request { ctx, op });
+        }
+        self.readers.done();
+    }
+
+    /// While several kernel threads read, each keeps its replies until it has let go of the
+    /// dispatcher's lock (see `replies`): a client woken by a reply sent under the lock would
+    /// have the next thread wait for the lock. With one reading, no other thread wants the
+    /// lock, and sending at once saves a closure per reply and a copy of read data (2000
+    /// random 4 KiB reads: ~3% less daemon CPU, A/B medians).
+    fn hold_replies(&self) -> Option<replies::Held> {
+        self.readers.several().then(replies::hold)
     }
 }
 
@@ -631,7 +652,11 @@ impl fuser::Filesystem for Kernel {
             data,
             reply: reply.into(),
         };
-        self.sink.write(ctx_of(req, None), w);
+        {
+            let _out = self.hold_replies();
+            self.sink.write(ctx_of(req, None), w);
+        }
+        self.readers.done();
     }
 
     fn flush(

@@ -4,8 +4,9 @@
 //! large new blocks in at once (`prefault`), then `cli` (options) → `daemon` (detaching) →
 //! `script` (the Lua state, with `finalizers` guarding the script's `__gc`; `flu.main`) →
 //! `mount` (session, signals, and the `trim` thread that gives freed heap memory back to the
-//! kernel) → `kernel` (fuser requests into a queue) → `dispatch` (the one Lua owner) using
-//! `inodes` (inode ↔ path), `convert`/`mode`/`errno` (values) and `ops` (operation names).
+//! kernel) → `kernel` (fuser requests into a queue; `readers`: how many kernel threads read)
+//! → `dispatch` (the one Lua owner) using `inodes` (inode ↔ path), `convert`/`mode`/`errno`
+//! (values) and `ops` (operation names).
 
 mod cli;
 mod convert;
@@ -28,6 +29,7 @@ mod ops;
 mod options;
 mod prefault;
 mod prefetch;
+mod readers;
 mod replies;
 mod runtime;
 mod script;

@@ -133,10 +133,9 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
     c
 }
 
-/// Kernel threads reading requests when `-o threads=N` is not given. One: Lua runs one request
-/// at a time anyway, and a second reader measured slower (its wake-ups and cache traffic cost
-/// more than reading the next request early gains; 1000 creates 61 -> 49 ms pinned).
-pub const DEFAULT_THREADS: usize = 1;
+/// Kernel threads reading requests when `-o threads=N` is not given. Two, of which the second
+/// reads only while requests keep coming (`crate::readers`).
+pub const DEFAULT_THREADS: usize = 2;
 
 /// How many kernel threads read requests: `-o threads=N`, else `DEFAULT_THREADS`.
 fn kernel_threads(o: &MountOptions) -> usize {
@@ -328,7 +327,7 @@ pub fn serve(
         max_write: o.max_write.unwrap_or(1 << 20),
         max_readahead: o.max_read.unwrap_or(1 << 20).min(1 << 20),
     };
-    let engine = Engine::new(dispatch, kernel_threads(o));
+    let engine = Engine::new(dispatch);
     // Whatever happens from here on, the dispatcher (the Lua state) comes back to this thread
     // and later requests get EIO.
     struct CloseOnExit<'a>(&'a Engine);
@@ -348,7 +347,7 @@ pub fn serve(
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     };
 
-    let kernel = Kernel::new(engine.clone(), features);
+    let kernel = Kernel::new(engine.clone(), features, kernel_threads(o));
     let config = fuser_config(o, target);
     // As root mount(2) directly, so
     // that the type shows as fuse.SUBTYPE; otherwise let fuser go through fusermount3.

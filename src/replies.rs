@@ -3,9 +3,9 @@
 //! send is kept in that thread's outbox and written when the guard drops. Writing a reply wakes
 //! the process waiting for it, which may then run at once on this CPU; if this thread still
 //! held the lock, the kernel thread reading that process's next request would have to wait for
-//! it. Large read data (over `COPY_LIMIT`) is written at once rather than copied. With a single
-//! kernel thread (the default) nothing else wants the lock, and the engine does not hold
-//! replies back (`Engine::hold_replies`): each goes out as it is made.
+//! it. Large read data (over `COPY_LIMIT`) is written at once rather than copied. While a single
+//! kernel thread reads (`crate::readers`) nothing else wants the lock, and the kernel side does
+//! not hold replies back (`Kernel::hold_replies`): each goes out as it is made.
 
 use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;

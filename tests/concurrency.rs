@@ -142,10 +142,76 @@ fn thirty_two_slow_reads_take_the_time_of_one() {
 }
 
 /// A suspended request holds no kernel thread, whatever the number of threads (the default
-/// is one).
+/// is two, the second reading only in a spell of requests).
 #[test]
-fn thirty_two_slow_reads_take_the_time_of_one_with_two_kernel_threads() {
-    thirty_two_slow_reads(&["-o", "threads=2"]);
+fn thirty_two_slow_reads_take_the_time_of_one_with_one_kernel_thread() {
+    thirty_two_slow_reads(&["-o", "threads=1"]);
+}
+
+/// CPU time (ns) of each of the daemon's kernel threads (fuser names them `fuser-N`).
+fn kernel_thread_cpu(pid: u32) -> Vec<u64> {
+    let mut cpu = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let t = t.expect("task").path();
+        let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if comm.starts_with("fuser-") {
+            let ss = std::fs::read_to_string(t.join("schedstat")).expect("schedstat");
+            cpu.push(
+                ss.split(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("run time"),
+            );
+        }
+    }
+    cpu
+}
+
+/// The second kernel thread reads only in a spell of requests (src/readers.rs): after 300 ms
+/// of stats without a pause both threads have run requests, and with `-o threads=1` there is
+/// one. A thread left waiting after a quiet spell (it waits at most 250 ms) does not hold up
+/// the end of the mount.
+#[test]
+fn second_kernel_thread_reads_in_a_spell_and_never_holds_up_unmount() {
+    if !fuse_available() {
+        return;
+    }
+    let _g = serial();
+    let spell = |m: &Mount| {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            std::fs::metadata(m.path("fast")).expect("stat"); // caching off: a GETATTR each
+        }
+    };
+    let one = mount(&["-o", "threads=1"]);
+    assert_eq!(kernel_thread_cpu(one.pid().expect("pid")).len(), 1);
+    drop(one);
+
+    let mut m = mount(&[]);
+    let pid = m.pid().expect("pid");
+    std::thread::sleep(Duration::from_millis(200));
+    let before = kernel_thread_cpu(pid);
+    assert_eq!(before.len(), 2, "two kernel threads by default");
+    spell(&m);
+    let after = kernel_thread_cpu(pid);
+    for (i, (a, b)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            b - a > 2_000_000,
+            "kernel thread {i} ran {} µs of the spell",
+            (b - a) / 1000
+        );
+    }
+    // Quiet, then one request: the thread that ran it waits (at most 250 ms) while the other
+    // reads. Unmounting now must not wait for it.
+    std::thread::sleep(Duration::from_millis(150));
+    std::fs::metadata(m.path("fast")).expect("stat");
+    let t = Instant::now();
+    assert_eq!(m.unmount(), Some(0), "daemon exit status:\n{}", m.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "unmount took {:?}",
+        t.elapsed()
+    );
 }
 
 fn thirty_two_slow_reads(opts: &[&str]) {

@@ -234,12 +234,6 @@ impl Owned {
 pub struct Engine {
     owned: Mutex<Option<Owned>>,
     ready: Arc<Ready>,
-    /// Whether a kernel thread keeps its replies until it lets go of the lock (see `replies`):
-    /// with several kernel threads, a client woken by a reply sent under the lock would have
-    /// the next thread wait for it. With one, no other thread wants the lock, and sending at
-    /// once saves a closure per reply and a copy of read data (2000 random 4 KiB reads:
-    /// ~3% less daemon CPU, A/B medians).
-    hold_replies: bool,
 }
 
 /// Collecting garbage while the mount is idle. Lua's collector works only when something is
@@ -270,8 +264,7 @@ const SLICE: Duration = Duration::from_millis(2);
 const BUDGET: Duration = Duration::from_millis(500);
 
 impl Engine {
-    /// `kernel_threads`: how many threads read kernel requests (`-o threads`).
-    pub fn new(dispatch: Dispatch, kernel_threads: usize) -> Arc<Engine> {
+    pub fn new(dispatch: Dispatch) -> Arc<Engine> {
         Arc::new(Engine {
             owned: Mutex::new(Some(Owned {
                 dispatch: Rc::new(dispatch),
@@ -279,7 +272,6 @@ impl Engine {
                 next: 1,
             })),
             ready: Arc::default(),
-            hold_replies: kernel_threads > 1,
         })
     }
 
@@ -421,9 +413,8 @@ impl Sink for Engine {
 impl Engine {
     /// Start a new request under the lock (`start`), then resume whatever became ready.
     /// Closed: `start` is dropped, and with it the request's reply, which fuser answers EIO.
+    /// (The kernel side decides whether replies wait for the lock's release: `Kernel::send`.)
     fn run_new(&self, start: impl FnOnce(&mut Owned, &Arc<Ready>)) {
-        // Declared first, dropped last: replies go out after the lock is released.
-        let _out = self.hold_replies.then(replies::hold);
         let mut g = self.lock();
         let Some(o) = g.as_mut() else { return };
         start(o, &self.ready);
