@@ -364,7 +364,7 @@ impl MemFs {
             attr_ttl: opts.attr_ttl,
             entry_ttl: opts.entry_ttl,
             negative_ttl: opts.negative_ttl,
-            readers: Readers::new(THREADS),
+            readers: Readers::new(readers::usable(THREADS)),
         }
     }
 
@@ -1291,7 +1291,7 @@ fn main() {
         MountOption::NoDev,
     ];
     config.acl = SessionACL::Owner;
-    config.n_threads = Some(THREADS);
+    config.n_threads = Some(readers::usable(THREADS));
     let session = if unsafe { libc::geteuid() } == 0 {
         mount_direct(&mnt).and_then(|fd| {
             Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| lazy_unmount(&mnt))

@@ -137,9 +137,10 @@ fn fuser_config(o: &MountOptions, t: &Target) -> FuserConfig {
 /// reads only while requests keep coming (`crate::readers`).
 pub const DEFAULT_THREADS: usize = 2;
 
-/// How many kernel threads read requests: `-o threads=N`, else `DEFAULT_THREADS`.
+/// How many kernel threads read requests: `-o threads=N`, else `DEFAULT_THREADS` (one when the
+/// daemon may run on one CPU only, see `readers::usable`).
 fn kernel_threads(o: &MountOptions) -> usize {
-    o.threads.unwrap_or(DEFAULT_THREADS)
+    crate::readers::usable(o.threads.unwrap_or(DEFAULT_THREADS))
 }
 
 fn mount_error(e: &std::io::Error, mnt: &Path, o: &MountOptions) -> String {

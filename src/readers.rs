@@ -48,14 +48,16 @@ pub struct Readers {
 }
 
 impl Readers {
+    /// For `threads` kernel threads (as `usable` gave them to fuser).
     pub fn new(threads: usize) -> Readers {
+        let threads = threads.max(1);
         Readers {
-            threads: threads.max(1),
+            threads,
             start: Instant::now(),
             last: AtomicU64::new(0),
             spell: AtomicU64::new(0),
             all: AtomicBool::new(false),
-            active: AtomicUsize::new(threads.max(1)),
+            active: AtomicUsize::new(threads),
             lock: Mutex::new(()),
             wake: Condvar::new(),
         }
@@ -119,6 +121,23 @@ impl Readers {
             .unwrap_or_else(|e| e.into_inner());
         self.active.fetch_add(1, Ordering::SeqCst);
         drop(g);
+    }
+}
+
+/// How many kernel threads to start for `-o threads=N`: N, or one when this process may run
+/// on one CPU only (`taskset -c 0`), where a second reader could never wait on another CPU
+/// and only adds wake-ups.
+pub fn usable(threads: usize) -> usize {
+    if one_cpu() { 1 } else { threads.max(1) }
+}
+
+/// Whether the calling thread (and so the threads it starts) may run on one CPU only.
+fn one_cpu() -> bool {
+    // SAFETY: the set is a plain bit mask, written by the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+            && libc::CPU_COUNT(&set) == 1
     }
 }
 
