@@ -25,6 +25,8 @@ Mount options (-o opt[,opt...]):
   max_read=BYTES         largest read request
   max_write=BYTES        largest write request (default 1 MiB)
   writeback_cache        let the kernel cache writes
+  threads=N              kernel threads reading requests (default 2; all but one read only
+                         while requests keep coming)
   nosuid,nodev,noexec,noatime,... are passed to the kernel.";
 
 #[derive(Parser, Debug)]

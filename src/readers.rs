@@ -10,9 +10,9 @@
 //! went idle in between. On the development VMs (idle vCPUs halt at once) that took a created
 //! file from ~70 µs to ~330 µs once the pair had run ~55 ms without a pause (memfs and flufs
 //! alike; `scripts/bench`'s "burst and sustained" table). A second reader keeps a thread
-//! waiting on each CPU, and the sustained pace halved (~150 µs); but a second reader also parts
-//! a pair that would have stayed together, and short bursts lost as much (~70 -> ~125 µs per
-//! file). So the second reader waits for a spell of requests of `SPELL` (with no pause of
+//! waiting on each CPU, and the sustained pace nearly halved (~190 µs); but a second reader
+//! also parts a pair that would have stayed together, and short bursts lost almost as much
+//! (~70 -> ~125 µs per file). So the second reader waits for a spell of requests of `SPELL` (with no pause of
 //! `PAUSE` or more) and is sent back after `QUIET` without a request.
 //!
 //! A thread sent back waits at most `PARK`, then reads again (and waits again after its next

@@ -413,7 +413,8 @@ impl Sink for Engine {
 impl Engine {
     /// Start a new request under the lock (`start`), then resume whatever became ready.
     /// Closed: `start` is dropped, and with it the request's reply, which fuser answers EIO.
-    /// (The kernel side decides whether replies wait for the lock's release: `Kernel::send`.)
+    /// (The kernel side decides whether replies wait for the lock's release:
+    /// `Kernel::hold_replies`.)
     fn run_new(&self, start: impl FnOnce(&mut Owned, &Arc<Ready>)) {
         let mut g = self.lock();
         let Some(o) = g.as_mut() else { return };
