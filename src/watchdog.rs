@@ -1,12 +1,13 @@
 //! `--op-timeout`: interrupts a request whose Lua code runs too long. Each call of a script
 //! operation runs in its own coroutine; while the executor resumes one, that coroutine is
-//! *armed* here. A watchdog thread looks every 100 ms and, once the same resumption has been
-//! running for longer than the timeout, installs a Lua count hook on that coroutine
-//! (lua_sethook is safe to call asynchronously, as the standalone `lua` does from its SIGINT
-//! handler); the hook raises an error inside the runaway code. No hook is installed while calls
-//! finish in time, so Lua runs at full speed. Time a request spends suspended (network, timers)
-//! is not counted: only a running coroutine is armed, and each resumption gets the whole
-//! timeout.
+//! *armed* here. A watchdog thread looks every tenth of the timeout (within 100 ms and 1 s: an
+//! idle daemon with the default 10 s wakes once a second for it, where it woke ten times a
+//! second) and, once the same resumption has been running for longer than the
+//! timeout, installs a Lua count hook on that coroutine (lua_sethook is safe to call
+//! asynchronously, as the standalone `lua` does from its SIGINT handler); the hook raises an
+//! error inside the runaway code. No hook is installed while calls finish in time, so Lua runs
+//! at full speed. Time a request spends suspended (network, timers) is not counted: only a
+//! running coroutine is armed, and each resumption gets the whole timeout.
 //!
 //! Arming and disarming are a few atomic operations (no lock, no clock: they happen for every
 //! request): each resumption gets a generation number, odd while it runs, and the watchdog
@@ -86,8 +87,10 @@ impl Watchdog {
                 }
                 // The running generation last seen, and when it was first seen.
                 let mut seen = (0u64, Instant::now());
+                let every =
+                    (timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
                 loop {
-                    std::thread::sleep(Duration::from_millis(100));
+                    std::thread::sleep(every);
                     let g = s.generation.load(Ordering::Acquire);
                     if g.is_multiple_of(2) {
                         continue;
