@@ -3,10 +3,10 @@
 //! One malloc arena for the process (`one_malloc_arena`) and the global allocator that faults
 //! large new blocks in at once (`prefault`), then `cli` (options) → `daemon` (detaching) →
 //! `script` (the Lua state, with `finalizers` guarding the script's `__gc`; `flu.main`) →
-//! `mount` (session, signals, and the `trim` thread that gives freed heap memory back to the
-//! kernel) → `kernel` (fuser requests into a queue; `readers`: how many kernel threads read)
-//! → `dispatch` (the one Lua owner) using `inodes` (inode ↔ path), `convert`/`mode`/`errno`
-//! (values) and `ops` (operation names).
+//! `mount` (session, signals, and `trim`, which gives freed heap memory back to the kernel) →
+//! `kernel` (fuser requests into a queue; `readers`: how many kernel threads read) → `dispatch`
+//! (the one Lua owner) using `inodes` (inode ↔ path), `convert`/`mode`/`errno` (values) and
+//! `ops` (operation names).
 
 mod cli;
 mod convert;

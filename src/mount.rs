@@ -382,7 +382,6 @@ pub fn serve(
     }
     raise_readahead(&mnt, features.max_readahead);
     ready();
-    crate::trim::start();
 
     let session_engine = engine.clone();
     let session_thread = thread::Builder::new()
@@ -415,7 +414,8 @@ pub fn serve(
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
 
     // Resume requests whose wait is over until the mount ends, then run destroy.
-    engine.run_until_stopped();
+    let mut trimmer = crate::trim::Trimmer::new();
+    engine.run_until_stopped(|| trimmer.tick());
     engine.block_on(|d| Box::pin(async move { d.destroy().await }));
 
     let by_signal = if signal_thread.is_finished() {

@@ -5,40 +5,57 @@
 //! (luafs has its collector free them as they go): RSS 321 MB three seconds later without
 //! this, 22 MB with it.
 //!
-//! A thread looks once a second (`mallinfo2`, which walks the free lists under the arena's
-//! lock: microseconds) and calls `malloc_trim(0)` when at least `TRIM_STEP` more is free than
-//! at the lowest point since the last trim, and the free memory is at least an eighth of what
-//! is in use. `malloc_trim` returns the whole pages inside free chunks (MADV_DONTNEED); a later
-//! allocation there faults them in again. The step keeps it from running for the ordinary
-//! coming and going of a busy heap, and the low-water mark from trimming the same free memory
-//! again every second (`mallinfo2` counts trimmed chunks as free still). glibc only.
+//! The mount's main thread, which wakes once a second anyway (`Engine::run_until_stopped`),
+//! looks once a second (`mallinfo2`, which walks the free lists under the arena's lock:
+//! microseconds, ~0.6 ms after a tree was freed in small chunks) and calls `malloc_trim(0)`
+//! when at least `TRIM_STEP` more is free than at the lowest point since the last trim, and the
+//! free memory is at least an eighth of what is in use. `malloc_trim` returns the whole pages
+//! inside free chunks (MADV_DONTNEED); a later allocation there faults them in again. The step
+//! keeps it from running for the ordinary coming and going of a busy heap, and the low-water
+//! mark from trimming the same free memory again every second (`mallinfo2` counts trimmed
+//! chunks as free still). glibc only. (It had a thread of its own, waking once a second too.)
 
 /// Memory that must have been freed since the last trim (or since the free memory was at its
 /// lowest) before trimming again.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const TRIM_STEP: usize = 64 << 20;
 
-/// Start the thread (once, in the daemon after it detached). Failing to start it is not an
-/// error: the memory is then kept, as glibc does anyway.
-pub fn start() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let _ = std::thread::Builder::new()
-            .name("flufs-trim".into())
-            .spawn(|| {
-                // Nothing trimmed yet: all that is free counts as freed since.
-                let mut low = 0;
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                    // SAFETY: mallinfo2 only reads the allocator's statistics.
-                    let info = unsafe { libc::mallinfo2() };
-                    let (free, used) = (info.fordblks, info.uordblks);
-                    if should_trim(free, used, &mut low) {
-                        // SAFETY: malloc_trim only returns free pages to the kernel.
-                        unsafe { libc::malloc_trim(0) };
-                    }
-                }
-            });
+/// How often `Trimmer::tick` looks.
+const LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The looks, made by whoever calls `tick` (the mount's main thread, in the daemon after it
+/// detached).
+pub struct Trimmer {
+    last: std::time::Instant,
+    /// The least free memory seen since the last trim (0: nothing trimmed yet, so all that is
+    /// free counts as freed since).
+    #[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+    low: usize,
+}
+
+impl Trimmer {
+    pub fn new() -> Trimmer {
+        Trimmer {
+            last: std::time::Instant::now(),
+            low: 0,
+        }
+    }
+
+    /// Look, if `LOOK_EVERY` has passed since the last look, and trim if `should_trim` says so.
+    pub fn tick(&mut self) {
+        if self.last.elapsed() < LOOK_EVERY {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            // SAFETY: mallinfo2 only reads the allocator's statistics.
+            let info = unsafe { libc::mallinfo2() };
+            if should_trim(info.fordblks, info.uordblks, &mut self.low) {
+                // SAFETY: malloc_trim only returns free pages to the kernel.
+                unsafe { libc::malloc_trim(0) };
+            }
+        }
     }
 }
 

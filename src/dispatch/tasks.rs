@@ -314,7 +314,9 @@ impl Engine {
     }
 
     /// Serve ready tasks on this thread until `stop` is called; collect garbage when idle.
-    pub fn run_until_stopped(&self) {
+    /// `tick` is called after every wake-up, at least once a second (the mount gives its
+    /// heap trimming, `crate::trim`).
+    pub fn run_until_stopped(&self, mut tick: impl FnMut()) {
         let mut idle = IdleGc {
             seen: self.lock().as_ref().map_or(0, |o| o.next),
             ..IdleGc::default()
@@ -329,6 +331,7 @@ impl Engine {
             if self.ready.stop.load(Ordering::Acquire) {
                 return;
             }
+            tick();
             if timed_out {
                 self.collect_idle(&mut idle);
                 continue;
