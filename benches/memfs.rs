@@ -332,7 +332,8 @@ impl Drop for Locked<'_> {
 }
 
 impl MemFs {
-    fn new(opts: &Opts) -> MemFs {
+    /// `threads`: the fuser session threads (`readers::usable`).
+    fn new(opts: &Opts, threads: usize) -> MemFs {
         let now = SystemTime::now();
         let mut nodes = HashMap::new();
         nodes.insert(
@@ -364,7 +365,7 @@ impl MemFs {
             attr_ttl: opts.attr_ttl,
             entry_ttl: opts.entry_ttl,
             negative_ttl: opts.negative_ttl,
-            readers: Readers::new(readers::usable(THREADS)),
+            readers: Readers::new(threads),
         }
     }
 
@@ -1282,7 +1283,8 @@ fn main() {
         set
     };
 
-    let fs = MemFs::new(&opts);
+    let threads = readers::usable(THREADS);
+    let fs = MemFs::new(&opts, threads);
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("memfs".into()),
@@ -1291,7 +1293,7 @@ fn main() {
         MountOption::NoDev,
     ];
     config.acl = SessionACL::Owner;
-    config.n_threads = Some(readers::usable(THREADS));
+    config.n_threads = Some(threads);
     let session = if unsafe { libc::geteuid() } == 0 {
         mount_direct(&mnt).and_then(|fd| {
             Session::from_fd(fs, fd, config.acl, config.clone()).inspect_err(|_| lazy_unmount(&mnt))

@@ -348,8 +348,9 @@ pub fn serve(
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     };
 
-    let kernel = Kernel::new(engine.clone(), features, kernel_threads(o));
     let config = fuser_config(o, target);
+    // The readers' gate counts the threads fuser starts (decided once, in `fuser_config`).
+    let kernel = Kernel::new(engine.clone(), features, config.n_threads.unwrap_or(1));
     // As root mount(2) directly, so
     // that the type shows as fuse.SUBTYPE; otherwise let fuser go through fusermount3.
     let direct = unsafe { libc::geteuid() } == 0;
