@@ -152,10 +152,16 @@ mod tests {
     fn one_thread_never_waits() {
         let r = Readers::new(1);
         let t = Instant::now();
-        for _ in 0..1000 {
-            r.done();
+        r.done();
+        // A spell of requests (1 ms apart for 200 ms), then one after a quiet spell: with one
+        // thread there is never a second reader to want or to send back.
+        let mut now = 200 * MS;
+        for _ in 0..200 {
+            now += MS;
+            r.done_at(now);
         }
         assert!(!r.several());
+        r.done_at(now + QUIET.as_nanos() as u64);
         assert!(t.elapsed() < PARK, "a lone reader waited");
     }
 
