@@ -335,9 +335,15 @@ impl Kernel {
     fn send_ctx(&self, ctx: Ctx, op: Op) {
         // The dispatcher runs it now, on this thread. Once the dispatcher is closed the
         // request (and its reply) is dropped, and fuser answers EIO for an unanswered reply.
+        self.run(|| self.sink.submit(Request { ctx, op }));
+    }
+
+    /// Hand a request over with `hand` (its replies held while several threads read), then
+    /// report it done to the readers' gate, which may keep this thread waiting.
+    fn run(&self, hand: impl FnOnce()) {
         {
             let _out = self.hold_replies();
-            self.sink.submit(Request { ctx, op });
+            hand();
         }
         self.readers.done();
     }
@@ -652,11 +658,7 @@ impl fuser::Filesystem for Kernel {
             data,
             reply: reply.into(),
         };
-        {
-            let _out = self.hold_replies();
-            self.sink.write(ctx_of(req, None), w);
-        }
-        self.readers.done();
+        self.run(|| self.sink.write(ctx_of(req, None), w));
     }
 
     fn flush(
