@@ -1114,7 +1114,7 @@ function fs.create(path, mode, fi)
 	if #name > NAME_MAX then error(ENAMETOOLONG) end
 	local uid, gid, perm = owner(dir, mode & PERM)
 	node = new_node(S_IFREG | perm, uid, gid)
-	node.data = {}
+	node.data = {nil} -- room for a first chunk: its write fills it without a rehash
 	node.opens = 1
 	link_in(dir, name, node)
 	fi.fh = node

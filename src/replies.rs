@@ -9,19 +9,40 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
+use std::ops::Range;
 use std::time::Duration;
 
 use fuser::{Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo};
 
-type Send = Box<dyn FnOnce()>;
+/// A reply waiting in a thread's outbox.
+enum Pending {
+    /// Read data, copied into the outbox's `data` at this range (no allocation per reply).
+    Data(fuser::ReplyData, Range<usize>),
+    Other(Box<dyn FnOnce()>),
+}
+
+/// The replies a thread holds, and the read data they send. Emptied, not dropped, when they
+/// go out: the next hold reuses both buffers.
+struct Outbox {
+    sends: Vec<Pending>,
+    data: Vec<u8>,
+}
 
 thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
-    static OUTBOX: RefCell<Vec<Send>> = const { RefCell::new(Vec::new()) };
+    static OUTBOX: RefCell<Outbox> = const {
+        RefCell::new(Outbox {
+            sends: Vec::new(),
+            data: Vec::new(),
+        })
+    };
 }
 
 /// Read data up to this size is copied to be sent after the lock; larger data is sent at once.
 const COPY_LIMIT: usize = 64 * 1024;
+
+/// An outbox whose data buffer grew beyond this (many replies in one hold) gives it back.
+const DATA_KEPT: usize = 4 * COPY_LIMIT;
 
 /// While alive, replies made on this thread wait in its outbox; dropping it sends them.
 pub struct Held {
@@ -41,16 +62,33 @@ impl Drop for Held {
             return;
         }
         HOLDING.set(false);
-        let out = OUTBOX.take();
-        for send in out {
-            send();
+        let mut out = OUTBOX.replace(Outbox {
+            sends: Vec::new(),
+            data: Vec::new(),
+        });
+        let Outbox { sends, data } = &mut out;
+        for p in sends.drain(..) {
+            match p {
+                Pending::Data(r, at) => r.data(&data[at]),
+                Pending::Other(f) => f(),
+            }
         }
+        data.clear();
+        if data.capacity() > DATA_KEPT {
+            *data = Vec::new();
+        }
+        // Nothing was held while they went out (HOLDING was off): the emptied buffers go back.
+        OUTBOX.with_borrow_mut(|o| {
+            if o.sends.is_empty() && o.data.is_empty() {
+                *o = out;
+            }
+        });
     }
 }
 
 fn send(f: impl FnOnce() + 'static) {
     if HOLDING.get() {
-        OUTBOX.with_borrow_mut(|o| o.push(Box::new(f)));
+        OUTBOX.with_borrow_mut(|o| o.sends.push(Pending::Other(Box::new(f))));
     } else {
         f();
     }
@@ -98,20 +136,20 @@ impl ReplyEmpty {
     }
 }
 
-/// Send `data` with `f`: while replies are held, a small payload is copied and sent after the
-/// lock; a large one, or any when nothing is held, is sent at once without a copy.
-fn send_bytes<R: 'static>(r: R, data: &[u8], f: fn(R, &[u8])) {
-    if HOLDING.get() && data.len() <= COPY_LIMIT {
-        let copy = data.to_vec();
-        send(move || f(r, &copy));
-    } else {
-        f(r, data);
-    }
-}
-
 impl ReplyData {
+    /// While replies are held, small data is copied into the outbox and sent after the
+    /// lock; large data, or any when nothing is held, is sent at once without a copy.
     pub fn data(self, data: &[u8]) {
-        send_bytes(self.0, data, |r, d| r.data(d));
+        if HOLDING.get() && data.len() <= COPY_LIMIT {
+            let r = self.0;
+            OUTBOX.with_borrow_mut(|o| {
+                let start = o.data.len();
+                o.data.extend_from_slice(data);
+                o.sends.push(Pending::Data(r, start..start + data.len()));
+            });
+        } else {
+            self.0.data(data);
+        }
     }
 }
 
@@ -121,8 +159,15 @@ impl ReplyXattr {
         send(move || r.size(size));
     }
 
+    /// As `ReplyData::data` (a value is copied with its reply: xattrs are seldom read).
     pub fn data(self, data: &[u8]) {
-        send_bytes(self.0, data, |r, d| r.data(d));
+        let r = self.0;
+        if HOLDING.get() && data.len() <= COPY_LIMIT {
+            let copy = data.to_vec();
+            send(move || r.data(&copy));
+        } else {
+            r.data(data);
+        }
     }
 }
 
