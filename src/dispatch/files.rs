@@ -62,7 +62,7 @@ impl Dispatch {
                 ino,
                 fi,
                 dir: None,
-                path: None,
+                args: None,
             },
         );
         fh
@@ -154,14 +154,13 @@ impl Dispatch {
         size: u32,
         slot: &std::cell::Cell<Option<crate::replies::ReplyData>>,
     ) -> Result<Option<(mlua::LuaString, std::ops::Range<usize>)>, Fail> {
-        let (path, fi) = self.open_file(ino, fh)?;
+        let open = self.open_file(ino, fh)?;
+        let path = &open.path;
         // SAFETY: `call_peek` calls it on a coroutine that just finished, before anything else
         // runs in the Lua state; the data is sent (or copied) before it returns.
         let peek = |co, nres| unsafe { read_peek(co, nres, size, slot) };
-        let mut out = match self
-            .call_peek(OpName::Read, (&path, size, offset, fi), peek)
-            .await?
-        {
+        let args = (path, size, offset, open.fi.as_ref());
+        let mut out = match self.call_peek(OpName::Read, args, peek).await? {
             Returned::Peeked => return Ok(None),
             Returned::Values(v) => v,
         };
@@ -222,12 +221,13 @@ impl Dispatch {
         offset: u64,
         data: &mlua::LuaString,
     ) -> Result<u32, Fail> {
-        let (path, fi) = self.open_file(ino, fh)?;
+        let open = self.open_file(ino, fh)?;
+        let path = &open.path;
         let len = data.as_bytes().len();
         let count = std::cell::Cell::new(0);
         // SAFETY: `call_peek` calls it on a coroutine that just finished.
         let peek = |co, nres| unsafe { write_peek(co, nres, len, &count) };
-        let args = (&path, data, offset, fi);
+        let args = (path, data, offset, open.fi.as_ref());
         let out = match self.call_peek(OpName::Write, args, peek).await? {
             Returned::Peeked => return Ok(count.get()),
             Returned::Values(v) => v,
@@ -249,15 +249,16 @@ impl Dispatch {
                 Err(Errno::ENOSYS)
             };
         }
-        let (path, fi) = self.open_file(ino, fh)?;
-        self.call_unit(OpName::Flush, (&path, fi)).await
+        let open = self.open_file(ino, fh)?;
+        self.call_unit(OpName::Flush, (&open.path, open.fi.as_ref()))
+            .await
     }
 
     /// release or releasedir: the handle goes whatever the script answers.
     pub(super) async fn release(&self, op: OpName, ino: u64, fh: u64) -> Result<(), Fail> {
         let r = if self.has(op) {
             match self.open_file(ino, fh) {
-                Ok((path, fi)) => self.call_unit(op, (&path, fi)).await,
+                Ok(open) => self.call_unit(op, (&open.path, open.fi.as_ref())).await,
                 Err(e) => Err(e),
             }
         } else {
@@ -277,8 +278,9 @@ impl Dispatch {
         fh: u64,
         datasync: bool,
     ) -> Result<(), Fail> {
-        let (path, fi) = self.open_file(ino, fh)?;
-        self.call_unit(op, (&path, datasync, fi)).await
+        let open = self.open_file(ino, fh)?;
+        self.call_unit(op, (&open.path, datasync, open.fi.as_ref()))
+            .await
     }
 
     async fn lock_call(
