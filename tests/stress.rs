@@ -1113,8 +1113,13 @@ fn concurrent_workers_on_one_mount_match_a_reference() {
                 while let Some(d) = stack.pop() {
                     let rd = match fs::read_dir(&d) {
                         Ok(rd) => rd,
+                        // Gone, or replaced by a file or by a symlink that loops (a worker's
+                        // rename or symlink since it was listed): tmpfs answers the same.
                         Err(e)
-                            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                            if matches!(
+                                e.raw_os_error(),
+                                Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+                            ) =>
                         {
                             continue;
                         }
@@ -1126,11 +1131,12 @@ fn concurrent_workers_on_one_mount_match_a_reference() {
                             Ok(md) if md.is_dir() => stack.push(e.path()),
                             Ok(_) => {}
                             // Gone since the listing, or a directory on the way replaced by
-                            // a file (rmdir + create by a worker): tmpfs answers the same.
+                            // a file (rmdir + create by a worker) or a looping symlink: tmpfs
+                            // answers the same.
                             Err(e2)
                                 if matches!(
                                     e2.raw_os_error(),
-                                    Some(libc::ENOENT | libc::ENOTDIR)
+                                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
                                 ) => {}
                             Err(e2) => return Err(format!("lstat {}: {e2}", e.path().display())),
                         }
