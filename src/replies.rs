@@ -28,14 +28,18 @@ struct Outbox {
     data: Vec<u8>,
 }
 
-thread_local! {
-    static HOLDING: Cell<bool> = const { Cell::new(false) };
-    static OUTBOX: RefCell<Outbox> = const {
-        RefCell::new(Outbox {
+impl Outbox {
+    const fn new() -> Outbox {
+        Outbox {
             sends: Vec::new(),
             data: Vec::new(),
-        })
-    };
+        }
+    }
+}
+
+thread_local! {
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    static OUTBOX: RefCell<Outbox> = const { RefCell::new(Outbox::new()) };
 }
 
 /// Read data up to this size is copied to be sent after the lock; larger data is sent at once.
@@ -62,10 +66,7 @@ impl Drop for Held {
             return;
         }
         HOLDING.set(false);
-        let mut out = OUTBOX.replace(Outbox {
-            sends: Vec::new(),
-            data: Vec::new(),
-        });
+        let mut out = OUTBOX.replace(Outbox::new());
         let Outbox { sends, data } = &mut out;
         for p in sends.drain(..) {
             match p {

@@ -1272,19 +1272,16 @@ impl Dispatch {
         let path = self.path(ino)?;
         let path = self.lua.create_string(&path).map_err(|_| Errno::ENOMEM)?;
         let mut handles = self.handles.borrow_mut();
-        Ok(match handles.get_mut(&fh) {
-            Some(h) if h.ino == ino => {
-                let fi = Some(h.fi.clone());
-                let args = Rc::new(OpenArgs { path, fi });
-                h.args = Some((moves, args.clone()));
-                args
-            }
-            Some(h) => Rc::new(OpenArgs {
-                path,
-                fi: Some(h.fi.clone()),
-            }),
-            None => Rc::new(OpenArgs { path, fi: None }),
-        })
+        let h = handles.get_mut(&fh);
+        let fi = h.as_ref().map(|h| h.fi.clone());
+        let args = Rc::new(OpenArgs { path, fi });
+        // Kept for the handle's next calls when it is open on this node.
+        if let Some(h) = h
+            && h.ino == ino
+        {
+            h.args = Some((moves, args.clone()));
+        }
+        Ok(args)
     }
 
     fn fi(&self, fh: u64) -> Option<Table> {
