@@ -478,6 +478,7 @@ mod tests {
             gid: 100,
             pid: 4242,
             umask: Some(0o027),
+            unique: 0,
         });
         let host = Rc::new(Host {
             main: Rc::new(|_, _, _| Ok(())),

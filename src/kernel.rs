@@ -30,6 +30,8 @@ pub struct Ctx {
     pub pid: u32,
     /// The umask, when the request carries it (create, mkdir, mknod).
     pub umask: Option<u32>,
+    /// The kernel's number for the request, in the order it sent them (see `crate::nlinks`).
+    pub unique: u64,
 }
 
 /// Attribute changes of one SETATTR request.
@@ -358,12 +360,16 @@ impl Kernel {
     }
 }
 
+/// The context of a request this thread just read (which `nlinks` notes as read).
 fn ctx_of(req: &fuser::Request, umask: Option<u32>) -> Ctx {
+    let unique = req.unique().0;
+    crate::nlinks::seen(unique);
     Ctx {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
         umask,
+        unique,
     }
 }
 

@@ -25,6 +25,7 @@ mod log;
 mod luaraw;
 mod mode;
 mod mount;
+mod nlinks;
 mod ops;
 mod options;
 mod prefault;

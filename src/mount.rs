@@ -372,6 +372,7 @@ pub fn serve(
             return Err(mount_error(&e, &mnt, o));
         }
     };
+    crate::replies::set_notifier(session.notifier());
     let init = engine
         .block_on(|d| Box::pin(async move { d.init().await }))
         .unwrap_or(Ok(()));

@@ -42,6 +42,28 @@ thread_local! {
     static OUTBOX: RefCell<Outbox> = const { RefCell::new(Outbox::new()) };
 }
 
+/// The session's notifier, once the filesystem is mounted (`set_notifier`).
+static NOTIFIER: std::sync::OnceLock<fuser::Notifier> = std::sync::OnceLock::new();
+
+/// Where notifications to the kernel go (set once, when the session exists).
+pub fn set_notifier(n: fuser::Notifier) {
+    let _ = NOTIFIER.set(n);
+}
+
+/// Tell the kernel at once (never held: before the reply of the request that changed them)
+/// that node `ino`'s attributes changed. Besides marking them stale, this raises the
+/// inode's attribute version, so that the kernel discards attributes answered before the
+/// change to requests it sent before this notice; a directory's own marking after a mkdir,
+/// rmdir or rename (fs/fuse/dir.c, `fuse_dir_changed`) does not, and such a reply stored after
+/// it leaves the old link count cached (`scripts/nlink-race`, "dir"). Attributes only: takes
+/// no inode lock, so it cannot wait for the request being answered.
+pub fn attributes_changed(ino: u64) {
+    if let Some(n) = NOTIFIER.get() {
+        // ENOENT: the kernel has no such inode cached; nothing to mark.
+        let _ = n.inval_inode(INodeNo(ino), -1, 0);
+    }
+}
+
 /// Read data up to this size is copied to be sent after the lock; larger data is sent at once.
 const COPY_LIMIT: usize = 64 * 1024;
 

@@ -952,7 +952,7 @@ impl Dispatch {
                             off,
                             name,
                             &ttl,
-                            &st.to_attr(ino),
+                            &self.looked_up(ino, st),
                             Generation(0),
                         );
                         if full {

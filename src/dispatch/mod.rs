@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileHandle, Generation};
 
-use crate::replies::{ReplyEmpty, ReplyEntry};
+use crate::replies::{self, ReplyEmpty, ReplyEntry};
 use mlua::thread::ThreadStatus;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Thread, Value};
 
@@ -36,6 +36,7 @@ use crate::errno;
 use crate::inodes::Inodes;
 use crate::kernel::{Ctx, Op, Request};
 use crate::log;
+use crate::nlinks::Drops;
 use crate::ops::{OpName, Ops};
 use crate::watchdog::Watchdog;
 
@@ -109,6 +110,8 @@ pub struct Dispatch {
     changes: Cell<u64>,
     /// Directories made through the mount whose names flufs knows (`fs.reuse_listings`).
     fresh: RefCell<fresh::FreshDirs>,
+    /// Link counts the kernel is about to lower after an unlink (see `crate::nlinks`).
+    drops: RefCell<Drops>,
     /// The fields of the stat table the call that just returned gave (`stat_peek`), read
     /// where it left them: read at once (no other call runs before), never moved around.
     peeked: RefCell<[Option<i64>; 15]>,
@@ -348,6 +351,7 @@ impl Dispatch {
             threads: RefCell::new(Vec::new()),
             changes: Cell::new(0),
             fresh: RefCell::new(fresh::FreshDirs::new()),
+            drops: RefCell::new(Drops::new()),
             memory_limit,
         })
     }
@@ -440,7 +444,11 @@ impl Dispatch {
                 reply,
             } => {
                 match self.lookup(parent, name.as_bytes()).await {
-                    Ok(Some((ino, st))) => self.reply_entry(reply, ino, &st),
+                    Ok(Some((ino, st))) => reply.entry(
+                        &self.cfg.entry_ttl,
+                        &self.looked_up(ino, &st),
+                        Generation(0),
+                    ),
                     Ok(None) => {
                         // A negative entry, cached for negative_timeout.
                         let mut attr = Stat::placeholder(self.defaults).to_attr(0);
@@ -451,7 +459,7 @@ impl Dispatch {
                 }
             }
             Op::Getattr { ino, fh, reply } => match self.getattr(ino, fh).await {
-                Ok(st) => reply.attr(&ttl, &st.to_attr(ino)),
+                Ok(st) => reply.attr(&ttl, &self.looked_up(ino, &st)),
                 Err(e) => reply.error(e),
             },
             Op::Setattr { ino, set, reply } => match Box::pin(self.setattr(ino, set)).await {
@@ -480,6 +488,10 @@ impl Dispatch {
                 reply,
             } => {
                 let r = Box::pin(self.mkdir(parent, name.as_bytes(), mode)).await;
+                if r.is_ok() {
+                    // Its link count went up (see `replies::attributes_changed`).
+                    replies::attributes_changed(parent);
+                }
                 self.follow_made(parent, name.as_bytes(), &r);
                 self.entry_result(reply, r);
             }
@@ -488,7 +500,11 @@ impl Dispatch {
                 name,
                 reply,
             } => {
+                let node = self.inodes.borrow().child_kind(parent, name.as_bytes());
                 let r = Box::pin(self.remove(OpName::Unlink, parent, name.as_bytes())).await;
+                if r.is_ok() {
+                    self.unlinked(node);
+                }
                 self.follow(|f| match &r {
                     Ok(()) => f.removed(parent, name.as_bytes()),
                     Err(_) => f.drop_dir(parent),
@@ -507,6 +523,9 @@ impl Dispatch {
                     .then(|| self.inodes.borrow().child(parent, name.as_bytes()))
                     .flatten();
                 let r = Box::pin(self.remove(OpName::Rmdir, parent, name.as_bytes())).await;
+                if r.is_ok() {
+                    replies::attributes_changed(parent);
+                }
                 self.follow(|f| match &r {
                     Ok(()) => {
                         f.removed(parent, name.as_bytes());
@@ -536,6 +555,19 @@ impl Dispatch {
                 flags,
                 reply,
             } => {
+                let (moved, target) = {
+                    let inodes = self.inodes.borrow();
+                    (
+                        inodes.child_kind(parent, name.as_bytes()),
+                        inodes.child_kind(newparent, newname.as_bytes()),
+                    )
+                };
+                // A name renamed over loses its node, as an unlinked one does.
+                let over = target.filter(|_| flags & libc::RENAME_EXCHANGE == 0);
+                // A directory moved, or replaced: the link counts of both parents change.
+                let moves_dir = [moved, target]
+                    .iter()
+                    .any(|n| n.is_some_and(|(_, kind)| kind == libc::S_IFDIR));
                 let r = Box::pin(self.rename(
                     parent,
                     name.as_bytes(),
@@ -544,6 +576,15 @@ impl Dispatch {
                     flags,
                 ))
                 .await;
+                if r.is_ok() {
+                    self.unlinked(over);
+                    if moves_dir {
+                        replies::attributes_changed(parent);
+                        if newparent != parent {
+                            replies::attributes_changed(newparent);
+                        }
+                    }
+                }
                 // An exchange keeps both names where they are.
                 self.follow(|f| match &r {
                     Ok(()) if flags & libc::RENAME_EXCHANGE == 0 => {
@@ -1341,6 +1382,28 @@ impl Dispatch {
             }
         }
         ino
+    }
+
+    /// The attributes of node `ino` for a reply the kernel stores only when nothing changed
+    /// them since it sent the request (getattr, lookup, readdirplus): with the links it is
+    /// about to take off after unlinks it has not seen answered yet (see `crate::nlinks`).
+    pub(super) fn looked_up(&self, ino: u64, st: &Stat) -> fuser::FileAttr {
+        let mut attr = st.to_attr(ino);
+        let drops = self.drops.borrow();
+        let carry = drops.carry(ino, self.ctx.get().unique);
+        attr.nlink = attr.nlink.saturating_add(carry);
+        attr
+    }
+
+    /// A name of `node` (its id and file type, as the table knew it before) was unlinked or
+    /// renamed over: the kernel lowers a file's cached link count once it has the answer.
+    fn unlinked(&self, node: Option<(u64, u32)>) {
+        if let Some((ino, kind)) = node
+            && kind != libc::S_IFDIR
+        {
+            let unique = self.ctx.get().unique;
+            self.drops.borrow_mut().unlinked(ino, unique);
+        }
     }
 
     fn reply_entry(&self, reply: ReplyEntry, ino: u64, st: &Stat) {
