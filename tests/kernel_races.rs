@@ -22,27 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use common::{Mount, cpath, fixture, fuse_available, shipped};
+use common::{Mount, fixture, fuse_available, shipped, statx_nlink};
 
 /// How long each test hammers its mount.
 const SPELL: Duration = Duration::from_millis(1500);
-
-/// The link count of `path` by statx with `flags`: the kernel's cached one
-/// (`AT_STATX_DONT_SYNC`) or one asked of the filesystem (`AT_STATX_FORCE_SYNC`).
-fn nlink(path: &Path, flags: i32) -> Option<u32> {
-    let c = cpath(path);
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | flags,
-            libc::STATX_NLINK,
-            &mut sx,
-        )
-    };
-    (r == 0).then_some(sx.stx_nlink)
-}
 
 /// Threads that ask the filesystem for `path`'s attributes until dropped; counts the answers.
 /// Each stat holds `gate` for reading: holding it for writing keeps them out (and none is
@@ -66,7 +49,7 @@ impl Staters {
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let _in = gate.read().unwrap_or_else(|e| e.into_inner());
-                        nlink(&path, libc::AT_STATX_FORCE_SYNC);
+                        statx_nlink(&path, libc::AT_STATX_FORCE_SYNC);
                         asked.fetch_add(1, Ordering::Relaxed);
                     }
                 })
@@ -161,7 +144,7 @@ fn a_link_is_refused_only_when_the_kernels_cached_count_is_zero() {
             let _quiet = staters.gate.write().unwrap_or_else(|e| e.into_inner());
             // One name: the kernel may hold 0 (its race) but never more than the truth (flufs
             // answers some stats with the count from before an unlink: src/nlinks.rs).
-            let cached = nlink(&a, libc::AT_STATX_DONT_SYNC);
+            let cached = statx_nlink(&a, libc::AT_STATX_DONT_SYNC);
             assert!(
                 matches!(cached, Some(0 | 1)),
                 "round {rounds}: the kernel holds link count {cached:?} for a file with one name"
@@ -173,11 +156,11 @@ fn a_link_is_refused_only_when_the_kernels_cached_count_is_zero() {
                     // count flufs gives must be the true one.
                     refused += 1;
                     assert_eq!(
-                        nlink(&a, libc::AT_STATX_DONT_SYNC),
+                        statx_nlink(&a, libc::AT_STATX_DONT_SYNC),
                         Some(0),
                         "round {rounds}: link refused while the kernel's cached count was not 0"
                     );
-                    assert_eq!(nlink(&a, libc::AT_STATX_FORCE_SYNC), Some(1));
+                    assert_eq!(statx_nlink(&a, libc::AT_STATX_FORCE_SYNC), Some(1));
                     fs::hard_link(&a, &b).unwrap_or_else(|e| {
                         panic!("round {rounds}: link refused again after a refresh: {e}")
                     });
@@ -193,7 +176,7 @@ fn a_link_is_refused_only_when_the_kernels_cached_count_is_zero() {
         rounds > 100 && asked > 100,
         "too little happened: {rounds} rounds, {asked} stats"
     );
-    assert_eq!(nlink(&a, libc::AT_STATX_FORCE_SYNC), Some(1));
+    assert_eq!(statx_nlink(&a, libc::AT_STATX_FORCE_SYNC), Some(1));
     assert_eq!(fs::read(&a).unwrap(), b"data");
     eprintln!(
         "{rounds} link+unlink rounds against {asked} concurrent stats: {refused} links refused \
@@ -216,7 +199,7 @@ fn an_answer_made_before_a_mkdir_is_not_kept_after_it() {
     // The slow GETATTR reads the count now (4) and answers 300 ms later.
     let slow = {
         let d = d.clone();
-        std::thread::spawn(move || nlink(&d, libc::AT_STATX_FORCE_SYNC))
+        std::thread::spawn(move || statx_nlink(&d, libc::AT_STATX_FORCE_SYNC))
     };
     std::thread::sleep(Duration::from_millis(100));
     fs::create_dir(d.join("x")).unwrap();
@@ -226,7 +209,7 @@ fn an_answer_made_before_a_mkdir_is_not_kept_after_it() {
         "the slow answer, made before the mkdir"
     );
     // The kernel discarded it: its cached count is still the one from before y was made.
-    assert_eq!(nlink(&d, libc::AT_STATX_DONT_SYNC), Some(3));
+    assert_eq!(statx_nlink(&d, libc::AT_STATX_DONT_SYNC), Some(3));
     assert_eq!(
         fs::metadata(&d).unwrap().nlink(),
         5,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use common::{Mount, RefDir, Rng, cpath, last_errno, shipped};
+use common::{Mount, RefDir, Rng, cpath, last_errno, shipped, statx_nlink};
 
 fn luafs() -> Mount {
     Mount::new(&shipped("luafs.lua"), &[])
@@ -962,30 +962,8 @@ impl Gen {
 /// refresh. libfuse's passthrough_ll and memfs do the same (`scripts/nlink-race`). This reads
 /// the cached count (`AT_STATX_DONT_SYNC`), then refreshes it (`AT_STATX_FORCE_SYNC`).
 fn kernel_nlink_zero(path: &Path) -> bool {
-    let c = cpath(path);
-    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
-    let cached = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC,
-            libc::STATX_NLINK,
-            &mut sx,
-        )
-    };
-    if cached != 0 || sx.stx_nlink != 0 {
-        return false;
-    }
-    let fresh = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_FORCE_SYNC,
-            libc::STATX_NLINK,
-            &mut sx,
-        )
-    };
-    fresh == 0
+    statx_nlink(path, libc::AT_STATX_DONT_SYNC) == Some(0)
+        && statx_nlink(path, libc::AT_STATX_FORCE_SYNC).is_some()
 }
 
 fn snapshot(root: &Path, skip: &dyn Fn(&str) -> bool) -> BTreeMap<String, String> {

@@ -309,6 +309,24 @@ impl Rng {
     }
 }
 
+/// The link count of `path` (a symlink itself, not followed) by statx with `flags`: the
+/// kernel's cached one (`AT_STATX_DONT_SYNC`) or one asked of the filesystem
+/// (`AT_STATX_FORCE_SYNC`); `None` when statx fails.
+pub fn statx_nlink(path: &Path, flags: i32) -> Option<u32> {
+    let c = cpath(path);
+    let mut sx: libc::statx = unsafe { std::mem::zeroed() };
+    let r = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | flags,
+            libc::STATX_NLINK,
+            &mut sx,
+        )
+    };
+    (r == 0).then_some(sx.stx_nlink)
+}
+
 /// `p` as a C string, for libc calls.
 pub fn cpath(p: &Path) -> std::ffi::CString {
     use std::os::unix::ffi::OsStrExt;
