@@ -185,23 +185,34 @@ fn a_link_is_refused_only_when_the_kernels_cached_count_is_zero() {
 }
 
 /// Deterministic: an answer to a GETATTR the kernel sent before a mkdir, made before the mkdir
-/// but arriving after it (tests/fixtures/stale_dir.lua holds it 300 ms), must not be kept.
+/// but arriving after it (tests/fixtures/stale_dir.lua holds it 500 ms), must not be kept.
 #[test]
 fn an_answer_made_before_a_mkdir_is_not_kept_after_it() {
     if !fuse_available() {
         return;
     }
-    let m = Mount::new(&fixture("stale_dir.lua"), &[]);
+    // Long time-outs: no lookup on the way may refresh the directory's attributes by itself.
+    let m = Mount::new(
+        &fixture("stale_dir.lua"),
+        &["-o", "attr_timeout=60,entry_timeout=60"],
+    );
     let d = m.mnt.join("d");
     fs::create_dir(d.join("slow")).unwrap();
     assert_eq!(fs::metadata(&d).unwrap().nlink(), 3, "slow");
     fs::create_dir(d.join("y")).unwrap();
-    // The slow GETATTR reads the count now (4) and answers 300 ms later.
+    // The slow GETATTR reads the count now (4) and answers 500 ms later.
     let slow = {
         let d = d.clone();
         std::thread::spawn(move || statx_nlink(&d, libc::AT_STATX_FORCE_SYNC))
     };
-    std::thread::sleep(Duration::from_millis(100));
+    let waiting = (1..).take(500).find(|i| {
+        std::thread::sleep(Duration::from_millis(2));
+        m.mnt.join(format!("started.{i}")).exists()
+    });
+    assert!(
+        waiting.is_some(),
+        "the slow getattr did not start within 1 s"
+    );
     fs::create_dir(d.join("x")).unwrap();
     assert_eq!(
         slow.join().unwrap(),
