@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use fuser::{Errno, FileHandle, Generation};
 
-use crate::replies::{self, ReplyEmpty, ReplyEntry};
+use crate::replies::{ReplyEmpty, ReplyEntry};
 use mlua::thread::ThreadStatus;
 use mlua::{Function, IntoLuaMulti, Lua, MultiValue, Table, Thread, Value};
 
@@ -444,11 +444,7 @@ impl Dispatch {
                 reply,
             } => {
                 match self.lookup(parent, name.as_bytes()).await {
-                    Ok(Some((ino, st))) => reply.entry(
-                        &self.cfg.entry_ttl,
-                        &self.looked_up(ino, &st),
-                        Generation(0),
-                    ),
+                    Ok(Some((ino, st))) => self.reply_entry(reply, &self.looked_up(ino, &st)),
                     Ok(None) => {
                         // A negative entry, cached for negative_timeout.
                         let mut attr = Stat::placeholder(self.defaults).to_attr(0);
@@ -488,10 +484,6 @@ impl Dispatch {
                 reply,
             } => {
                 let r = Box::pin(self.mkdir(parent, name.as_bytes(), mode)).await;
-                if r.is_ok() {
-                    // Its link count went up (see `replies::attributes_changed`).
-                    replies::attributes_changed(parent);
-                }
                 self.follow_made(parent, name.as_bytes(), &r);
                 self.entry_result(reply, r);
             }
@@ -500,11 +492,7 @@ impl Dispatch {
                 name,
                 reply,
             } => {
-                let node = self.inodes.borrow().child_kind(parent, name.as_bytes());
                 let r = Box::pin(self.remove(OpName::Unlink, parent, name.as_bytes())).await;
-                if r.is_ok() {
-                    self.unlinked(node);
-                }
                 self.follow(|f| match &r {
                     Ok(()) => f.removed(parent, name.as_bytes()),
                     Err(_) => f.drop_dir(parent),
@@ -523,9 +511,6 @@ impl Dispatch {
                     .then(|| self.inodes.borrow().child(parent, name.as_bytes()))
                     .flatten();
                 let r = Box::pin(self.remove(OpName::Rmdir, parent, name.as_bytes())).await;
-                if r.is_ok() {
-                    replies::attributes_changed(parent);
-                }
                 self.follow(|f| match &r {
                     Ok(()) => {
                         f.removed(parent, name.as_bytes());
@@ -555,19 +540,6 @@ impl Dispatch {
                 flags,
                 reply,
             } => {
-                let (moved, target) = {
-                    let inodes = self.inodes.borrow();
-                    (
-                        inodes.child_kind(parent, name.as_bytes()),
-                        inodes.child_kind(newparent, newname.as_bytes()),
-                    )
-                };
-                // A name renamed over loses its node, as an unlinked one does.
-                let over = target.filter(|_| flags & libc::RENAME_EXCHANGE == 0);
-                // A directory moved, or replaced: the link counts of both parents change.
-                let moves_dir = [moved, target]
-                    .iter()
-                    .any(|n| n.is_some_and(|(_, kind)| kind == libc::S_IFDIR));
                 let r = Box::pin(self.rename(
                     parent,
                     name.as_bytes(),
@@ -576,15 +548,6 @@ impl Dispatch {
                     flags,
                 ))
                 .await;
-                if r.is_ok() {
-                    self.unlinked(over);
-                    if moves_dir {
-                        replies::attributes_changed(parent);
-                        if newparent != parent {
-                            replies::attributes_changed(newparent);
-                        }
-                    }
-                }
                 // An exchange keeps both names where they are.
                 self.follow(|f| match &r {
                     Ok(()) if flags & libc::RENAME_EXCHANGE == 0 => {
@@ -1397,7 +1360,7 @@ impl Dispatch {
 
     /// A name of `node` (its id and file type, as the table knew it before) was unlinked or
     /// renamed over: the kernel lowers a file's cached link count once it has the answer.
-    fn unlinked(&self, node: Option<(u64, u32)>) {
+    pub(super) fn unlinked(&self, node: Option<(u64, u32)>) {
         if let Some((ino, kind)) = node
             && kind != libc::S_IFDIR
         {
@@ -1406,13 +1369,13 @@ impl Dispatch {
         }
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, ino: u64, st: &Stat) {
-        reply.entry(&self.cfg.entry_ttl, &st.to_attr(ino), Generation(0));
+    fn reply_entry(&self, reply: ReplyEntry, attr: &fuser::FileAttr) {
+        reply.entry(&self.cfg.entry_ttl, attr, Generation(0));
     }
 
     fn entry_result(&self, reply: ReplyEntry, r: Result<(u64, Stat), Fail>) {
         match r {
-            Ok((ino, st)) => self.reply_entry(reply, ino, &st),
+            Ok((ino, st)) => self.reply_entry(reply, &st.to_attr(ino)),
             Err(e) => reply.error(e),
         }
     }

@@ -1,12 +1,15 @@
 //! Directory entries: mknod, mkdir, symlink, link (which answer with the new entry: the stat
 //! table they return, else getattr's), unlink,
-//! rmdir, rename, and readlink. The inode table follows every change that succeeded.
+//! rmdir, rename, and readlink. The inode table follows every change that succeeded, and the
+//! kernel is told what it would otherwise get wrong about link counts (`crate::nlinks`,
+//! `replies::attributes_changed`).
 
 use fuser::Errno;
 
 use super::{Dispatch, Fail};
 use crate::convert::Bytes;
 use crate::ops::OpName;
+use crate::replies;
 
 impl Dispatch {
     pub(super) async fn mknod(
@@ -40,8 +43,12 @@ impl Dispatch {
         let out = self
             .call_peek(OpName::Mkdir, (Bytes(&path), set), self.stat_peek())
             .await?;
-        self.new_entry(OpName::Mkdir, parent, name, &path, out)
-            .await
+        let made = self
+            .new_entry(OpName::Mkdir, parent, name, &path, out)
+            .await?;
+        // The parent's link count went up.
+        replies::attributes_changed(parent);
+        Ok(made)
     }
 
     pub(super) async fn symlink(
@@ -86,7 +93,17 @@ impl Dispatch {
     pub(super) async fn remove(&self, op: OpName, parent: u64, name: &[u8]) -> Result<(), Fail> {
         let path = self.child_path(parent, name)?;
         self.call_unit(op, Bytes(&path)).await?;
-        self.inodes.borrow_mut().unlink(parent, name);
+        let gone = {
+            let mut inodes = self.inodes.borrow_mut();
+            let node = inodes.child_kind(parent, name);
+            inodes.unlink(parent, name);
+            node
+        };
+        match op {
+            // The parent's link count went down.
+            OpName::Rmdir => replies::attributes_changed(parent),
+            _ => self.unlinked(gone),
+        }
         Ok(())
     }
 
@@ -112,14 +129,30 @@ impl Dispatch {
         }
         self.call_unit(OpName::Rename, (Bytes(&from), Bytes(&to), set))
             .await?;
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            self.inodes
-                .borrow_mut()
-                .exchange(parent, name, newparent, newname);
-        } else {
-            self.inodes
-                .borrow_mut()
-                .rename(parent, name, newparent, newname);
+        let (moved, target) = {
+            let mut inodes = self.inodes.borrow_mut();
+            let moved = inodes.child_kind(parent, name);
+            let target = inodes.child_kind(newparent, newname);
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                inodes.exchange(parent, name, newparent, newname);
+            } else {
+                inodes.rename(parent, name, newparent, newname);
+            }
+            (moved, target)
+        };
+        // A name renamed over loses its node, as an unlinked one does.
+        if flags & libc::RENAME_EXCHANGE == 0 {
+            self.unlinked(target);
+        }
+        // A directory moved or replaced: the link counts of both parents change.
+        if [moved, target]
+            .iter()
+            .any(|n| n.is_some_and(|(_, kind)| kind == libc::S_IFDIR))
+        {
+            replies::attributes_changed(parent);
+            if newparent != parent {
+                replies::attributes_changed(newparent);
+            }
         }
         Ok(())
     }
