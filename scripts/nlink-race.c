@@ -30,21 +30,26 @@
 
 static char a[4096], b[4096], d[4096], x[4096];
 static volatile int stop;
+static pthread_t stat_threads[16];
+static int nstat;
 
+/* Ask for the attributes of the path `arg` (a GETATTR each time) until `stop`. */
 static void *stat_loop(void *arg) {
-  (void)arg;
+  const char *path = arg;
   struct statx sx;
   while (!stop)
-    statx(AT_FDCWD, a, AT_STATX_FORCE_SYNC, STATX_NLINK, &sx);
+    statx(AT_FDCWD, path, AT_STATX_FORCE_SYNC, STATX_NLINK, &sx);
   return NULL;
 }
 
-static void *stat_dir_loop(void *arg) {
-  (void)arg;
-  struct statx sx;
-  while (!stop)
-    statx(AT_FDCWD, d, AT_STATX_FORCE_SYNC, STATX_NLINK, &sx);
-  return NULL;
+static void start_stats(const char *path, int threads) {
+  nstat = threads;
+  for (int i = 0; i < nstat; i++) pthread_create(&stat_threads[i], NULL, stat_loop, (void *)path);
+}
+
+static void stop_stats(void) {
+  stop = 1;
+  for (int i = 0; i < nstat; i++) pthread_join(stat_threads[i], NULL);
 }
 
 static int dir_race(const char *dir, int secs, int threads) {
@@ -55,8 +60,7 @@ static int dir_race(const char *dir, int secs, int threads) {
     perror(d);
     return 1;
   }
-  pthread_t t[16];
-  for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, stat_dir_loop, NULL);
+  start_stats(d, threads);
   time_t end = time(NULL) + secs;
   long rounds = 0, stale = 0;
   int rc = 0;
@@ -76,8 +80,7 @@ static int dir_race(const char *dir, int secs, int threads) {
     if (stat(d, &st) == 0 && st.st_nlink != 2) stale++;
     rounds++;
   }
-  stop = 1;
-  for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+  stop_stats();
   rmdir(d);
   printf("rounds %ld refused %ld cached0 0\n", rounds, stale);
   return rc;
@@ -101,8 +104,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   close(fd);
-  pthread_t t[16];
-  for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, stat_loop, NULL);
+  start_stats(a, threads);
   time_t end = time(NULL) + secs;
   long rounds = 0, refused = 0, zero = 0;
   int rc = 0;
@@ -127,8 +129,7 @@ int main(int argc, char **argv) {
     }
     rounds++;
   }
-  stop = 1;
-  for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
+  stop_stats();
   unlink(a);
   printf("rounds %ld refused %ld cached0 %ld\n", rounds, refused, zero);
   return rc;
