@@ -308,6 +308,8 @@ const THREADS: usize = 2;
 struct Locked<'a> {
     st: ManuallyDrop<MutexGuard<'a, State>>,
     readers: &'a Readers,
+    /// The request's sender (its pid), for `readers`.
+    pid: u32,
 }
 
 impl Deref for Locked<'_> {
@@ -327,7 +329,7 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // SAFETY: the guard is dropped here only, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.st) };
-        self.readers.done();
+        self.readers.done(self.pid);
     }
 }
 
@@ -369,10 +371,11 @@ impl MemFs {
         }
     }
 
-    fn lock(&self) -> Locked<'_> {
+    fn lock(&self, req: &Request) -> Locked<'_> {
         Locked {
             st: ManuallyDrop::new(self.state.lock().unwrap_or_else(|e| e.into_inner())),
             readers: &self.readers,
+            pid: req.pid(),
         }
     }
 
@@ -426,8 +429,8 @@ impl fuser::Filesystem for MemFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let mut st = self.lock();
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let mut st = self.lock(req);
         let r = st.child(parent.0, name).and_then(|ino| {
             let n = st.node_mut(ino)?;
             n.nlookup += 1;
@@ -445,16 +448,16 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut st = self.lock();
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut st = self.lock(req);
         if let Some(n) = st.nodes.get_mut(&ino.0) {
             n.nlookup = n.nlookup.saturating_sub(nlookup);
         }
         st.maybe_free(ino.0);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let st = self.lock();
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = self.lock(req);
         match st.node(ino.0) {
             Ok(n) => reply.attr(&self.attr_ttl, &n.attr(ino.0)),
             Err(e) => reply.error(e),
@@ -463,7 +466,7 @@ impl fuser::Filesystem for MemFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -479,7 +482,7 @@ impl fuser::Filesystem for MemFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let n = st.node_mut(ino.0)?;
@@ -520,8 +523,8 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let st = self.lock();
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let st = self.lock(req);
         match st.node(ino.0).map(|n| &n.content) {
             Ok(Content::Symlink(t)) => reply.data(t),
             Ok(_) => reply.error(Errno::EINVAL),
@@ -539,7 +542,7 @@ impl fuser::Filesystem for MemFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let r = match kind_of(mode) {
             Some(FileType::Directory) | Some(FileType::Symlink) | None => Err(Errno::EINVAL),
             Some(FileType::RegularFile) => st.make(
@@ -565,7 +568,7 @@ impl fuser::Filesystem for MemFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let r = st.make(
             req,
             parent.0,
@@ -586,7 +589,7 @@ impl fuser::Filesystem for MemFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let r = st.make(
             req,
             parent.0,
@@ -601,13 +604,13 @@ impl fuser::Filesystem for MemFs {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             if matches!(st.node(ino.0)?.content, Content::Dir(_)) {
@@ -633,8 +636,8 @@ impl fuser::Filesystem for MemFs {
         self.reply_new(&st, r, reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let ino = st.child(parent.0, name)?;
@@ -651,8 +654,8 @@ impl fuser::Filesystem for MemFs {
         done(r, reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut st = self.lock();
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let ino = st.child(parent.0, name)?;
@@ -672,7 +675,7 @@ impl fuser::Filesystem for MemFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -680,7 +683,7 @@ impl fuser::Filesystem for MemFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             if flags.contains(RenameFlags::RENAME_EXCHANGE)
@@ -742,8 +745,8 @@ impl fuser::Filesystem for MemFs {
         done(r, reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let mut st = self.lock();
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let n = st.node_mut(ino.0)?;
@@ -773,7 +776,7 @@ impl fuser::Filesystem for MemFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let r = st
             .make(
                 req,
@@ -803,7 +806,7 @@ impl fuser::Filesystem for MemFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -812,7 +815,7 @@ impl fuser::Filesystem for MemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let st = self.lock();
+        let st = self.lock(req);
         match st.node(ino.0).map(|n| &n.content) {
             Ok(Content::File(d)) => {
                 let start = (offset as usize).min(d.len());
@@ -827,7 +830,7 @@ impl fuser::Filesystem for MemFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
@@ -837,7 +840,7 @@ impl fuser::Filesystem for MemFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let n = st.node_mut(ino.0)?;
@@ -859,7 +862,7 @@ impl fuser::Filesystem for MemFs {
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: OpenFlags,
@@ -867,7 +870,7 @@ impl fuser::Filesystem for MemFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         if let Some(n) = st.nodes.get_mut(&ino.0) {
             n.opens = n.opens.saturating_sub(1);
         }
@@ -886,8 +889,8 @@ impl fuser::Filesystem for MemFs {
         reply.ok();
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut st = self.lock();
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let mut st = self.lock(req);
         if let Err(e) = st.entries(ino.0) {
             return reply.error(e);
         }
@@ -899,13 +902,13 @@ impl fuser::Filesystem for MemFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         if let Err(e) = st.snapshot(ino.0, fh.0, offset) {
             return reply.error(e);
         }
@@ -922,13 +925,13 @@ impl fuser::Filesystem for MemFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let mut guard = self.lock();
+        let mut guard = self.lock(req);
         let st = &mut *guard;
         if let Err(e) = st.snapshot(ino.0, fh.0, offset) {
             return reply.error(e);
@@ -962,13 +965,13 @@ impl fuser::Filesystem for MemFs {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         st.dirs.remove(&fh.0);
         reply.ok();
     }
@@ -984,8 +987,8 @@ impl fuser::Filesystem for MemFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let st = self.lock();
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let st = self.lock(req);
         let used: u64 = st.nodes.values().map(|n| n.size().div_ceil(4096)).sum();
         let blocks = 1u64 << 28; // 1 TiB of 4 KiB blocks
         let files = 1u64 << 32;
@@ -1003,7 +1006,7 @@ impl fuser::Filesystem for MemFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -1014,7 +1017,7 @@ impl fuser::Filesystem for MemFs {
         if unsupported(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let n = st.node_mut(ino.0)?;
@@ -1033,11 +1036,11 @@ impl fuser::Filesystem for MemFs {
         done(r, reply);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         if unsupported(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        let st = self.lock();
+        let st = self.lock(req);
         let r = st.node(ino.0).and_then(|n| {
             n.xattrs
                 .as_ref()
@@ -1052,8 +1055,8 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        let st = self.lock();
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let st = self.lock(req);
         let n = match st.node(ino.0) {
             Ok(n) => n,
             Err(e) => return reply.error(e),
@@ -1072,11 +1075,11 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if unsupported(name) {
             return reply.error(Errno::EOPNOTSUPP);
         }
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let r = st.node_mut(ino.0).and_then(|n| {
             n.xattrs
                 .as_mut()
@@ -1091,7 +1094,7 @@ impl fuser::Filesystem for MemFs {
     /// (luafs shares whole chunks instead).
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         _fh_in: FileHandle,
         offset_in: u64,
@@ -1102,7 +1105,7 @@ impl fuser::Filesystem for MemFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        let mut st = self.lock();
+        let mut st = self.lock(req);
         let now = SystemTime::now();
         let r = (|| {
             let Content::File(d) = &st.node(ino_in.0)?.content else {
@@ -1121,8 +1124,8 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        done(self.lock().node(ino.0).map(|_| ()), reply);
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        done(self.lock(req).node(ino.0).map(|_| ()), reply);
     }
 }
 

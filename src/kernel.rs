@@ -337,17 +337,17 @@ impl Kernel {
     fn send_ctx(&self, ctx: Ctx, op: Op) {
         // The dispatcher runs it now, on this thread. Once the dispatcher is closed the
         // request (and its reply) is dropped, and fuser answers EIO for an unanswered reply.
-        self.run(|| self.sink.submit(Request { ctx, op }));
+        self.run(ctx.pid, || self.sink.submit(Request { ctx, op }));
     }
 
-    /// Hand a request over with `hand` (its replies held while several threads read), then
-    /// report it done to the readers' gate, which may keep this thread waiting.
-    fn run(&self, hand: impl FnOnce()) {
+    /// Hand a request of thread `pid` over with `hand` (its replies held while several threads
+    /// read), then report it done to the readers' gate, which may keep this thread waiting.
+    fn run(&self, pid: u32, hand: impl FnOnce()) {
         {
             let _out = self.hold_replies();
             hand();
         }
-        self.readers.done();
+        self.readers.done(pid);
     }
 
     /// While several kernel threads read, each keeps its replies until it has let go of the
@@ -664,7 +664,7 @@ impl fuser::Filesystem for Kernel {
             data,
             reply: reply.into(),
         };
-        self.run(|| self.sink.write(ctx_of(req, None), w));
+        self.run(req.pid(), || self.sink.write(ctx_of(req, None), w));
     }
 
     fn flush(

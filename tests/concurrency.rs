@@ -167,19 +167,61 @@ fn kernel_thread_cpu(pid: u32) -> Vec<u64> {
     cpu
 }
 
-/// The second kernel thread reads only in a spell of requests (src/readers.rs): after 300 ms
-/// of stats without a pause both threads have run requests; with `-o threads=1`, or when the
-/// daemon may run on one CPU only, there is one. A thread left waiting after a quiet spell (it
-/// waits at most 250 ms) does not hold up the end of the mount.
+/// The CPUs thread `tid` may run on (0: the calling thread).
+fn affinity(tid: i32) -> libc::cpu_set_t {
+    // SAFETY: the set is a plain bit mask, written by the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        assert_eq!(libc::sched_getaffinity(tid, size, &mut set), 0);
+        set
+    }
+}
+
+fn cpus(list: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: as in `affinity`.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in list {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
+    }
+}
+
+fn set_affinity(tid: i32, set: &libc::cpu_set_t) {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the call reads the set.
+    assert_eq!(unsafe { libc::sched_setaffinity(tid, size, set) }, 0);
+}
+
+/// Every thread of process `pid` may run on `set` only.
+fn set_affinity_of_threads(pid: u32, set: &libc::cpu_set_t) {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let tid = t
+            .expect("task")
+            .file_name()
+            .to_string_lossy()
+            .parse()
+            .expect("tid");
+        set_affinity(tid, set);
+    }
+}
+
+/// The second kernel thread reads only in a spell of requests (src/readers.rs), and only when
+/// the client runs on another CPU than the daemon: after 300 ms of stats without a pause both
+/// threads have run requests when the two are apart, one when they share a CPU; with `-o
+/// threads=1`, or when the daemon may run on one CPU only, there is one. A thread left waiting
+/// after a quiet spell (it waits at most 250 ms) does not hold up the end of the mount.
 #[test]
 fn second_kernel_thread_reads_in_a_spell_and_never_holds_up_unmount() {
     if !fuse_available() {
         return;
     }
     let _g = serial();
-    let spell = |m: &Mount| {
+    let spell = |m: &Mount, ms: u64| {
         let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(300) {
+        while t.elapsed() < Duration::from_millis(ms) {
             std::fs::metadata(m.path("fast")).expect("stat"); // caching off: a GETATTR each
         }
     };
@@ -216,15 +258,47 @@ fn second_kernel_thread_reads_in_a_spell_and_never_holds_up_unmount() {
         return;
     }
     assert_eq!(before.len(), 2, "two kernel threads by default");
-    spell(&m);
+    // The client (this thread) on one CPU and the daemon on another, as the scheduler places them
+    // once a CPU has been busy a while: the second reader joins in a spell.
+    let all = affinity(0);
+    let (c0, c1) = {
+        // SAFETY: CPU_ISSET reads the set.
+        let mut usable =
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &all) });
+        (
+            usable.next().expect("a CPU"),
+            usable.next().expect("a second CPU"),
+        )
+    };
+    set_affinity(0, &cpus(&[c0]));
+    set_affinity_of_threads(pid, &cpus(&[c1]));
+    spell(&m, 300);
     let after = kernel_thread_cpu(pid);
     for (i, (a, b)) in before.iter().zip(&after).enumerate() {
         assert!(
             b - a > 2_000_000,
-            "kernel thread {i} ran {} µs of the spell",
+            "apart: kernel thread {i} ran {} µs of the spell",
             (b - a) / 1000
         );
     }
+    // Quiet (one reader again), then a spell with client and daemon on one CPU, as in short
+    // bursts: the second reader stays waiting, since it would only part the two. (It waits
+    // 250 ms at most, then reads again, and either thread may be the one that waits next: the
+    // spell is shorter than that.)
+    std::thread::sleep(Duration::from_millis(150));
+    set_affinity_of_threads(pid, &cpus(&[c0]));
+    let before = kernel_thread_cpu(pid);
+    spell(&m, 200);
+    let after = kernel_thread_cpu(pid);
+    let mut ran: Vec<u64> = before.iter().zip(&after).map(|(a, b)| b - a).collect();
+    ran.sort_unstable();
+    assert!(
+        ran[0] < 1_000_000 && ran[1] > 2_000_000,
+        "together: one kernel thread reads the spell (ran {:?} µs)",
+        ran.iter().map(|r| r / 1000).collect::<Vec<_>>()
+    );
+    set_affinity_of_threads(pid, &all);
+    set_affinity(0, &all);
     // Quiet, then one request: the thread that ran it waits (at most 250 ms) while the other
     // reads. Unmounting now must not wait for it.
     std::thread::sleep(Duration::from_millis(150));
