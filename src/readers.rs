@@ -107,15 +107,14 @@ impl Readers {
         } else if !all
             && now.saturating_sub(self.spell.load(Ordering::Relaxed)) >= SPELL.as_nanos() as u64
         {
-            if !apart() {
-                // Still together: look again in RECHECK, as if the spell began that much later.
-                let again = (SPELL - RECHECK).as_nanos() as u64;
-                self.spell
-                    .store(now.saturating_sub(again), Ordering::Relaxed);
-            } else {
+            if apart() {
                 self.wake_all();
                 return;
             }
+            // Still together: look again in RECHECK, as if the spell began that much later.
+            let again = (SPELL - RECHECK).as_nanos() as u64;
+            self.spell
+                .store(now.saturating_sub(again), Ordering::Relaxed);
         }
         if all || self.active.load(Ordering::Acquire) <= 1 {
             return;
