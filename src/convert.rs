@@ -1475,9 +1475,9 @@ mod tests {
         let d = defaults();
         let mut v = [None; 15];
         v[0] = Some(0o100644);
-        let ok = Stat::from_ints(&v, &d)
-            .ok()
-            .expect("a mode alone is a stat");
+        let Ok(ok) = Stat::from_ints(&v, &d) else {
+            panic!("a mode alone is a stat");
+        };
         assert_eq!((ok.nlink, ok.blksize, ok.uid), (1, 4096, d.uid));
         let err = |i: usize, n: i64| {
             let mut w = v;
