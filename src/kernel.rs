@@ -664,7 +664,8 @@ impl fuser::Filesystem for Kernel {
             data,
             reply: reply.into(),
         };
-        self.run(req.pid(), || self.sink.write(ctx_of(req, None), w));
+        let ctx = ctx_of(req, None);
+        self.run(ctx.pid, || self.sink.write(ctx, w));
     }
 
     fn flush(

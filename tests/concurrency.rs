@@ -229,15 +229,11 @@ fn second_kernel_thread_reads_in_a_spell_and_never_holds_up_unmount() {
     assert_eq!(kernel_thread_cpu(one.pid().expect("pid")).len(), 1);
     drop(one);
     // A daemon that may run on one CPU only (it inherits this thread's affinity) starts one.
+    let all = affinity(0);
     let pinned = {
-        let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let mut cpu0: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        let size = std::mem::size_of::<libc::cpu_set_t>();
-        assert_eq!(unsafe { libc::sched_getaffinity(0, size, &mut all) }, 0);
-        unsafe { libc::CPU_SET(0, &mut cpu0) };
-        assert_eq!(unsafe { libc::sched_setaffinity(0, size, &cpu0) }, 0);
+        set_affinity(0, &cpus(&[0]));
         let m = mount(&[]);
-        assert_eq!(unsafe { libc::sched_setaffinity(0, size, &all) }, 0);
+        set_affinity(0, &all);
         m
     };
     assert_eq!(
@@ -260,7 +256,6 @@ fn second_kernel_thread_reads_in_a_spell_and_never_holds_up_unmount() {
     assert_eq!(before.len(), 2, "two kernel threads by default");
     // The client (this thread) on one CPU and the daemon on another, as the scheduler places them
     // once a CPU has been busy a while: the second reader joins in a spell.
-    let all = affinity(0);
     let (c0, c1) = {
         // SAFETY: CPU_ISSET reads the set.
         let mut usable =

@@ -205,6 +205,7 @@ fn an_answer_made_before_a_mkdir_is_not_kept_after_it() {
         let d = d.clone();
         std::thread::spawn(move || statx_nlink(&d, libc::AT_STATX_FORCE_SYNC))
     };
+    // A new name each look (started.1, started.2, ...): a looked-up name would be cached.
     let waiting = (1..).take(500).find(|i| {
         std::thread::sleep(Duration::from_millis(2));
         m.mnt.join(format!("started.{i}")).exists()

@@ -952,7 +952,6 @@ impl Gen {
     }
 }
 
-/// path -> description of everything comparable (not times, not inode numbers).
 /// Whether the kernel's cached link count of `path` is 0 while the file is there: true after a
 /// FUSE kernel race, not a filesystem's fault. An UNLINK's (or a rename's over a name) reply
 /// has the kernel drop the cached count by one in the unlinking task, after it wakes; another
@@ -966,6 +965,7 @@ fn kernel_nlink_zero(path: &Path) -> bool {
         && statx_nlink(path, libc::AT_STATX_FORCE_SYNC).is_some()
 }
 
+/// path -> description of everything comparable (not times, not inode numbers).
 fn snapshot(root: &Path, skip: &dyn Fn(&str) -> bool) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut inos: BTreeMap<u64, String> = BTreeMap::new();
