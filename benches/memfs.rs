@@ -13,7 +13,8 @@
 //!   by `realloc` (one vector per file), which that allocator leaves alone, so its writes
 //!   take their page faults one page at a time as before;
 //! - two fuser session threads, the second reading only in spells of requests (flufs's
-//!   `src/readers.rs`, included here; each request's lock guard reports it done); the same
+//!   `src/readers.rs`, included here; each request's lock guard reports it done, a FORGET's
+//!   excepted, as in flufs); the same
 //!   mount (as root: mount(2) with nosuid,nodev and
 //!   `fd=N,rootmode=..,user_id=..,group_id=..`; otherwise fusermount3 through fuser);
 //! - a directory listing snapshotted at the first readdir(plus) of an open directory and served
@@ -308,8 +309,9 @@ const THREADS: usize = 2;
 struct Locked<'a> {
     st: ManuallyDrop<MutexGuard<'a, State>>,
     readers: &'a Readers,
-    /// The request's sender (its pid), for `readers`.
-    pid: u32,
+    /// The request's sender (its pid), for `readers`; `None` for a FORGET, which flufs does not
+    /// report to its readers' gate either (it has no reply and no waiting sender).
+    pid: Option<u32>,
 }
 
 impl Deref for Locked<'_> {
@@ -329,7 +331,9 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // SAFETY: the guard is dropped here only, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.st) };
-        self.readers.done(self.pid);
+        if let Some(pid) = self.pid {
+            self.readers.done(pid);
+        }
     }
 }
 
@@ -372,10 +376,14 @@ impl MemFs {
     }
 
     fn lock(&self, req: &Request) -> Locked<'_> {
+        self.lock_for(Some(req.pid()))
+    }
+
+    fn lock_for(&self, pid: Option<u32>) -> Locked<'_> {
         Locked {
             st: ManuallyDrop::new(self.state.lock().unwrap_or_else(|e| e.into_inner())),
             readers: &self.readers,
-            pid: req.pid(),
+            pid,
         }
     }
 
@@ -448,8 +456,8 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut st = self.lock(req);
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let mut st = self.lock_for(None);
         if let Some(n) = st.nodes.get_mut(&ino.0) {
             n.nlookup = n.nlookup.saturating_sub(nlookup);
         }
