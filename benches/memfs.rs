@@ -309,9 +309,8 @@ const THREADS: usize = 2;
 struct Locked<'a> {
     st: ManuallyDrop<MutexGuard<'a, State>>,
     readers: &'a Readers,
-    /// The request's sender (its pid), for `readers`; `None` for a FORGET, which flufs does not
-    /// report to its readers' gate either (it has no reply and no waiting sender).
-    pid: Option<u32>,
+    /// The request's sender (its pid), for `readers`.
+    pid: u32,
 }
 
 impl Deref for Locked<'_> {
@@ -331,9 +330,7 @@ impl Drop for Locked<'_> {
     fn drop(&mut self) {
         // SAFETY: the guard is dropped here only, and not used after.
         unsafe { ManuallyDrop::drop(&mut self.st) };
-        if let Some(pid) = self.pid {
-            self.readers.done(pid);
-        }
+        self.readers.done(self.pid);
     }
 }
 
@@ -376,14 +373,10 @@ impl MemFs {
     }
 
     fn lock(&self, req: &Request) -> Locked<'_> {
-        self.lock_for(Some(req.pid()))
-    }
-
-    fn lock_for(&self, pid: Option<u32>) -> Locked<'_> {
         Locked {
             st: ManuallyDrop::new(self.state.lock().unwrap_or_else(|e| e.into_inner())),
             readers: &self.readers,
-            pid,
+            pid: req.pid(),
         }
     }
 
@@ -457,7 +450,9 @@ impl fuser::Filesystem for MemFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut st = self.lock_for(None);
+        // The state alone, not `lock`: a FORGET has no reply and no waiting sender, and flufs
+        // does not report it to its readers' gate either.
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = st.nodes.get_mut(&ino.0) {
             n.nlookup = n.nlookup.saturating_sub(nlookup);
         }
